@@ -1,0 +1,59 @@
+"""bnfold: fold eval-mode BatchNormalization into neighbouring weights of ONNX models, verify, benchmark, export.
+
+    folded, report = bnfold.fold(onnx.load("model.onnx"))
+    report = bnfold.fold_file("model.onnx", "folded.onnx")
+    result = bnfold.verify("model.onnx", "folded.onnx")
+
+Public names are imported on first use, so `import bnfold` stays cheap and never imports torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .errors import (
+    BnfoldError,
+    ExportError,
+    ExternalDataError,
+    InputFileError,
+    InvalidModelError,
+    MissingDependencyError,
+    ModelLoadError,
+    OutputError,
+    ProviderError,
+    UsageError,
+    VerificationFailed,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "fold": ".fold",
+    "fold_file": ".fold",
+    "FoldOptions": ".fold",
+    "FoldReport": ".report",
+    "BnDecision": ".report",
+    "verify": ".verify",
+    "VerifyResult": ".verify",
+    "bench": ".bench",
+    "BenchResult": ".bench",
+    "export": ".export",
+    "load_model": ".io",
+    "save_model": ".io",
+    "testing": ".testing",
+}
+
+__all__ = sorted(
+    [*_LAZY, "BnfoldError", "ExportError", "ExternalDataError", "InputFileError", "InvalidModelError",
+     "MissingDependencyError", "ModelLoadError", "OutputError", "ProviderError", "UsageError", "VerificationFailed"]
+)
+
+
+def __getattr__(name):
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'bnfold' has no attribute {name!r}")
+    module = importlib.import_module(module_name, __name__)
+    value = module if name == "testing" else getattr(module, name)
+    globals()[name] = value
+    return value

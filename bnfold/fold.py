@@ -1,0 +1,256 @@
+"""The fold driver: every BatchNormalization, in every graph, is offered to the rules in registry order."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from . import io
+from .errors import OutputError, UsageError, VerificationFailed
+from .graph import GraphContext, all_names, known_ranks, node_label, subgraphs
+from .report import BnDecision, FoldReport
+from .rules import REGISTRY, RULE_NAMES
+from .rules.base import Refuse, read_batchnorm
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class FoldOptions:
+    """fold_input_initializers: treat initializers that are also graph inputs (IR >= 4) as constants.
+    skip: rule names (see bnfold.rules.RULE_NAMES) not to apply."""
+
+    fold_input_initializers: bool = False
+    skip: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = sorted(set(self.skip) - set(RULE_NAMES))
+        if unknown:
+            raise UsageError(f"unknown rule(s) {unknown}; rules are: {', '.join(RULE_NAMES)}")
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for opset in model.opset_import:
+        if opset.domain in DEFAULT_DOMAINS:
+            return opset.version
+    return onnx.defs.onnx_opset_version()
+
+
+def count_ops(model: onnx.ModelProto) -> Dict[str, int]:
+    """Op types over the main graph, its subgraphs and model-local functions."""
+    counts: Counter = Counter()
+
+    def visit(nodes: Iterable[onnx.NodeProto]) -> None:
+        for node in nodes:
+            counts[node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"] += 1
+            for sub in subgraphs(node):
+                visit(sub.node)
+
+    visit(model.graph.node)
+    for function in model.functions:
+        visit(function.node)
+    return dict(counts)
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of initializer data, computed from dims and dtype (no serialization)."""
+    total = 0
+    for tensor in io.iter_tensors(model):
+        if tensor.data_type == onnx.TensorProto.STRING:
+            continue
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        total += int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+    return total
+
+
+def _needs_ranks(model: onnx.ModelProto) -> bool:
+    """Only MatMul/Add-fed BNs need tensor ranks; shape inference is skipped for everything else."""
+
+    def graph_needs(graph: onnx.GraphProto) -> bool:
+        producers = {name: node.op_type for node in graph.node for name in node.output}
+        for node in graph.node:
+            if node.op_type == "BatchNormalization" and producers.get(node.input[0] if node.input else "") in (
+                    "MatMul", "Add"):
+                return True
+            if any(graph_needs(sub) for sub in subgraphs(node)):
+                return True
+        return False
+
+    return graph_needs(model.graph)
+
+
+def _ranks(model: onnx.ModelProto) -> Dict[str, int]:
+    ranks = known_ranks(model.graph)
+    if _needs_ranks(model) and model.ByteSize() < io.PROTOBUF_LIMIT:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        except Exception:  # shape inference is best effort: an unknown rank makes the MatMul rule refuse
+            return ranks
+        known_ranks(inferred.graph, ranks)
+    return ranks
+
+
+class _Folder:
+    """Walks one model's graphs and records a decision for every BatchNormalization."""
+
+    def __init__(self, model: onnx.ModelProto, options: FoldOptions):
+        self.model = model
+        self.options = options
+        self.opset = default_opset(model)
+        self.names = all_names(model)
+        self.ranks = _ranks(model)
+        self.rules = [rule for rule in REGISTRY if rule.NAME not in options.skip]
+        self.decisions = []
+
+    def run(self) -> None:
+        self.fold_graph(self.model.graph, parent=None, path="main")
+        for function in self.model.functions:
+            for node in function.node:
+                if node.op_type == "BatchNormalization" and node.domain in DEFAULT_DOMAINS:
+                    self.decisions.append(BnDecision(
+                        node=node.name, output=node.output[0] if node.output else "",
+                        graph=f"function {function.domain}.{function.name}", folded=False,
+                        reason="BN inside a model-local function; bnfold does not fold inside functions yet",
+                    ))
+
+    def fold_graph(self, graph: onnx.GraphProto, parent: Optional[GraphContext], path: str) -> None:
+        ctx = GraphContext(graph, ir_version=self.model.ir_version, names=self.names, parent=parent, path=path,
+                           fold_input_initializers=self.options.fold_input_initializers, ranks=self.ranks)
+        for node in ctx.nodes:
+            if node.op_type == "BatchNormalization" and node.domain in DEFAULT_DOMAINS:
+                self.decisions.append(self.fold_batchnorm(node, ctx))
+            for attr in node.attribute:
+                bodies = [attr.g] if attr.HasField("g") else list(attr.graphs)
+                for index, body in enumerate(bodies):
+                    suffix = f"[{index}]" if len(bodies) > 1 else ""
+                    self.fold_graph(body, ctx, f"{path}/{node_label(node)}.{attr.name}{suffix}")
+        ctx.finish()
+
+    def fold_batchnorm(self, node: onnx.NodeProto, ctx: GraphContext) -> BnDecision:
+        decision = BnDecision(node=node.name, output=node.output[0] if node.output else "", graph=ctx.path,
+                              folded=False)
+        try:
+            bn = read_batchnorm(node, ctx, self.opset)
+        except Refuse as why:
+            decision.reason = str(why)
+            return decision
+        first_refusal = None
+        for rule in self.rules:
+            try:
+                rewrite = rule.match(bn, ctx)
+            except Refuse as why:
+                first_refusal = first_refusal or f"{why} [{rule.NAME}]"
+                continue
+            if rewrite is None:
+                continue
+            ctx.apply(rewrite)
+            target = rewrite.attribute_node or rewrite.output_node
+            decision.folded = True
+            decision.rule = rule.NAME
+            decision.into = node_label(target)
+            decision.into_op = target.op_type
+            decision.rounding_error = rewrite.rounding_error
+            return decision
+        decision.reason = first_refusal or self._no_rule_reason(node, ctx)
+        return decision
+
+    @staticmethod
+    def _no_rule_reason(node: onnx.NodeProto, ctx: GraphContext) -> str:
+        producer = ctx.producer(node.input[0])
+        if producer is None:
+            source = "a graph input" if node.input[0] in ctx.input_names else "outside this graph"
+            return f"input {node.input[0]!r} comes from {source}; no rule folds a BN there"
+        return f"input comes from {producer.op_type} node {node_label(producer)!r}; no rule folds that pattern"
+
+
+def fold(
+    model: Union[onnx.ModelProto, str, "os.PathLike[str]"],
+    *,
+    fold_input_initializers: bool = False,
+    skip: Sequence[str] = (),
+    inplace: bool = False,
+) -> Tuple[onnx.ModelProto, FoldReport]:
+    """Fold every foldable eval-mode BatchNormalization; return the folded model and a report of each BN.
+
+    `model` is a ModelProto (copied unless inplace=True) or a path. Every BN is either folded or listed in the
+    report with the reason it stays; the graph's inputs, outputs, opsets and metadata are unchanged.
+    """
+    options = FoldOptions(fold_input_initializers=fold_input_initializers, skip=tuple(skip))
+    if not isinstance(model, onnx.ModelProto):
+        model = io.load_model(model)
+    elif not inplace:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
+    started = time.perf_counter()
+    report = FoldReport(ops_before=count_ops(model), initializer_bytes_before=initializer_bytes(model))
+    folder = _Folder(model, options)
+    folder.run()
+    report.decisions = folder.decisions
+    report.ops_after = count_ops(model)
+    report.initializer_bytes_after = initializer_bytes(model)
+    report.elapsed_s = time.perf_counter() - started
+    return model, report
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def fold_file(
+    source: Union[str, "os.PathLike[str]"],
+    destination: Optional[Union[str, "os.PathLike[str]"]] = None,
+    *,
+    verify: bool = True,
+    force: bool = False,
+    dry_run: bool = False,
+    overwrite: bool = False,
+    check: bool = True,
+    external_data: Optional[bool] = None,
+    verify_options: Optional[dict] = None,
+    fold_input_initializers: bool = False,
+    skip: Sequence[str] = (),
+) -> FoldReport:
+    """Load, fold, verify (unless verify=False) and atomically write a model; return the report.
+
+    The input is never overwritten unless `destination` names it and overwrite=True. When verification fails the
+    output is not written (unless force=True) and VerificationFailed is raised, carrying `.result` and `.report`.
+    """
+    source = Path(source)
+    if destination is None and not dry_run:
+        raise UsageError("no output path: pass -o/--output (or --dry-run to only report)")
+    if destination is not None and _same_file(source, Path(destination)) and not overwrite and not dry_run:
+        raise OutputError(f"{destination} is the input file; pass --overwrite to replace it")
+    started = time.perf_counter()
+    model = io.load_model(source)
+    if check:
+        io.check_model(model)
+    folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip, inplace=True)
+    report.source = str(source)
+    report.destination = None if destination is None else str(destination)
+    if verify and report.changed:
+        from .verify import verify as verify_models
+
+        report.verification = verify_models(str(source), folded, **(verify_options or {}))
+        if not report.verification.passed and not force:
+            report.elapsed_s = time.perf_counter() - started
+            error = VerificationFailed("folded model differs from the original beyond tolerance; nothing written "
+                                       "(--force writes it anyway)", report.verification)
+            error.report = report
+            raise error
+    if not dry_run:
+        io.save_model(folded, destination, external_data=external_data)
+        report.written = True
+    report.elapsed_s = time.perf_counter() - started
+    return report

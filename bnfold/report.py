@@ -1,0 +1,122 @@
+"""What a fold did, as data (FoldReport) and as the text and JSON the CLI prints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+
+@dataclass
+class BnDecision:
+    """One BatchNormalization node: folded into `into` by `rule`, or kept for `reason`."""
+
+    node: str
+    output: str
+    graph: str
+    folded: bool
+    rule: Optional[str] = None
+    into: Optional[str] = None
+    into_op: Optional[str] = None
+    reason: Optional[str] = None
+    rounding_error: float = 0.0
+
+    @property
+    def label(self) -> str:
+        where = "" if self.graph == "main" else f" in {self.graph}"
+        return f"{self.node or '(unnamed)'} -> {self.output!r}{where}"
+
+
+@dataclass
+class FoldReport:
+    decisions: List[BnDecision] = field(default_factory=list)
+    ops_before: Dict[str, int] = field(default_factory=dict)
+    ops_after: Dict[str, int] = field(default_factory=dict)
+    initializer_bytes_before: int = 0
+    initializer_bytes_after: int = 0
+    elapsed_s: float = 0.0
+    source: Optional[str] = None
+    destination: Optional[str] = None
+    written: bool = False
+    verification: Optional[object] = None  # a bnfold.verify.VerifyResult when the fold was verified
+
+    @property
+    def folded(self) -> List[BnDecision]:
+        return [d for d in self.decisions if d.folded]
+
+    @property
+    def kept(self) -> List[BnDecision]:
+        return [d for d in self.decisions if not d.folded]
+
+    @property
+    def folded_count(self) -> int:
+        return len(self.folded)
+
+    @property
+    def kept_count(self) -> int:
+        return len(self.kept)
+
+    @property
+    def changed(self) -> bool:
+        return self.folded_count > 0
+
+    @property
+    def max_rounding_error(self) -> float:
+        return max((d.rounding_error for d in self.decisions), default=0.0)
+
+    def to_dict(self) -> dict:
+        data = {
+            "source": self.source,
+            "destination": self.destination,
+            "written": self.written,
+            "elapsed_s": round(self.elapsed_s, 6),
+            "bn_total": len(self.decisions),
+            "bn_folded": self.folded_count,
+            "bn_kept": self.kept_count,
+            "max_rounding_error": self.max_rounding_error,
+            "ops_before": dict(sorted(self.ops_before.items())),
+            "ops_after": dict(sorted(self.ops_after.items())),
+            "initializer_bytes_before": self.initializer_bytes_before,
+            "initializer_bytes_after": self.initializer_bytes_after,
+            "decisions": [asdict(d) for d in self.decisions],
+        }
+        if self.verification is not None:
+            data["verification"] = self.verification.to_dict()
+        return data
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def render(self, verbose: bool = False) -> str:
+        """A compact before/after table, the kept BNs with reasons (and the folded ones when verbose)."""
+        lines = []
+        if self.source:
+            target = self.destination if self.written else "(not written)"
+            lines.append(f"{self.source} -> {target}")
+        ops = sorted(set(self.ops_before) | set(self.ops_after))
+        width = max([len("initializer size"), *map(len, ops)])
+        lines.append(f"{'':{width}}  {'before':>10}  {'after':>10}")
+        for op in ops:
+            before, after = self.ops_before.get(op, 0), self.ops_after.get(op, 0)
+            marker = "" if before == after else f"  ({after - before:+d})"
+            lines.append(f"{op:{width}}  {before:>10}  {after:>10}{marker}")
+        lines.append(f"{'initializer size':{width}}  {_size(self.initializer_bytes_before):>10}  "
+                     f"{_size(self.initializer_bytes_after):>10}")
+        total = len(self.decisions)
+        lines.append(f"BatchNormalization: {self.folded_count} of {total} folded, {self.kept_count} kept"
+                     f"  ({self.elapsed_s:.2f} s)")
+        for decision in self.folded if verbose else ():
+            lines.append(f"  folded {decision.label} into {decision.into_op} {decision.into} [{decision.rule}]")
+        for decision in self.kept:
+            lines.append(f"  kept   {decision.label}: {decision.reason}")
+        if self.max_rounding_error:
+            lines.append(f"largest weight change from rounding to the weight dtype: {self.max_rounding_error:.3g}")
+        return "\n".join(lines)
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"

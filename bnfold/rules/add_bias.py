@@ -1,0 +1,82 @@
+"""Producer -> Add(constant per-channel bias) -> BatchNormalization, as paddle2onnx, tf2onnx and TorchScript
+(Linear without bias + Add) emit: the producer absorbs the scale, the Add's constant becomes bias * scale + shift.
+
+The constant must broadcast along the output's channel axis (axis 1) only: [C] on a 2-D output, [C, 1, 1] or
+[1, C, 1, 1] on a 4-D one. A [C] constant on a 4-D output broadcasts along the last axis and is not matched.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..graph import GraphContext, NotConstant, Rewrite
+from .base import BatchNorm, Refuse, constant_update, exclusive_producer, require_exclusive
+from . import conv, conv_transpose, gemm, matmul
+
+NAME = "add_bias"
+DESCRIPTION = "Conv / ConvTranspose / Gemm / MatMul -> Add(constant per-channel bias) -> BatchNormalization"
+
+PRODUCERS = {module.OP_TYPE: module for module in (conv, conv_transpose, gemm, matmul)}
+
+
+def _output_rank(node, ctx: GraphContext) -> Optional[int]:
+    if node.op_type in ("Conv", "ConvTranspose"):
+        try:
+            return ctx.constant(node.input[1]).ndim
+        except NotConstant:
+            return None
+    if node.op_type == "Gemm":
+        return 2
+    return ctx.rank(node.output[0])
+
+
+def _per_channel(bias: np.ndarray, rank: Optional[int], channels: int) -> Optional[np.ndarray]:
+    """The bias as a [channels] vector if it broadcasts along axis 1 of a rank-`rank` output only, else None."""
+    if bias.size == 1:
+        return np.full(channels, bias.astype(np.float64).reshape(-1)[0])
+    if rank is None or bias.ndim > rank:
+        return None
+    shape = (1,) * (rank - bias.ndim) + bias.shape
+    if shape[1] == channels and all(d == 1 for i, d in enumerate(shape) if i != 1):
+        return bias.astype(np.float64).reshape(-1)
+    return None
+
+
+def match(bn: BatchNorm, ctx: GraphContext) -> Optional[Rewrite]:
+    add = exclusive_producer(bn, ctx, ("Add",))
+    if add is None or len(add.input) != 2:
+        return None
+    for data_index in (0, 1):
+        producer = ctx.producer(add.input[data_index])
+        if producer is not None and producer.op_type in PRODUCERS and producer.domain in ("", "ai.onnx"):
+            break
+    else:
+        return None
+    try:
+        bias = ctx.constant(add.input[1 - data_index])
+    except NotConstant:
+        return None
+    rank = _output_rank(producer, ctx)
+    per_channel = _per_channel(bias, rank, bn.channels)
+    if per_channel is None:
+        raise Refuse(f"Add constant of shape {list(bias.shape)} is not a per-channel bias on axis 1 of the "
+                     f"{producer.op_type} output (rank {rank if rank is not None else 'unknown'})")
+    if bias.dtype.kind != "f" and bias.dtype.name != "bfloat16":
+        raise Refuse(f"Add constant has dtype {bias.dtype.name}")
+    require_exclusive(producer, add.input[data_index], ctx, add)
+    edit = PRODUCERS[producer.op_type].fold_into(producer, ctx, bn.scale, None)
+    exact = per_channel * bn.scale + bn.shift
+    shape = bias.shape if bias.size > 1 else (bn.channels,) + (1,) * max((rank or 2) - 2, 0)
+    bias_update, bias_error = constant_update(add, 1 - data_index, exact.reshape(shape), bias.dtype,
+                                              f"{add.input[1 - data_index] or add.name}_bnfold")
+    return Rewrite(
+        bn=bn.node,
+        output_node=add,
+        updates=[*edit.updates, bias_update],
+        attributes=edit.attributes,
+        attribute_node=producer,
+        inserted=edit.inserted,
+        rounding_error=max(edit.rounding_error, bias_error),
+    )

@@ -1,0 +1,54 @@
+"""Conv -> BatchNormalization: scale weight rows [C_out, C_in/group, k...] and fold the shift into the bias.
+
+Any rank (1-D/2-D/3-D), groups, strides, dilations, pads and auto_pad: the output channel is always weight axis 0.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import onnx
+
+from ..graph import GraphContext, Rewrite
+from ..math import fold_bias, scale_axis
+from .base import BatchNorm, ProducerEdit, Refuse, constant_input, constant_update, require_float, tensor_hint
+from .linear import fold_after
+
+NAME = "conv"
+DESCRIPTION = "Conv -> BatchNormalization (1-D/2-D/3-D, any groups, with or without bias)"
+OP_TYPE = "Conv"
+
+
+def fold_into(node: onnx.NodeProto, ctx: GraphContext, scale: np.ndarray, shift: Optional[np.ndarray]) -> ProducerEdit:
+    weight = constant_input(ctx, node, 1, "weight")
+    if weight is None:
+        raise Refuse("Conv has no weight input")
+    require_float(weight, "weight", node)
+    if weight.ndim < 3:
+        raise Refuse(f"Conv weight has rank {weight.ndim}; expected [C_out, C_in/group, k...]")
+    if weight.shape[0] != scale.size:
+        raise Refuse(f"channel mismatch: Conv has {weight.shape[0]} output channels, BN has {scale.size}")
+    return fold_weight_and_bias(node, ctx, scale_axis(weight, scale, 0), weight.dtype, scale, shift)
+
+
+def fold_weight_and_bias(node, ctx, exact_weight, dtype, scale, shift) -> ProducerEdit:
+    """Shared by Conv and ConvTranspose: new weight (input 1) and bias (input 2, created when missing)."""
+    weight_update, weight_error = constant_update(node, 1, exact_weight, dtype, tensor_hint(node, 1, "bnfold"))
+    edit = ProducerEdit(updates=[weight_update], rounding_error=weight_error)
+    bias = constant_input(ctx, node, 2, "bias")
+    if bias is None and shift is None:
+        return edit
+    if bias is not None and bias.size != scale.size:
+        raise Refuse(f"{node.op_type} bias has {bias.size} values for {scale.size} output channels")
+    exact_bias = fold_bias(bias, scale, shift if shift is not None else np.zeros_like(scale))
+    bias_dtype = bias.dtype if bias is not None else dtype
+    hint = tensor_hint(node, 2, "bnfold") if bias is not None else f"{tensor_hint(node, 1, 'bias')}"
+    bias_update, bias_error = constant_update(node, 2, exact_bias, bias_dtype, hint)
+    edit.updates.append(bias_update)
+    edit.rounding_error = max(edit.rounding_error, bias_error)
+    return edit
+
+
+def match(bn: BatchNorm, ctx: GraphContext) -> Optional[Rewrite]:
+    return fold_after(bn, ctx, OP_TYPE, fold_into)

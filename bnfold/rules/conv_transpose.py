@@ -1,0 +1,38 @@
+"""ConvTranspose -> BatchNormalization: the weight is [C_in, C_out/group, k...], so output channel
+g * (C_out/group) + j lives in column j of the rows of group g, not in one weight axis."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import onnx
+
+from ..graph import GraphContext, Rewrite, attribute
+from ..math import scale_conv_transpose_weight
+from .base import BatchNorm, ProducerEdit, Refuse, constant_input, require_float
+from .conv import fold_weight_and_bias
+from .linear import fold_after
+
+NAME = "conv_transpose"
+DESCRIPTION = "ConvTranspose -> BatchNormalization (any rank and groups, depthwise included)"
+OP_TYPE = "ConvTranspose"
+
+
+def fold_into(node: onnx.NodeProto, ctx: GraphContext, scale: np.ndarray, shift: Optional[np.ndarray]) -> ProducerEdit:
+    weight = constant_input(ctx, node, 1, "weight")
+    if weight is None:
+        raise Refuse("ConvTranspose has no weight input")
+    require_float(weight, "weight", node)
+    group = int(attribute(node, "group", 1))
+    if weight.ndim < 3 or group < 1 or weight.shape[0] % group:
+        raise Refuse(f"ConvTranspose weight {list(weight.shape)} does not fit group={group}")
+    channels = weight.shape[1] * group
+    if channels != scale.size:
+        raise Refuse(f"channel mismatch: ConvTranspose has {channels} output channels, BN has {scale.size}")
+    exact = scale_conv_transpose_weight(weight, scale, group)
+    return fold_weight_and_bias(node, ctx, exact, weight.dtype, scale, shift)
+
+
+def match(bn: BatchNorm, ctx: GraphContext) -> Optional[Rewrite]:
+    return fold_after(bn, ctx, OP_TYPE, fold_into)

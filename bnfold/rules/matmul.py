@@ -1,0 +1,53 @@
+"""MatMul -> BatchNormalization: a constant right operand [K, N] scales its columns; the shift becomes an Add.
+
+MatMul stays MatMul (turning it into Gemm would break inputs of rank > 2). BN normalizes axis 1, which is the
+MatMul's N axis only when the output is 2-D ([M, N]); Linear on [N, C, L] is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..graph import GraphContext, InputUpdate, Rewrite
+from ..math import scale_axis
+from .base import BatchNorm, ProducerEdit, Refuse, constant_input, constant_update, require_float, tensor_hint
+from .linear import fold_after
+
+NAME = "matmul"
+DESCRIPTION = "MatMul(X, W[K, N]) -> BatchNormalization on a 2-D output (BatchNorm1d after Linear)"
+OP_TYPE = "MatMul"
+
+
+def fold_into(node: onnx.NodeProto, ctx: GraphContext, scale: np.ndarray, shift: Optional[np.ndarray]) -> ProducerEdit:
+    weight = constant_input(ctx, node, 1, "weight")
+    if weight is None:
+        raise Refuse("MatMul has no right operand")
+    require_float(weight, "weight", node)
+    if weight.ndim != 2:
+        raise Refuse(f"MatMul weight has rank {weight.ndim}; only a 2-D [K, N] weight folds")
+    rank = ctx.rank(node.input[0])
+    if rank is None:
+        raise Refuse("rank of the MatMul input is unknown, so BN's channel axis cannot be matched to N")
+    if rank != 2:
+        raise Refuse(f"MatMul output has rank {rank}: BN normalizes axis 1, not the MatMul's N axis (the last)")
+    if weight.shape[1] != scale.size:
+        raise Refuse(f"channel mismatch: MatMul has {weight.shape[1]} output columns, BN has {scale.size}")
+    weight_update, error = constant_update(node, 1, scale_axis(weight, scale, 1), weight.dtype,
+                                           tensor_hint(node, 1, "bnfold"))
+    edit = ProducerEdit(updates=[weight_update], rounding_error=error)
+    if shift is not None:
+        add = helper.make_node("Add", [node.output[0]], [ctx.unique_name(f"{node.output[0]}_bnfold_biased")],
+                               name=ctx.unique_name(f"{node.name or node.output[0]}_bnfold_bias"))
+        bias_update, bias_error = constant_update(add, 1, shift, weight.dtype, tensor_hint(node, 1, "bias"))
+        edit.updates.append(bias_update)
+        edit.inserted.append(add)
+        edit.rounding_error = max(error, bias_error)
+    return edit
+
+
+def match(bn: BatchNorm, ctx: GraphContext) -> Optional[Rewrite]:
+    return fold_after(bn, ctx, OP_TYPE, fold_into)

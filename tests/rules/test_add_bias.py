@@ -1,0 +1,22 @@
+import pytest
+
+from bnfold import fold
+from models import fixtures
+from support import fold_and_compare, op_types
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("bias_shape", [(1, 8, 1, 1), (8, 1, 1), (1,)])
+def test_conv_add_bn_folds_into_weight_and_add_constant(transpose, bias_shape):
+    folded, report = fold_and_compare(fixtures.conv_add_bn(transpose=transpose, bias_shape=bias_shape),
+                                      expect_folded=1)
+    assert op_types(folded) == ["ConvTranspose" if transpose else "Conv", "Add"]
+    assert report.decisions[0].rule == "add_bias"
+
+
+def test_bias_broadcasting_along_the_last_axis_is_not_a_channel_bias():
+    # [1, 1, 1, 8] broadcasts over W, not over channels: folding it would be wrong.
+    model = fixtures.conv_add_bn(bias_shape=(1, 1, 1, 6))
+    _, report = fold(model)
+    assert report.folded_count == 0
+    assert "not a per-channel bias on axis 1" in report.kept[0].reason
