@@ -17,7 +17,7 @@ from . import io
 from .errors import OutputError, UsageError, VerificationFailed
 from .graph import GraphContext, all_names, known_ranks, node_label, subgraphs
 from .report import BnDecision, FoldReport
-from .rules import REGISTRY, RULE_NAMES
+from .rules import BN_ANCHORS, REGISTRY, RULE_NAMES
 from .rules.base import Refuse, read_batchnorm
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -107,7 +107,10 @@ class _Folder:
         self.opset = default_opset(model)
         self.names = all_names(model)
         self.ranks = _ranks(model)
-        self.rules = [rule for rule in REGISTRY if rule.NAME not in options.skip]
+        rules = [rule for rule in REGISTRY if rule.NAME not in options.skip]
+        self.bn_rules = [rule for rule in rules if rule.ANCHORS == BN_ANCHORS]
+        self.other_rules = [rule for rule in rules if rule.ANCHORS != BN_ANCHORS]
+        self.other_anchors = {op for rule in self.other_rules for op in rule.ANCHORS}
         self.decisions = []
 
     def run(self) -> None:
@@ -125,8 +128,14 @@ class _Folder:
         ctx = GraphContext(graph, ir_version=self.model.ir_version, names=self.names, parent=parent, path=path,
                            fold_input_initializers=self.options.fold_input_initializers, ranks=self.ranks)
         for node in ctx.nodes:
-            if node.op_type == "BatchNormalization" and node.domain in DEFAULT_DOMAINS:
+            if ctx.is_removed(node) or node.domain not in DEFAULT_DOMAINS:
+                pass
+            elif node.op_type == "BatchNormalization":
                 self.decisions.append(self.fold_batchnorm(node, ctx))
+            elif node.op_type in self.other_anchors:
+                decision = self.fold_other_anchor(node, ctx)
+                if decision is not None:
+                    self.decisions.append(decision)
             for attr in node.attribute:
                 bodies = [attr.g] if attr.HasField("g") else list(attr.graphs)
                 for index, body in enumerate(bodies):
@@ -142,25 +151,41 @@ class _Folder:
         except Refuse as why:
             decision.reason = str(why)
             return decision
-        first_refusal = None
-        for rule in self.rules:
+        if not self._try_rules(self.bn_rules, bn, ctx, decision):
+            decision.reason = decision.reason or self._no_rule_reason(node, ctx)
+        return decision
+
+    def fold_other_anchor(self, node: onnx.NodeProto, ctx: GraphContext) -> Optional[BnDecision]:
+        """Rules anchored on other ops (a BN decomposed into Mul/Add): a decision only where a rule recognised
+        its pattern, since most Mul and Add nodes are no BN at all."""
+        decision = BnDecision(node=node.name, output=node.output[0] if node.output else "", graph=ctx.path,
+                              folded=False)
+        rules = [rule for rule in self.other_rules if node.op_type in rule.ANCHORS]
+        if self._try_rules(rules, node, ctx, decision) or decision.reason:
+            return decision
+        return None
+
+    @staticmethod
+    def _try_rules(rules, subject, ctx: GraphContext, decision: BnDecision) -> bool:
+        """Apply the first rule that matches; otherwise leave the first refusal's reason in the decision."""
+        for rule in rules:
             try:
-                rewrite = rule.match(bn, ctx)
+                rewrite = rule.match(subject, ctx)
             except Refuse as why:
-                first_refusal = first_refusal or f"{why} [{rule.NAME}]"
+                decision.reason = decision.reason or f"{why} [{rule.NAME}]"
                 continue
             if rewrite is None:
                 continue
             ctx.apply(rewrite)
-            target = rewrite.attribute_node or rewrite.output_node
             decision.folded = True
+            decision.reason = None
             decision.rule = rule.NAME
-            decision.into = node_label(target)
-            decision.into_op = target.op_type
+            decision.into = ", ".join(node_label(node) for node in rewrite.into)
+            decision.into_op = "+".join(node.op_type for node in rewrite.into)
+            decision.output = rewrite.output or decision.output
             decision.rounding_error = rewrite.rounding_error
-            return decision
-        decision.reason = first_refusal or self._no_rule_reason(node, ctx)
-        return decision
+            return True
+        return False
 
     @staticmethod
     def _no_rule_reason(node: onnx.NodeProto, ctx: GraphContext) -> str:

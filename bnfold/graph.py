@@ -119,19 +119,25 @@ class InputUpdate:
 
 @dataclass
 class Rewrite:
-    """The complete edit a rule wants: new constant inputs, attribute changes, and which node takes over BN's output.
+    """The complete edit a rule wants; GraphContext.apply() carries it out.
 
-    `output_node` is the last node of the folded chain: its output is renamed to the BN's output, and the BN
-    (plus any `removed` nodes in between) disappears. `inserted` nodes go right after `output_node`'s old position.
+    `anchor` (the BN, or the first node of a decomposed BN) and `removed` disappear. Forward folds name an
+    `output_node` that takes over `output` (default: the anchor's output), through the last `inserted` node if
+    any. Backward folds instead `rewire` consumers' inputs. `inserted` nodes go right after `insert_after`
+    (default: `output_node`, else the anchor's old position). `into` lists the nodes that absorbed the BN.
     """
 
-    bn: onnx.NodeProto
-    output_node: onnx.NodeProto
+    anchor: onnx.NodeProto
+    into: List[onnx.NodeProto]
+    output_node: Optional[onnx.NodeProto] = None
+    output: Optional[str] = None
     updates: List[InputUpdate] = field(default_factory=list)
     attributes: Dict[str, object] = field(default_factory=dict)
     attribute_node: Optional[onnx.NodeProto] = None
     removed: List[onnx.NodeProto] = field(default_factory=list)
     inserted: List[onnx.NodeProto] = field(default_factory=list)
+    insert_after: Optional[onnx.NodeProto] = None
+    rewire: List[Tuple[onnx.NodeProto, int, str]] = field(default_factory=list)
     rounding_error: float = 0.0
 
 
@@ -348,34 +354,43 @@ class GraphContext:
                 del users[index]
                 return
 
+    def is_removed(self, node: onnx.NodeProto) -> bool:
+        return id(node) in self._removed
+
     def apply(self, rewrite: Rewrite) -> None:
-        """Carry out a rule's Rewrite: new constants, attributes, and `output_node` taking over BN's output."""
+        """Carry out a rule's Rewrite (see Rewrite for what each field means)."""
         for update in rewrite.updates:
             self._set_constant_input(update)
-        if rewrite.attributes:
-            for name, value in rewrite.attributes.items():
-                set_attribute(rewrite.attribute_node or rewrite.output_node, name, value)
-        bn = rewrite.bn
-        for node in (bn, *rewrite.removed):
+        for name, value in rewrite.attributes.items():
+            set_attribute(rewrite.attribute_node or rewrite.output_node, name, value)
+        for node in (rewrite.anchor, *rewrite.removed):
             self._removed.add(id(node))
             for name in node.input:
                 if name:
                     self._drop_use(name, node)
                     self.touched_initializers.add(name)
-        self._inserted_after[id(rewrite.output_node)].extend(rewrite.inserted)
+        self._inserted_after[id(rewrite.insert_after or rewrite.output_node or rewrite.anchor)].extend(
+            rewrite.inserted)
         for node in rewrite.inserted:
             for name in node.input:
                 if name:
                     self.consumers[name].append(node)
-        last = rewrite.inserted[-1] if rewrite.inserted else rewrite.output_node
-        old_output, new_output = last.output[0], bn.output[0]
-        self.consumers.pop(old_output, None)
-        self.producers.pop(old_output, None)
-        last.output[0] = new_output
-        self.producers[new_output] = last
+        if rewrite.output_node is not None:
+            last = rewrite.inserted[-1] if rewrite.inserted else rewrite.output_node
+            old_output, new_output = last.output[0], rewrite.output or rewrite.anchor.output[0]
+            self.consumers.pop(old_output, None)
+            self.producers.pop(old_output, None)
+            last.output[0] = new_output
+            self._stale_value_info.add(old_output)
         for node in rewrite.inserted:
-            self.producers[node.output[0]] = node
-        self._stale_value_info.add(old_output)
+            for name in node.output:
+                self.producers[name] = node
+        if rewrite.output_node is not None and not rewrite.inserted:
+            self.producers[rewrite.output_node.output[0]] = rewrite.output_node
+        for node, index, name in rewrite.rewire:
+            self._drop_use(node.input[index], node)
+            node.input[index] = name
+            self.consumers[name].append(node)
 
     def finish(self) -> None:
         """Write the edits back: removed nodes out, inserted ones in place, dead constants and stale value_info gone.

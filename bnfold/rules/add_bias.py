@@ -12,11 +12,12 @@ from typing import Optional
 import numpy as np
 
 from ..graph import GraphContext, NotConstant, Rewrite
-from .base import BatchNorm, Refuse, constant_update, exclusive_producer, require_exclusive
+from .base import BN_ANCHORS, BatchNorm, Refuse, constant_update, exclusive_producer, require_exclusive
 from . import conv, conv_transpose, gemm, matmul
 
 NAME = "add_bias"
 DESCRIPTION = "Conv / ConvTranspose / Gemm / MatMul -> Add(constant per-channel bias) -> BatchNormalization"
+ANCHORS = BN_ANCHORS
 
 PRODUCERS = {module.OP_TYPE: module for module in (conv, conv_transpose, gemm, matmul)}
 
@@ -72,7 +73,8 @@ def match(bn: BatchNorm, ctx: GraphContext) -> Optional[Rewrite]:
     bias_update, bias_error = constant_update(add, 1 - data_index, exact.reshape(shape), bias.dtype,
                                               f"{add.input[1 - data_index] or add.name}_bnfold")
     return Rewrite(
-        bn=bn.node,
+        anchor=bn.node,
+        into=[producer, add],
         output_node=add,
         updates=[*edit.updates, bias_update],
         attributes=edit.attributes,

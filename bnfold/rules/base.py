@@ -12,6 +12,10 @@ from ..graph import GraphContext, InputUpdate, NotConstant, attribute, node_labe
 from ..math import FoldMathError, bn_affine, cast_exact, max_rounding_error
 
 
+# What a BN rule anchors on: the driver reads the BN (eval mode, constant parameters) before offering it.
+BN_ANCHORS = ("BatchNormalization",)
+
+
 class Refuse(Exception):
     """A rule recognised its pattern but cannot fold it exactly; str() is the reason shown in the report."""
 

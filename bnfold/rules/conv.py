@@ -12,11 +12,12 @@ import onnx
 
 from ..graph import GraphContext, Rewrite
 from ..math import fold_bias, scale_axis
-from .base import BatchNorm, ProducerEdit, Refuse, constant_input, constant_update, require_float, tensor_hint
+from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, constant_input, constant_update, require_float, tensor_hint
 from .linear import fold_after
 
 NAME = "conv"
 DESCRIPTION = "Conv -> BatchNormalization (1-D/2-D/3-D, any groups, with or without bias)"
+ANCHORS = BN_ANCHORS
 OP_TYPE = "Conv"
 
 

@@ -10,12 +10,13 @@ import onnx
 
 from ..graph import GraphContext, Rewrite, attribute
 from ..math import scale_conv_transpose_weight
-from .base import BatchNorm, ProducerEdit, Refuse, constant_input, require_float
+from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, constant_input, require_float
 from .conv import fold_weight_and_bias
 from .linear import fold_after
 
 NAME = "conv_transpose"
 DESCRIPTION = "ConvTranspose -> BatchNormalization (any rank and groups, depthwise included)"
+ANCHORS = BN_ANCHORS
 OP_TYPE = "ConvTranspose"
 
 

@@ -14,11 +14,12 @@ import onnx
 
 from ..graph import GraphContext, Rewrite, attribute
 from ..math import scale_axis
-from .base import ProducerEdit, BatchNorm, Refuse, constant_input, constant_update, require_float, tensor_hint
+from .base import BN_ANCHORS, ProducerEdit, BatchNorm, Refuse, constant_input, constant_update, require_float, tensor_hint
 from .linear import fold_after
 
 NAME = "gemm"
 DESCRIPTION = "Gemm -> BatchNormalization (transA/transB, alpha/beta, bias absent, scalar, [N] or [1, N])"
+ANCHORS = BN_ANCHORS
 OP_TYPE = "Gemm"
 
 

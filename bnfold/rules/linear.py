@@ -15,7 +15,8 @@ def fold_after(bn: BatchNorm, ctx: GraphContext, op_type: str, producer_fold: Pr
         return None
     edit = producer_fold(node, ctx, bn.scale, bn.shift)
     return Rewrite(
-        bn=bn.node,
+        anchor=bn.node,
+        into=[node],
         output_node=node,
         updates=edit.updates,
         attributes=edit.attributes,

@@ -14,11 +14,12 @@ from onnx import helper
 
 from ..graph import GraphContext, InputUpdate, Rewrite
 from ..math import scale_axis
-from .base import BatchNorm, ProducerEdit, Refuse, constant_input, constant_update, require_float, tensor_hint
+from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, constant_input, constant_update, require_float, tensor_hint
 from .linear import fold_after
 
 NAME = "matmul"
 DESCRIPTION = "MatMul(X, W[K, N]) -> BatchNormalization on a 2-D output (BatchNorm1d after Linear)"
+ANCHORS = BN_ANCHORS
 OP_TYPE = "MatMul"
 
 
