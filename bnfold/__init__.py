@@ -5,6 +5,8 @@
     result = bnfold.verify("model.onnx", "folded.onnx")
 
 Public names are imported on first use, so `import bnfold` stays cheap and never imports torch or onnxruntime.
+Modules are named apart from the functions they hold (bnfold.folding holds fold): importing a submodule sets an
+attribute of the package, and a module named `fold` would replace the function bnfold.fold.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from .errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "fold": ".fold",
-    "fold_file": ".fold",
-    "FoldOptions": ".fold",
+    "fold": ".folding",
+    "fold_file": ".folding",
+    "FoldOptions": ".folding",
     "FoldReport": ".report",
     "BnDecision": ".report",
-    "verify": ".verify",
-    "VerifyResult": ".verify",
+    "verify": ".verification",
+    "VerifyResult": ".verification",
     "bench": ".bench",
     "BenchResult": ".bench",
     "export": ".export",

@@ -37,7 +37,7 @@ def fold(model, output, overwrite, dry_run, no_verify, force, no_check, fold_inp
     names it and --overwrite is given. Writes are atomic (temporary file, fsync, rename).
     """
     from ..errors import VerificationFailed
-    from ..fold import fold_file
+    from ..folding import fold_file
 
     verify_options = {"input_shapes": list(input_shapes) or None, "input_files": input_files, "seed": seed,
                       "atol": atol, "rtol": rtol}

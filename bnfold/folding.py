@@ -265,7 +265,7 @@ def fold_file(
     report.source = str(source)
     report.destination = None if destination is None else str(destination)
     if verify and report.changed:
-        from .verify import verify as verify_models
+        from .verification import verify as verify_models
 
         report.verification = verify_models(str(source), folded, **(verify_options or {}))
         if not report.verification.passed and not force:

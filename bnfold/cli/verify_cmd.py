@@ -1,0 +1,111 @@
+"""`bnfold verify A B`: run both models on the same inputs in ONNX Runtime CPU and compare every output."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import click
+
+from ..errors import VerificationFailed
+from ..runtime import OPT_LEVELS
+from ..verification import DEFAULT_TOLERANCES
+from .common import input_shape_option, inputs_option, seed_option
+
+TOLERANCE_OPTIONS = ("--atol", "--rtol")
+# A NAME:NUMBER word, as in `--atol 1e-5 logits:1e-4`; names may contain ':' (TensorFlow's 'logits:0').
+_OVERRIDE_WORD = re.compile(r"^[^-\s].*:[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _defaults_help() -> str:
+    rows = "\n".join(f"  {dtype:<9} {atol:<7g} {rtol:g}" for dtype, (atol, rtol) in DEFAULT_TOLERANCES.items())
+    return (
+        "\b\nDefault tolerances by output dtype (exact = integer and bool outputs; other float types as bfloat16):\n"
+        f"  {'dtype':<9} {'atol':<7} rtol\n{rows}\n"
+        "An element passes when |candidate - reference| <= atol + rtol * |reference|."
+    )
+
+
+class ToleranceCommand(click.Command):
+    """Lets `--atol 1e-5 logits:1e-4` mean `--atol 1e-5 --atol logits:1e-4`: NAME:NUMBER words that follow a
+    tolerance option's value are given to the same option."""
+
+    def parse_args(self, ctx, args):
+        expanded, option, index = [], None, 0
+        while index < len(args):
+            word = args[index]
+            if word == "--":
+                expanded.extend(args[index:])
+                break
+            if option and _OVERRIDE_WORD.match(word):
+                expanded += [option, word]
+            elif word in TOLERANCE_OPTIONS and index + 1 < len(args):
+                option = word
+                expanded += [word, args[index + 1]]
+                index += 1
+            else:
+                option = word.partition("=")[0] if word.partition("=")[0] in TOLERANCE_OPTIONS else None
+                expanded.append(word)
+            index += 1
+        return super().parse_args(ctx, expanded)
+
+
+def parse_tolerances(values, option: str):
+    """('1e-5', 'logits:1e-4') -> {None: 1e-5, 'logits': 1e-4}; None when the option was not given."""
+    if not values:
+        return None
+    tolerances = {}
+    for text in values:
+        name, _, number = text.rpartition(":")
+        try:
+            value = float(number)
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: expected a number or NAME:NUMBER", param_hint=option) from None
+        if not value >= 0:
+            raise click.BadParameter(f"{text!r}: tolerance must be a non-negative number", param_hint=option)
+        tolerances[name or None] = value
+    return tolerances
+
+
+@click.command(cls=ToleranceCommand, epilog=_defaults_help())
+@click.argument("reference", type=click.Path(dir_okay=False))
+@click.argument("candidate", type=click.Path(dir_okay=False))
+@input_shape_option
+@inputs_option
+@seed_option
+@click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Random input draws to compare (seed, seed+1, ...); inputs given by file stay fixed.")
+@click.option("--atol", "atol", multiple=True, metavar="[NAME:]VALUE",
+              help="Absolute tolerance: a bare number for every output, NAME:VALUE for one output "
+                   "(`--atol 1e-5 logits:1e-4`, or repeat --atol). Default: by dtype, below.")
+@click.option("--rtol", "rtol", multiple=True, metavar="[NAME:]VALUE",
+              help="Relative tolerance (scale: |reference|), same forms as --atol. Default: by dtype, below.")
+@click.option("--ort-opt-level", type=click.Choice(OPT_LEVELS), default="disable", show_default=True,
+              help="ONNX Runtime graph optimizations. Enabled ones fuse Conv+BN in the reference too, "
+                   "which can hide a wrong fold.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of the table.")
+def verify(reference, candidate, input_shapes, input_files, seed, runs, atol, rtol, ort_opt_level, as_json):
+    """Compare REFERENCE and CANDIDATE numerically, output by output.
+
+    Both run in ONNX Runtime on CPU on the same seeded random inputs (or your --inputs). Prints, per output,
+    max abs/rel error, mean abs error, cosine similarity, elements outside tolerance and the smallest
+    atol/rtol that would pass, then PASSED or FAILED. Exit 0 when every output is within tolerance, 1 when
+    not, 2 for bad usage or a model that cannot be read.
+    """
+    from ..verification import verify as verify_models
+
+    result = verify_models(
+        reference,
+        candidate,
+        input_shapes=list(input_shapes),
+        input_files=input_files,
+        atol=parse_tolerances(atol, "--atol"),
+        rtol=parse_tolerances(rtol, "--rtol"),
+        runs=runs,
+        seed=seed,
+        ort_opt_level=ort_opt_level,
+    )
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+    if not result.passed:
+        failed = ", ".join(result.failed_outputs) or "; ".join(result.problems)
+        raise VerificationFailed(f"models differ: {failed}", result)
