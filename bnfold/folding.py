@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import onnx
+import onnx.inliner
 from onnx import helper
 
 from . import io
@@ -26,10 +26,12 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 @dataclass(frozen=True)
 class FoldOptions:
     """fold_input_initializers: treat initializers that are also graph inputs (IR >= 4) as constants.
-    skip: rule names (see bnfold.rules.RULE_NAMES) not to apply."""
+    skip: rule names (see bnfold.rules.RULE_NAMES) not to apply.
+    inline_functions: inline model-local functions first, so BNs fed by function inputs fold per call site."""
 
     fold_input_initializers: bool = False
     skip: Tuple[str, ...] = ()
+    inline_functions: bool = False
 
     def __post_init__(self):
         unknown = sorted(set(self.skip) - set(RULE_NAMES))
@@ -58,17 +60,6 @@ def count_ops(model: onnx.ModelProto) -> Dict[str, int]:
     for function in model.functions:
         visit(function.node)
     return dict(counts)
-
-
-def initializer_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of initializer data, computed from dims and dtype (no serialization)."""
-    total = 0
-    for tensor in io.iter_tensors(model):
-        if tensor.data_type == onnx.TensorProto.STRING:
-            continue
-        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-        total += int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
-    return total
 
 
 def _needs_ranks(model: onnx.ModelProto) -> bool:
@@ -116,17 +107,24 @@ class _Folder:
     def run(self) -> None:
         self.fold_graph(self.model.graph, parent=None, path="main")
         for function in self.model.functions:
-            for node in function.node:
-                if node.op_type == "BatchNormalization" and node.domain in DEFAULT_DOMAINS:
-                    self.decisions.append(BnDecision(
-                        node=node.name, output=node.output[0] if node.output else "",
-                        graph=f"function {function.domain}.{function.name}", folded=False,
-                        reason="BN inside a model-local function; bnfold does not fold inside functions yet",
-                    ))
+            self.fold_function(function)
 
-    def fold_graph(self, graph: onnx.GraphProto, parent: Optional[GraphContext], path: str) -> None:
+    def fold_function(self, function: onnx.FunctionProto) -> None:
+        """Fold inside a model-local function body. The body is shared by every call site, so only BNs whose
+        weights and parameters are constants of the body fold; ones fed by function inputs differ per call site
+        and stay (--inline-functions folds them per call site)."""
+        body = helper.make_graph(list(function.node), function.name,
+                                 [helper.make_value_info(name, onnx.TypeProto()) for name in function.input],
+                                 [helper.make_value_info(name, onnx.TypeProto()) for name in function.output])
+        self.fold_graph(body, parent=None, path=f"function {function.domain}.{function.name}", function=True)
+        del function.node[:]
+        function.node.extend(body.node)
+
+    def fold_graph(self, graph: onnx.GraphProto, parent: Optional[GraphContext], path: str,
+                   function: bool = False) -> None:
         ctx = GraphContext(graph, ir_version=self.model.ir_version, names=self.names, parent=parent, path=path,
-                           fold_input_initializers=self.options.fold_input_initializers, ranks=self.ranks)
+                           fold_input_initializers=self.options.fold_input_initializers, ranks=self.ranks,
+                           function=function)
         for node in ctx.nodes:
             if ctx.is_removed(node) or node.domain not in DEFAULT_DOMAINS:
                 pass
@@ -140,7 +138,7 @@ class _Folder:
                 bodies = [attr.g] if attr.HasField("g") else list(attr.graphs)
                 for index, body in enumerate(bodies):
                     suffix = f"[{index}]" if len(bodies) > 1 else ""
-                    self.fold_graph(body, ctx, f"{path}/{node_label(node)}.{attr.name}{suffix}")
+                    self.fold_graph(body, ctx, f"{path}/{node_label(node)}.{attr.name}{suffix}", function)
         ctx.finish()
 
     def fold_batchnorm(self, node: onnx.NodeProto, ctx: GraphContext) -> BnDecision:
@@ -201,6 +199,7 @@ def fold(
     *,
     fold_input_initializers: bool = False,
     skip: Sequence[str] = (),
+    inline_functions: bool = False,
     inplace: bool = False,
 ) -> Tuple[onnx.ModelProto, FoldReport]:
     """Fold every foldable eval-mode BatchNormalization; return the folded model and a report of each BN.
@@ -208,7 +207,8 @@ def fold(
     `model` is a ModelProto (copied unless inplace=True) or a path. Every BN is either folded or listed in the
     report with the reason it stays; the graph's inputs, outputs, opsets and metadata are unchanged.
     """
-    options = FoldOptions(fold_input_initializers=fold_input_initializers, skip=tuple(skip))
+    options = FoldOptions(fold_input_initializers=fold_input_initializers, skip=tuple(skip),
+                          inline_functions=inline_functions)
     if not isinstance(model, onnx.ModelProto):
         model = io.load_model(model)
     elif not inplace:
@@ -216,12 +216,14 @@ def fold(
         copy.CopyFrom(model)
         model = copy
     started = time.perf_counter()
-    report = FoldReport(ops_before=count_ops(model), initializer_bytes_before=initializer_bytes(model))
+    report = FoldReport(ops_before=count_ops(model), initializer_bytes_before=io.tensor_bytes(model))
+    if options.inline_functions and model.functions:
+        model = onnx.inliner.inline_local_functions(model)
     folder = _Folder(model, options)
     folder.run()
     report.decisions = folder.decisions
     report.ops_after = count_ops(model)
-    report.initializer_bytes_after = initializer_bytes(model)
+    report.initializer_bytes_after = io.tensor_bytes(model)
     report.elapsed_s = time.perf_counter() - started
     return model, report
 
@@ -246,6 +248,7 @@ def fold_file(
     verify_options: Optional[dict] = None,
     fold_input_initializers: bool = False,
     skip: Sequence[str] = (),
+    inline_functions: bool = False,
 ) -> FoldReport:
     """Load, fold, verify (unless verify=False) and atomically write a model; return the report.
 
@@ -260,8 +263,9 @@ def fold_file(
     started = time.perf_counter()
     model = io.load_model(source)
     if check:
-        io.check_model(model)
-    folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip, inplace=True)
+        io.check_model(source)
+    folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip,
+                          inline_functions=inline_functions, inplace=True)
     report.source = str(source)
     report.destination = None if destination is None else str(destination)
     if verify and report.changed:

@@ -154,6 +154,7 @@ class GraphContext:
         parent: Optional["GraphContext"] = None,
         path: str = "main",
         ranks: Optional[Dict[str, int]] = None,
+        function: bool = False,
     ):
         self.graph = graph
         self.ir_version = ir_version
@@ -162,6 +163,9 @@ class GraphContext:
         self.parent = parent
         self.path = path
         self.ranks = ranks if ranks is not None else {}
+        # A function body has no initializers: new constants become Constant nodes at the top of the body.
+        self.function = function
+        self._prepended: List[onnx.NodeProto] = []
         self.initializers: Dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
         self.input_names = {v.name for v in graph.input}
         self.output_names = {v.name for v in graph.output}
@@ -182,7 +186,8 @@ class GraphContext:
         self._removed: Set[int] = set()
         self._inserted_after: Dict[int, List[onnx.NodeProto]] = defaultdict(list)
         self._constant_cache: Dict[str, np.ndarray] = {}
-        self.touched_initializers: Set[str] = set()
+        # Tensors some edit stopped reading: the only candidates for dead-constant removal.
+        self.touched: Set[str] = set()
         self._stale_value_info: Set[str] = set()
 
     # --- reading -------------------------------------------------------------------------------------------
@@ -235,7 +240,8 @@ class GraphContext:
         node = self.producer(name)
         if node is None:
             if name in self.input_names:
-                raise NotConstant(f"{name!r} is a graph input, not a constant")
+                kind = "function input (set per call site)" if self.function else "graph input"
+                raise NotConstant(f"{name!r} is a {kind}, not a constant")
             if self.parent is not None:
                 return self.parent.constant(name)
             raise NotConstant(f"{name!r} is not produced by any node or initializer")
@@ -248,6 +254,9 @@ class GraphContext:
         op = node.op_type
         if op == "Constant":
             for attr in node.attribute:
+                if attr.ref_attr_name:
+                    raise NotConstant(f"Constant node {node_label(node)!r} takes its value from function attribute "
+                                      f"{attr.ref_attr_name!r}, set per call site")
                 if attr.name == "value":
                     return numpy_helper.to_array(attr.t)
                 if attr.name in ("value_float", "value_int"):
@@ -331,10 +340,16 @@ class GraphContext:
             self._constant_cache.pop(old, None)
             return
         name = self.unique_name(update.name_hint)
-        new_tensor = self.graph.initializer.add()
-        new_tensor.CopyFrom(numpy_helper.from_array(update.value, name))
-        self.initializers[name] = new_tensor
-        if self.ir_version < 4:
+        if self.function:
+            constant = helper.make_node("Constant", [], [name], name=self.unique_name(f"{name}_constant"),
+                                        value=numpy_helper.from_array(update.value, name))
+            self._prepended.append(constant)
+            self.producers[name] = constant
+        else:
+            new_tensor = self.graph.initializer.add()
+            new_tensor.CopyFrom(numpy_helper.from_array(update.value, name))
+            self.initializers[name] = new_tensor
+        if self.ir_version < 4 and not self.function:
             # Below IR 4 every initializer must also be listed as a graph input.
             self.graph.input.append(helper.make_tensor_value_info(name, new_tensor.data_type, update.value.shape))
             self.input_names.add(name)
@@ -342,7 +357,7 @@ class GraphContext:
             node.input.append("")
         if old:
             self._drop_use(old, node)
-            self.touched_initializers.add(old)
+            self.touched.add(old)
         node.input[index] = name
         self.consumers[name].append(node)
 
@@ -368,7 +383,7 @@ class GraphContext:
             for name in node.input:
                 if name:
                     self._drop_use(name, node)
-                    self.touched_initializers.add(name)
+                    self.touched.add(name)
         self._inserted_after[id(rewrite.insert_after or rewrite.output_node or rewrite.anchor)].extend(
             rewrite.inserted)
         for node in rewrite.inserted:
@@ -399,8 +414,8 @@ class GraphContext:
         the node list to be rebuilt.
         """
         dead_initializers = self._dead_initializers()
-        if any(self._inserted_after.values()):
-            nodes = []
+        if self._prepended or any(self._inserted_after.values()):
+            nodes = list(self._prepended)
             for node in self.nodes:
                 if id(node) not in self._removed:
                     nodes.append(node)
@@ -422,14 +437,16 @@ class GraphContext:
     def _remove_dead_constants(self) -> None:
         """Remove constant-producing nodes and initializers that folding left without a consumer.
 
-        Only nodes of CONSTANT_OPS and initializers that a fold touched are candidates: everything else the
-        user put in the model stays, used or not.
+        Only constants whose readers a fold changed are candidates: whatever else the user put in the model
+        stays, used or not.
         """
         changed = True
         while changed:
             changed = False
             for node in self.nodes:
                 if id(node) in self._removed or node.op_type not in CONSTANT_OPS:
+                    continue
+                if not any(name in self.touched for name in node.output):
                     continue
                 if any(self.users(name) or self.is_graph_output(name) for name in node.output if name):
                     continue
@@ -438,9 +455,8 @@ class GraphContext:
                 self._removed.add(id(node))
                 for name in node.input:
                     if name:
-                        self.consumers[name] = [n for n in self.consumers[name] if n is not node]
-                        if name in self.initializers:
-                            self.touched_initializers.add(name)
+                        self._drop_use(name, node)
+                        self.touched.add(name)
                 changed = True
 
     def _dead_initializers(self) -> Set[str]:
@@ -449,7 +465,7 @@ class GraphContext:
         self._remove_dead_constants()
         return {
             name
-            for name in self.touched_initializers
+            for name in self.touched
             if name in self.initializers
             and not self.users(name)
             and not self.is_graph_output(name)

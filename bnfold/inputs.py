@@ -32,6 +32,9 @@ def graph_inputs(model) -> list:
     for value in model.graph.input:
         if value.name in initializers:
             continue
+        if not value.type.HasField("tensor_type"):
+            kind = value.type.WhichOneof("value") or "unknown"
+            raise UsageError(f"input {value.name!r} is a {kind} input; bnfold can only feed tensor inputs")
         tensor_type = value.type.tensor_type
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         dims: Tuple[Dim, ...] = ()

@@ -1,16 +1,28 @@
-"""Loading and saving ONNX models with typed errors, safe external data and atomic writes."""
+"""Loading and saving ONNX models with typed errors, safe external data and crash-safe writes.
+
+Loading refuses, with one line a user can act on, anything that is not a complete, well-formed model: a missing
+path, a directory, an empty file, bytes that do not parse, a model whose tensors do not hold the data their shape
+and type promise (a truncated or bit-flipped file often still parses), strings that are not UTF-8, and external
+data that is missing, truncated, or outside the model's directory.
+
+Saving writes every file (model, and external data when asked) to a temporary file in the target directory,
+flushes and fsyncs it, and only then renames it over the target: a reader, or a run killed at any moment, sees the
+old file or the complete new one. A failed write removes its temporary files and leaves the targets untouched.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import onnx
-from onnx import numpy_helper
-from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, EncodeError
 
 from .errors import ExternalDataError, InputFileError, InvalidModelError, ModelLoadError, OutputError
 
@@ -20,6 +32,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 PROTOBUF_LIMIT = 2**31 - 1
 # Tensors at least this large move to the external data file when external data is written.
 EXTERNAL_DATA_MIN_BYTES = 1024
+# What numpy_helper.to_array raises for a tensor whose data does not match its shape and type.
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError, UnicodeDecodeError)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
@@ -57,32 +72,142 @@ def _external_info(tensor: onnx.TensorProto) -> dict:
     return {entry.key: entry.value for entry in tensor.external_data}
 
 
+# Element types stored several to a byte: their size in bytes is not numpy's itemsize times the element count.
+_ELEMENTS_PER_BYTE = {
+    getattr(onnx.TensorProto, name): per_byte
+    for name, per_byte in (("INT4", 2), ("UINT4", 2), ("FLOAT4E2M1", 2), ("INT2", 4), ("UINT2", 4))
+    if hasattr(onnx.TensorProto, name)
+}
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data in the model (initializers, Constant and attribute tensors, subgraphs, functions),
+    computed from dims and type without serializing; string tensors and unknown types count 0."""
+    total = 0
+    for tensor in iter_tensors(model):
+        if tensor.data_type == onnx.TensorProto.STRING:
+            continue
+        try:
+            itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except KeyError:
+            continue
+        elements = 1
+        for dim in tensor.dims:
+            elements *= max(int(dim), 0)
+        per_byte = _ELEMENTS_PER_BYTE.get(tensor.data_type)
+        total += -(-elements // per_byte) if per_byte else elements * itemsize
+    return total
+
+
+# --- well-formedness -------------------------------------------------------------------------------------------
+
+
+def _tensor_problem(tensor: onnx.TensorProto) -> Optional[str]:
+    """Why the tensor's data cannot be read as its declared shape and type, or None when it can."""
+    try:
+        numpy_helper.to_array(tensor)
+    except _DECODE_ERRORS as error:
+        dims = "x".join(str(d) for d in tensor.dims) or "scalar"
+        type_name = onnx.TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in \
+            onnx.TensorProto.DataType.values() else f"unknown type {tensor.data_type}"
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return f"tensor {tensor.name!r} ({type_name}, {dims}) does not hold valid data: {detail}"
+    return None
+
+
+def _is_repeated(field) -> bool:
+    # protobuf 5.26+ has is_repeated; `label` is gone from newer releases.
+    if hasattr(field, "is_repeated"):
+        return field.is_repeated
+    return field.label == FieldDescriptor.LABEL_REPEATED
+
+
+def _string_fields(descriptor) -> List[Tuple[str, bool, bool]]:
+    """(name, repeated, is_message) of the string and message fields of a message type: the only ones the walk
+    reads, so tensors' bytes fields (raw_data) are never copied out of the proto."""
+    return [
+        (field.name, _is_repeated(field), field.type == FieldDescriptor.TYPE_MESSAGE)
+        for field in descriptor.fields
+        if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE)
+    ]
+
+
+def _structure_problem(model: onnx.ModelProto) -> Optional[str]:
+    """The first string field that is not UTF-8 (proto2 parsing accepts any bytes there) or tensor whose data does
+    not match its shape and type; external tensors are checked once their data is loaded."""
+    fields_by_type = {}
+    pending = [model]
+    while pending:
+        message = pending.pop()
+        if isinstance(message, onnx.TensorProto) and not _is_external(message):
+            problem = _tensor_problem(message)
+            if problem:
+                return problem
+        descriptor = message.DESCRIPTOR
+        fields = fields_by_type.get(descriptor.full_name)
+        if fields is None:
+            fields = fields_by_type[descriptor.full_name] = _string_fields(descriptor)
+        for name, repeated, is_message in fields:
+            if repeated:
+                values = getattr(message, name)
+                if is_message:
+                    pending.extend(values)
+                elif any(isinstance(value, bytes) for value in values):
+                    return f"{descriptor.name}.{name} holds a string that is not valid UTF-8"
+            elif is_message:
+                if message.HasField(name):
+                    pending.append(getattr(message, name))
+            elif isinstance(getattr(message, name), bytes):
+                return f"{descriptor.name}.{name} holds a string that is not valid UTF-8"
+    return None
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+
+
+def _external_location(tensor: onnx.TensorProto, base: Path) -> Tuple[Path, int, Optional[int]]:
+    """The resolved data file, offset and length of an external tensor, refusing paths outside `base`."""
+    info = _external_info(tensor)
+    location = info.get("location", "")
+    if not location:
+        raise ExternalDataError(f"tensor {tensor.name!r} is marked external but names no file")
+    if os.path.isabs(location) or location.startswith(("\\", "/")):
+        raise ExternalDataError(
+            f"tensor {tensor.name!r}: external data path {location!r} is absolute; "
+            "bnfold only reads data files inside the model's directory"
+        )
+    try:
+        target = (base / location).resolve()
+    except (ValueError, OSError) as error:
+        raise ExternalDataError(f"tensor {tensor.name!r}: external data path {location!r} is invalid ({error})") \
+            from None
+    if base not in target.parents:
+        raise ExternalDataError(
+            f"tensor {tensor.name!r}: external data path {location!r} leaves the model's directory; refused"
+        )
+    try:
+        offset = int(info.get("offset") or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise ExternalDataError(f"tensor {tensor.name!r}: external data offset/length are not integers "
+                                f"({info.get('offset')!r}, {info.get('length')!r})") from None
+    if offset < 0 or (length is not None and length < 0):
+        raise ExternalDataError(f"tensor {tensor.name!r}: negative external data offset or length")
+    return target, offset, length
+
+
 def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
-    """Refuse external data that is missing, truncated, or outside the model's directory."""
+    """Refuse external data that is missing, truncated, or outside the model's directory (symlinks resolved)."""
     base = base_dir.resolve()
     for tensor in iter_tensors(model):
         if not _is_external(tensor):
             continue
-        info = _external_info(tensor)
-        location = info.get("location", "")
-        if not location:
-            raise ExternalDataError(f"tensor {tensor.name!r} is marked external but names no file")
-        if os.path.isabs(location):
-            raise ExternalDataError(
-                f"tensor {tensor.name!r}: external data path {location!r} is absolute; "
-                "bnfold only reads data files inside the model's directory"
-            )
-        target = (base / location).resolve()
-        if base not in target.parents and target != base:
-            raise ExternalDataError(
-                f"tensor {tensor.name!r}: external data path {location!r} leaves the model's directory; refused"
-            )
+        target, offset, length = _external_location(tensor, base)
+        location = _external_info(tensor)["location"]
         if not target.is_file():
             raise ExternalDataError(f"tensor {tensor.name!r}: external data file {location!r} is missing")
         size = target.stat().st_size
-        offset = int(info.get("offset", 0) or 0)
-        length = info.get("length")
-        end = offset + int(length) if length else None
+        end = offset + length if length is not None else None
         if offset > size or (end is not None and end > size):
             raise ExternalDataError(
                 f"tensor {tensor.name!r}: external data file {location!r} is truncated "
@@ -90,13 +215,33 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
             )
 
 
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    external = [tensor for tensor in iter_tensors(model) if _is_external(tensor)]
+    if not external:
+        return
+    _check_external_data(model, path.parent)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as error:
+        raise ExternalDataError(f"{path}: cannot load external data ({error})") from None
+    for tensor in external:
+        problem = _tensor_problem(tensor)
+        if problem:
+            raise ExternalDataError(f"{path}: external data of {problem}")
+
+
 def load_model(path: PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
     """Read an ONNX model, raising a typed error for anything a user could have got wrong."""
     path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+        exists = path.exists()
+    except (ValueError, OSError) as error:
+        raise InputFileError(f"{path}: not a usable path ({error})") from None
+    if is_dir:
         raise InputFileError(f"{path}: is a directory, expected an .onnx file")
+    if not exists:
+        raise InputFileError(f"{path}: no such file")
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -105,17 +250,17 @@ def load_model(path: PathLike, *, load_external_data: bool = True) -> onnx.Model
         raise ModelLoadError(f"{path}: file is empty")
     model = parse_model_bytes(data, source=str(path))
     del data
-    if load_external_data and any(_is_external(t) for t in iter_tensors(model)):
-        _check_external_data(model, path.parent)
-        try:
-            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as error:
-            raise ExternalDataError(f"{path}: cannot load external data ({error})") from None
+    if load_external_data:
+        _load_external_data(model, path)
     return model
 
 
 def parse_model_bytes(data: bytes, *, source: str = "<bytes>") -> onnx.ModelProto:
-    """Parse serialized bytes into a ModelProto, or raise ModelLoadError saying why not."""
+    """Parse serialized bytes into a well-formed ModelProto, or raise ModelLoadError saying why not.
+
+    Beyond protobuf's own parsing: the model needs an IR version and a graph, every string must be UTF-8 and every
+    tensor's data must match its shape and type (external tensors are checked by load_model once read).
+    """
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -123,13 +268,43 @@ def parse_model_bytes(data: bytes, *, source: str = "<bytes>") -> onnx.ModelProt
         raise ModelLoadError(f"{source}: not an ONNX model, or truncated (protobuf: {error})") from None
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise ModelLoadError(f"{source}: not an ONNX model (no IR version or no graph); is it truncated?")
+    problem = _structure_problem(model)
+    if problem:
+        raise ModelLoadError(f"{source}: corrupt model, {problem}; is it truncated or damaged?")
     return model
 
 
-def check_model(model: onnx.ModelProto, *, full_check: bool = False) -> None:
-    """Run onnx.checker, turning its verdict into InvalidModelError with the checker's first line."""
+# --- checking --------------------------------------------------------------------------------------------------
+
+
+def _newer_opset(model: onnx.ModelProto) -> Optional[str]:
+    """A message when the model imports an opset of an ONNX domain newer than the installed onnx knows."""
+    known = onnx.defs.C.schema_version_map()
+    for opset in model.opset_import:
+        domain = "" if opset.domain == "ai.onnx" else opset.domain
+        if domain in known and opset.version > known[domain][1]:
+            label = opset.domain or "ai.onnx (default)"
+            return (f"model imports opset {opset.version} of domain {label}, but the installed onnx "
+                    f"{onnx.__version__} knows only up to {known[domain][1]}; upgrade onnx (or pass --no-check)")
+    return None
+
+
+def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = False) -> None:
+    """Run onnx.checker, turning its verdict into InvalidModelError with the checker's message on one line.
+
+    `model` is a ModelProto or the path of a model file (checked in place, external data and all, with no copy).
+    Also refuses an opset newer than the installed onnx knows: the checker lets it pass, but its operators cannot be
+    checked and ONNX Runtime cannot run it.
+    """
+    header = model if isinstance(model, onnx.ModelProto) else onnx.load_model(str(model), load_external_data=False)
+    newer = _newer_opset(header)
+    del header
+    if newer:
+        raise InvalidModelError(newer)
     try:
-        if model.ByteSize() > PROTOBUF_LIMIT:
+        if not isinstance(model, onnx.ModelProto):
+            onnx.checker.check_model(str(model), full_check=full_check)
+        elif model.ByteSize() > PROTOBUF_LIMIT:
             with tempfile.TemporaryDirectory() as tmp:
                 target = Path(tmp) / "model.onnx"
                 save_model(model, target, external_data=True)
@@ -137,11 +312,22 @@ def check_model(model: onnx.ModelProto, *, full_check: bool = False) -> None:
         else:
             onnx.checker.check_model(model, full_check=full_check)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InvalidModelError(f"model fails onnx.checker: {first_line}") from None
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise InvalidModelError(f"model fails onnx.checker: {message or type(error).__name__}") from None
+    except UnicodeDecodeError:
+        # The checker names the offending field in its message, which then is not UTF-8 itself.
+        raise InvalidModelError("model fails onnx.checker: a name or string in the model is not valid UTF-8") \
+            from None
+    except ValueError as error:
+        # onnx's C++ side re-parses the model and refuses some protos Python's parser accepted.
+        raise InvalidModelError(f"onnx.checker cannot read the model: {str(error).splitlines()[0]}") from None
+
+
+# --- saving ----------------------------------------------------------------------------------------------------
 
 
 def _fsync_dir(directory: Path) -> None:
+    """Make the renames durable; some filesystems cannot fsync a directory, which is not an error."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -154,30 +340,72 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomically(path: Path, chunks) -> None:
-    """Write chunks to a temp file beside `path`, fsync, and rename: readers see the old or the new file."""
-    directory = path.parent
-    if not directory.is_dir():
-        raise OutputError(f"{path}: output directory {directory} does not exist")
+def _new_file_mode(target: Path) -> int:
+    """The mode a plain open() would give: the replaced file's, else 0o666 less the umask (mkstemp uses 0o600)."""
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as error:
-        raise OutputError(f"{path}: cannot write to {directory} ({error.strerror or error})") from None
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _write_error(path: Path, error: OSError) -> OutputError:
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"{path}: cannot write to {path.parent} ({error.strerror}); nothing was written")
+    reason = "disk full" if error.errno in _DISK_FULL else (error.strerror or str(error))
+    return OutputError(f"{path}: write failed ({reason}); nothing was written")
+
+
+def _write_temporary(path: Path, chunks: Iterable[bytes]) -> str:
+    """Write chunks to a new temporary file beside `path`, flushed and fsynced; return its name."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), _new_file_mode(path))
             for chunk in chunks:
                 handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except OSError as error:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        reason = "disk full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-        raise OutputError(f"{path}: write failed ({reason}); nothing was written") from None
-    _fsync_dir(directory)
+    except BaseException:
+        _remove_quietly(tmp_name)
+        raise
+    return tmp_name
+
+
+def _remove_quietly(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+def _write_files_atomically(files: Sequence[Tuple[Path, Iterable[bytes]]]) -> None:
+    """Write every file to a temporary one first and rename them over their targets in order only when all are
+    complete: a failure (disk full, interrupt) before the renames leaves every target as it was and no temporary
+    file behind. Put the file that refers to the others (the model) last."""
+    for path, _ in files:
+        if not path.parent.is_dir():
+            raise OutputError(f"{path}: output directory {path.parent} does not exist")
+    written: List[Tuple[str, Path]] = []
+    try:
+        for path, chunks in files:
+            try:
+                written.append((_write_temporary(path, chunks), path))
+            except OSError as error:
+                raise _write_error(path, error) from None
+        while written:
+            tmp_name, path = written[0]
+            try:
+                os.replace(tmp_name, path)
+            except OSError as error:
+                raise _write_error(path, error) from None
+            written.pop(0)
+    finally:
+        for tmp_name, _ in written:
+            _remove_quietly(tmp_name)
+    for directory in {path.parent for path, _ in files}:
+        _fsync_dir(directory)
 
 
 def _externalize(model: onnx.ModelProto, data_name: str) -> Optional[list]:
@@ -210,29 +438,45 @@ def _externalize(model: onnx.ModelProto, data_name: str) -> Optional[list]:
     return chunks or None
 
 
+def _serialize(model: onnx.ModelProto, path: Path) -> bytes:
+    if model.ByteSize() > PROTOBUF_LIMIT:
+        raise OutputError(f"{path}: the model is {model.ByteSize() / 2**30:.1f} GiB, above protobuf's 2 GiB limit; "
+                          "write its weights as external data (--external-data)")
+    try:
+        return model.SerializeToString()
+    except (EncodeError, ValueError) as error:
+        raise OutputError(f"{path}: the model cannot be serialized ({error})") from None
+
+
 def save_model(
     model: onnx.ModelProto,
     path: PathLike,
     *,
     external_data: Optional[bool] = None,
 ) -> None:
-    """Save `model` to `path` atomically.
+    """Save `model` to `path` atomically (see the module docstring).
 
     external_data: True writes tensors of 1 KiB or more to `<file name>.data` beside the model; None (default)
-    does so only when the model would exceed protobuf's 2 GiB limit. `model` itself is not modified.
+    does so only when the model would exceed protobuf's 2 GiB limit. `model` itself is not modified. The data file
+    is renamed into place just before the model: only a kill between those two renames can pair a new data file
+    with the old model, and only when the old model used the same data file name.
     """
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except (ValueError, OSError) as error:
+        raise OutputError(f"{path}: not a usable output path ({error})") from None
+    if is_dir:
         raise OutputError(f"{path}: is a directory")
     if external_data is None:
         external_data = model.ByteSize() > PROTOBUF_LIMIT
     if not external_data:
-        _write_atomically(path, [model.SerializeToString()])
+        _write_files_atomically([(path, [_serialize(model, path)])])
         return
     data_name = path.name + ".data"
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
     chunks = _externalize(stripped, data_name)
-    if chunks:
-        _write_atomically(path.parent / data_name, chunks)
-    _write_atomically(path, [stripped.SerializeToString()])
+    files = [(path.parent / data_name, chunks)] if chunks else []
+    files.append((path, [_serialize(stripped, path)]))
+    _write_files_atomically(files)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -82,7 +83,8 @@ def make_session(
             f"(available: {', '.join(available)}); for CUDA: pip install onnxruntime-gpu"
         )
     resolved = [p for p, name in zip(resolved, names) if name in available] or ["CPUExecutionProvider"]
-    source = model if isinstance(model, (str, bytes)) else model.SerializeToString()
+    source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else (
+        model if isinstance(model, bytes) else model.SerializeToString())
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=resolved)
     except Exception as error:  # ORT raises its own exception types for unloadable models
@@ -98,6 +100,10 @@ def make_session(
 
 
 def run(session, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Run a session and return its outputs by name."""
+    """Run a session and return its outputs by name; ORT's run failures become InvalidModelError."""
     names = [output.name for output in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
+    try:
+        return dict(zip(names, session.run(names, feeds)))
+    except Exception as error:  # ORT's exception types derive from Exception directly
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidModelError(f"ONNX Runtime failed to run the model: {message}") from None

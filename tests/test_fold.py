@@ -168,16 +168,42 @@ def test_bn_inside_if_branches_folds_with_outer_scope_weights():
     assert "W" in {t.name for t in folded.graph.initializer}  # the outer weight is shared: copied, not changed
 
 
-def test_bn_inside_a_function_is_reported_not_silently_skipped():
-    model = fixtures.conv_bn()
-    function = helper.make_function("local", "F", ["a"], ["b"],
-                                    [helper.make_node("BatchNormalization", ["a", "s", "b0", "m", "v"], ["b"],
-                                                      name="fn_bn")],
-                                    [helper.make_opsetid("", 17)])
+def function_model(weights_inside: bool):
+    """main: y = F(x) twice-called local function F(x[, W]) = BN(Conv(x, W)); W and BN params are Constant nodes
+    inside the body, or W comes in as a function input."""
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "fW")
+    params = fixtures.bn_parameters(4, rng, "fbn")
+    body = [helper.make_node("Constant", [], [t.name], value=t) for t in params]
+    if weights_inside:
+        body.append(helper.make_node("Constant", [], ["fW"], value=weight))
+    body += [helper.make_node("Conv", ["a", "fW"], ["c"], name="fconv"), fixtures.bn_node("c", "b", "fbn")]
+    inputs = ["a"] if weights_inside else ["a", "fW"]
+    function = helper.make_function("local", "ConvBn", inputs, ["b"], body, [helper.make_opsetid("", 17)])
+    call_inputs = ["x"] if weights_inside else ["x", "W"]
+    nodes = [helper.make_node("ConvBn", call_inputs, ["h"], domain="local"),
+             helper.make_node("ConvBn", ["h"] + call_inputs[1:], ["y"], domain="local")]
+    model = fixtures.make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [] if weights_inside else [numpy_helper.from_array(numpy_helper.to_array(weight), "W")])
+    model.opset_import.append(helper.make_opsetid("local", 1))
     model.functions.append(function)
+    return model
+
+
+def test_bn_inside_a_function_with_constant_weights_folds_in_the_body():
+    folded, report = fold_and_compare(function_model(weights_inside=True), expect_folded=1)
+    assert report.decisions[0].graph == "function local.ConvBn"
+    assert [n.op_type for n in folded.functions[0].node if n.op_type != "Constant"] == ["Conv"]
+
+
+def test_bn_fed_by_function_inputs_stays_unless_functions_are_inlined():
+    model = function_model(weights_inside=False)
     _, report = fold(model)
-    kept = [d for d in report.kept if d.node == "fn_bn"]
-    assert kept and "model-local function" in kept[0].reason
+    assert report.folded_count == 0 and "'fW' is a function input (set per call site)" in report.kept[0].reason
+    folded, report = fold_and_compare(model, expect_folded=2, inline_functions=True)
+    assert not folded.functions and "BatchNormalization" not in op_types(folded)
 
 
 def test_skip_rule_keeps_the_bn():

@@ -17,6 +17,8 @@ from .common import input_shape_option, inputs_option, seed_option
 @click.option("--no-check", is_flag=True, help="Do not run onnx.checker on the input.")
 @click.option("--fold-input-initializers", is_flag=True,
               help="Treat initializers that are also graph inputs (IR >= 4: overridable defaults) as constants.")
+@click.option("--inline-functions", is_flag=True,
+              help="Inline model-local functions first, so BNs fed by function inputs fold per call site.")
 @click.option("--skip", "skip_rules", multiple=True, metavar="RULE", help="Do not apply this rule (repeatable).")
 @click.option("--external-data/--no-external-data", default=None,
               help="Write weights to OUTPUT.data beside the model. Default: only above protobuf's 2 GiB limit.")
@@ -28,7 +30,8 @@ from .common import input_shape_option, inputs_option, seed_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list every folded BN.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def fold(model, output, overwrite, dry_run, no_verify, force, no_check, fold_input_initializers, skip_rules,
+def fold(model, output, overwrite, dry_run, no_verify, force, no_check, fold_input_initializers, inline_functions,
+         skip_rules,
          external_data, input_shapes, input_files, seed, atol, rtol, as_json, verbose, quiet):
     """Fold eval-mode BatchNormalization in MODEL into neighbouring weights and write it to OUTPUT.
 
@@ -44,7 +47,8 @@ def fold(model, output, overwrite, dry_run, no_verify, force, no_check, fold_inp
     try:
         report = fold_file(model, output, verify=not no_verify, force=force, dry_run=dry_run, overwrite=overwrite,
                            check=not no_check, external_data=external_data, verify_options=verify_options,
-                           fold_input_initializers=fold_input_initializers, skip=skip_rules)
+                           fold_input_initializers=fold_input_initializers, skip=skip_rules,
+                           inline_functions=inline_functions)
     except VerificationFailed as failure:
         report = getattr(failure, "report", None)
         if report is not None and not quiet:

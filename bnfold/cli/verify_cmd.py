@@ -22,6 +22,7 @@ def _defaults_help() -> str:
     return (
         "\b\nDefault tolerances by output dtype (exact = integer and bool outputs; other float types as bfloat16):\n"
         f"  {'dtype':<9} {'atol':<7} rtol\n{rows}\n"
+        "A default atol is multiplied by max(1, the output's largest |reference| value).\n"
         "An element passes when |candidate - reference| <= atol + rtol * |reference|."
     )
 

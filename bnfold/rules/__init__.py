@@ -7,7 +7,9 @@ Adding a pattern means adding a module here and its tests.
 """
 
 from .base import BN_ANCHORS
-from . import add_bias, conv, conv_transpose, gemm, matmul
+from . import add_bias, backward, conv, conv_transpose, decomposed, gemm, matmul, standalone, through_reshape
 
-REGISTRY = (conv, conv_transpose, gemm, matmul, add_bias)
+# Producer rules first, then the same fold across a Reshape/Flatten/Identity, into the consumers, decomposed BNs
+# (anchored on Mul/Add/Sub/Div), and the Mul + Add fallback for a BN that nothing else can absorb.
+REGISTRY = (conv, conv_transpose, gemm, matmul, add_bias, through_reshape, backward, decomposed, standalone)
 RULE_NAMES = tuple(rule.NAME for rule in REGISTRY)

@@ -133,3 +133,80 @@ def tensor_hint(node: onnx.NodeProto, index: int, suffix: str) -> str:
     """A readable base name for a new tensor: the old input's name, else the node's, plus a suffix."""
     base = node.input[index] if index < len(node.input) and node.input[index] else (node.name or node.output[0])
     return f"{base}_{suffix}"
+
+
+def is_op(node: Optional[onnx.NodeProto], op_types) -> bool:
+    """Whether `node` exists and is one of `op_types` from the default ONNX domain."""
+    return node is not None and node.op_type in op_types and node.domain in ("", "ai.onnx")
+
+
+def declared_type(name: str, ctx: GraphContext) -> Optional[onnx.TypeProto.Tensor]:
+    """The tensor type that this graph or an enclosing one declares for `name` (input, output or value_info)."""
+    scope = ctx
+    while scope is not None:
+        for value in (*scope.graph.input, *scope.graph.output, *scope.graph.value_info):
+            if value.name == name and value.type.HasField("tensor_type"):
+                return value.type.tensor_type
+        scope = scope.parent
+    return None
+
+
+def declared_dims(name: str, ctx: GraphContext) -> Optional[List[Optional[int]]]:
+    """The declared shape of `name`, None for each symbolic or unknown dim; None when no shape is declared."""
+    tensor_type = declared_type(name, ctx)
+    if tensor_type is None or not tensor_type.HasField("shape"):
+        return None
+    return [dim.dim_value if dim.HasField("dim_value") else None for dim in tensor_type.shape.dim]
+
+
+def declared_dtype(name: str, ctx: GraphContext) -> Optional[np.dtype]:
+    """The declared element type of `name` as a numpy dtype, None when undeclared."""
+    tensor_type = declared_type(name, ctx)
+    if tensor_type is None or tensor_type.elem_type == onnx.TensorProto.UNDEFINED:
+        return None
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+
+
+def per_channel_values(value: np.ndarray, rank: Optional[int], channels: int) -> Optional[np.ndarray]:
+    """`value` as a float64 [channels] vector when, broadcast against a rank-`rank` tensor, it applies one number
+    per channel of axis 1 and changes no shape: a scalar, [C] on rank 2, [C, 1, 1] or [1, C, 1, 1] on rank 4.
+    None otherwise, and for any non-scalar when the rank is unknown."""
+    if value.size == 1 and value.ndim <= (rank if rank is not None else 1):
+        return np.full(channels, value.astype(np.float64).reshape(-1)[0])
+    if rank is None or value.ndim > rank or rank < 2:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if shape[1] == channels and all(d == 1 for i, d in enumerate(shape) if i != 1):
+        return value.astype(np.float64).reshape(-1)
+    return None
+
+
+def linear_output_rank(node: onnx.NodeProto, weight: np.ndarray, ctx: GraphContext) -> Optional[int]:
+    """Rank of a Conv/ConvTranspose (its weight's), Gemm (2) or MatMul (its data input's) output; None if unknown."""
+    if node.op_type in ("Conv", "ConvTranspose"):
+        return weight.ndim
+    if node.op_type == "Gemm":
+        return 2
+    return ctx.rank(node.input[0])
+
+
+def linear_output_channels(node: onnx.NodeProto, weight: np.ndarray) -> int:
+    """Size of axis 1 of a Conv/ConvTranspose/Gemm/MatMul output, from its weight."""
+    if weight.ndim < 2:
+        raise Refuse(f"{node.op_type} {node_label(node)!r} weight has rank {weight.ndim}")
+    if node.op_type == "Conv":
+        return weight.shape[0]
+    if node.op_type == "ConvTranspose":
+        return weight.shape[1] * int(attribute(node, "group", 1))
+    if node.op_type == "Gemm":
+        return weight.shape[0 if attribute(node, "transB", 0) else 1]
+    return weight.shape[-1]
+
+
+def shared_rank(ctx: GraphContext, *names: str) -> Optional[int]:
+    """The rank of tensors known to share one (a BN's input and output): the first that any source knows."""
+    for name in names:
+        rank = ctx.rank(name)
+        if rank is not None:
+            return rank
+    return None

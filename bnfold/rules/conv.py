@@ -11,9 +11,10 @@ import numpy as np
 import onnx
 
 from ..graph import GraphContext, Rewrite
-from ..math import fold_bias, scale_axis
+from ..math import fold_bias
 from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, constant_input, constant_update, require_float, tensor_hint
 from .linear import fold_after
+from .weights import read_weight, scaled_weight
 
 NAME = "conv"
 DESCRIPTION = "Conv -> BatchNormalization (1-D/2-D/3-D, any groups, with or without bias)"
@@ -22,21 +23,19 @@ OP_TYPE = "Conv"
 
 
 def fold_into(node: onnx.NodeProto, ctx: GraphContext, scale: np.ndarray, shift: Optional[np.ndarray]) -> ProducerEdit:
-    weight = constant_input(ctx, node, 1, "weight")
-    if weight is None:
-        raise Refuse("Conv has no weight input")
-    require_float(weight, "weight", node)
-    if weight.ndim < 3:
-        raise Refuse(f"Conv weight has rank {weight.ndim}; expected [C_out, C_in/group, k...]")
-    if weight.shape[0] != scale.size:
-        raise Refuse(f"channel mismatch: Conv has {weight.shape[0]} output channels, BN has {scale.size}")
-    return fold_weight_and_bias(node, ctx, scale_axis(weight, scale, 0), weight.dtype, scale, shift)
+    weight = read_weight(ctx, node, 1, "weight")
+    require_float(weight.value, "weight", node)
+    if weight.value.ndim < 3:
+        raise Refuse(f"Conv weight has rank {weight.value.ndim}; expected [C_out, C_in/group, k...]")
+    if weight.value.shape[0] != scale.size:
+        raise Refuse(f"channel mismatch: Conv has {weight.value.shape[0]} output channels, BN has {scale.size}")
+    return fold_weight_and_bias(node, ctx, scaled_weight(weight, scale, 0), weight.value.dtype, scale, shift)
 
 
-def fold_weight_and_bias(node, ctx, exact_weight, dtype, scale, shift) -> ProducerEdit:
-    """Shared by Conv and ConvTranspose: new weight (input 1) and bias (input 2, created when missing)."""
-    weight_update, weight_error = constant_update(node, 1, exact_weight, dtype, tensor_hint(node, 1, "bnfold"))
-    edit = ProducerEdit(updates=[weight_update], rounding_error=weight_error)
+def fold_weight_and_bias(node, ctx, weight_edit, dtype, scale, shift) -> ProducerEdit:
+    """Shared by Conv and ConvTranspose: the weight updates, and the bias (input 2, created when missing)."""
+    updates, weight_error = weight_edit
+    edit = ProducerEdit(updates=list(updates), rounding_error=weight_error)
     bias = constant_input(ctx, node, 2, "bias")
     if bias is None and shift is None:
         return edit

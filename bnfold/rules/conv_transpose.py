@@ -10,9 +10,10 @@ import onnx
 
 from ..graph import GraphContext, Rewrite, attribute
 from ..math import scale_conv_transpose_weight
-from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, constant_input, require_float
+from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, require_float
 from .conv import fold_weight_and_bias
 from .linear import fold_after
+from .weights import read_weight, scaled_weight
 
 NAME = "conv_transpose"
 DESCRIPTION = "ConvTranspose -> BatchNormalization (any rank and groups, depthwise included)"
@@ -21,18 +22,19 @@ OP_TYPE = "ConvTranspose"
 
 
 def fold_into(node: onnx.NodeProto, ctx: GraphContext, scale: np.ndarray, shift: Optional[np.ndarray]) -> ProducerEdit:
-    weight = constant_input(ctx, node, 1, "weight")
-    if weight is None:
-        raise Refuse("ConvTranspose has no weight input")
-    require_float(weight, "weight", node)
+    weight = read_weight(ctx, node, 1, "weight")
+    require_float(weight.value, "weight", node)
     group = int(attribute(node, "group", 1))
-    if weight.ndim < 3 or group < 1 or weight.shape[0] % group:
-        raise Refuse(f"ConvTranspose weight {list(weight.shape)} does not fit group={group}")
-    channels = weight.shape[1] * group
+    shape = weight.value.shape
+    if len(shape) < 3 or group < 1 or shape[0] % group:
+        raise Refuse(f"ConvTranspose weight {list(shape)} does not fit group={group}")
+    channels = shape[1] * group
     if channels != scale.size:
         raise Refuse(f"channel mismatch: ConvTranspose has {channels} output channels, BN has {scale.size}")
-    exact = scale_conv_transpose_weight(weight, scale, group)
-    return fold_weight_and_bias(node, ctx, exact, weight.dtype, scale, shift)
+    # With one group the output channels are weight axis 1; with more they interleave over the row groups.
+    weight_edit = (scaled_weight(weight, scale, 1) if group == 1 else
+                   scaled_weight(weight, scale, 1, scale_conv_transpose_weight(weight.value, scale, group)))
+    return fold_weight_and_bias(node, ctx, weight_edit, weight.value.dtype, scale, shift)
 
 
 def match(bn: BatchNorm, ctx: GraphContext) -> Optional[Rewrite]:

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 
 from ..graph import GraphContext, Rewrite, attribute
-from ..math import scale_axis
 from .base import BN_ANCHORS, ProducerEdit, BatchNorm, Refuse, constant_input, constant_update, require_float, tensor_hint
 from .linear import fold_after
+from .weights import read_weight, scaled_weight
 
 NAME = "gemm"
 DESCRIPTION = "Gemm -> BatchNormalization (transA/transB, alpha/beta, bias absent, scalar, [N] or [1, N])"
@@ -24,19 +24,16 @@ OP_TYPE = "Gemm"
 
 
 def fold_into(node: onnx.NodeProto, ctx: GraphContext, scale: np.ndarray, shift: Optional[np.ndarray]) -> ProducerEdit:
-    weight = constant_input(ctx, node, 1, "B")
-    if weight is None:
-        raise Refuse("Gemm has no B input")
-    require_float(weight, "B", node)
-    if weight.ndim != 2:
-        raise Refuse(f"Gemm B has rank {weight.ndim}, expected 2")
+    weight = read_weight(ctx, node, 1, "B")
+    require_float(weight.value, "B", node)
+    if weight.value.ndim != 2:
+        raise Refuse(f"Gemm B has rank {weight.value.ndim}, expected 2")
     axis = 0 if attribute(node, "transB", 0) else 1
-    channels = weight.shape[axis]
+    channels = weight.value.shape[axis]
     if channels != scale.size:
         raise Refuse(f"channel mismatch: Gemm has {channels} output columns, BN has {scale.size}")
-    weight_update, error = constant_update(node, 1, scale_axis(weight, scale, axis), weight.dtype,
-                                           tensor_hint(node, 1, "bnfold"))
-    edit = ProducerEdit(updates=[weight_update], rounding_error=error)
+    updates, error = scaled_weight(weight, scale, axis)
+    edit = ProducerEdit(updates=updates, rounding_error=error)
     bias = constant_input(ctx, node, 2, "C")
     if bias is None and shift is None:
         return edit
@@ -51,7 +48,7 @@ def fold_into(node: onnx.NodeProto, ctx: GraphContext, scale: np.ndarray, shift:
         raise Refuse(f"Gemm bias C has shape {list(bias.shape)}; only a scalar, [N] or [1, N] bias can absorb "
                      "a per-column BN")
     exact = beta * per_column * scale + (shift if shift is not None else 0.0)
-    dtype = bias.dtype if bias is not None else weight.dtype
+    dtype = bias.dtype if bias is not None else weight.value.dtype
     hint = tensor_hint(node, 2, "bnfold") if bias is not None else tensor_hint(node, 1, "bias")
     bias_update, bias_error = constant_update(node, 2, exact.reshape(shape), dtype, hint)
     edit.updates.append(bias_update)

@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..graph import GraphContext, InputUpdate, Rewrite
-from ..math import scale_axis
-from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, constant_input, constant_update, require_float, tensor_hint
+from ..graph import GraphContext, Rewrite
+from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, constant_update, require_float, tensor_hint
 from .linear import fold_after
+from .weights import read_weight, scaled_weight
 
 NAME = "matmul"
 DESCRIPTION = "MatMul(X, W[K, N]) -> BatchNormalization on a 2-D output (BatchNorm1d after Linear)"
@@ -24,26 +24,23 @@ OP_TYPE = "MatMul"
 
 
 def fold_into(node: onnx.NodeProto, ctx: GraphContext, scale: np.ndarray, shift: Optional[np.ndarray]) -> ProducerEdit:
-    weight = constant_input(ctx, node, 1, "weight")
-    if weight is None:
-        raise Refuse("MatMul has no right operand")
-    require_float(weight, "weight", node)
-    if weight.ndim != 2:
-        raise Refuse(f"MatMul weight has rank {weight.ndim}; only a 2-D [K, N] weight folds")
+    weight = read_weight(ctx, node, 1, "weight")
+    require_float(weight.value, "weight", node)
+    if weight.value.ndim != 2:
+        raise Refuse(f"MatMul weight has rank {weight.value.ndim}; only a 2-D [K, N] weight folds")
     rank = ctx.rank(node.input[0])
     if rank is None:
         raise Refuse("rank of the MatMul input is unknown, so BN's channel axis cannot be matched to N")
     if rank != 2:
         raise Refuse(f"MatMul output has rank {rank}: BN normalizes axis 1, not the MatMul's N axis (the last)")
-    if weight.shape[1] != scale.size:
-        raise Refuse(f"channel mismatch: MatMul has {weight.shape[1]} output columns, BN has {scale.size}")
-    weight_update, error = constant_update(node, 1, scale_axis(weight, scale, 1), weight.dtype,
-                                           tensor_hint(node, 1, "bnfold"))
-    edit = ProducerEdit(updates=[weight_update], rounding_error=error)
+    if weight.value.shape[1] != scale.size:
+        raise Refuse(f"channel mismatch: MatMul has {weight.value.shape[1]} output columns, BN has {scale.size}")
+    updates, error = scaled_weight(weight, scale, 1)
+    edit = ProducerEdit(updates=updates, rounding_error=error)
     if shift is not None:
         add = helper.make_node("Add", [node.output[0]], [ctx.unique_name(f"{node.output[0]}_bnfold_biased")],
                                name=ctx.unique_name(f"{node.name or node.output[0]}_bnfold_bias"))
-        bias_update, bias_error = constant_update(add, 1, shift, weight.dtype, tensor_hint(node, 1, "bias"))
+        bias_update, bias_error = constant_update(add, 1, shift, weight.value.dtype, tensor_hint(node, 1, "bias"))
         edit.updates.append(bias_update)
         edit.inserted.append(add)
         edit.rounding_error = max(error, bias_error)

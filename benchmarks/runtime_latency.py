@@ -1,0 +1,142 @@
+"""Folded vs original latency of a ResNet-style model on ONNX Runtime's CPU EP, in one run.
+
+Two figures matter: with ORT's graph optimizations disabled (the raw gain of removing the BatchNormalization
+nodes), and at ORT's default level "all" (the gain over ORT, which fuses Conv+BN itself when it builds a session,
+so the ratio there is expected near 1). Both are the folded model's p50 latency over the original's.
+
+    python benchmarks/runtime_latency.py                      # models/**/resnet*.onnx if present, else a built one
+    python benchmarks/runtime_latency.py --model net.onnx --iterations 500 --json latency.json
+
+The built model (when no zoo model exists) is a small ResNet: a Conv+BN+ReLU stem, basic blocks of two Conv+BN
+with identity or strided Conv+BN shortcuts, global average pooling and a Gemm head, input 1x3x112x112.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import bnfold  # noqa: E402  (after the path tweak, so the checkout runs without being installed)
+from bnfold.io import load_model  # noqa: E402
+
+
+class ResNetBuilder:
+    """Appends nodes and seeded initializers; BN statistics are non-trivial so folding changes the weights."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes = []
+        self.initializers = []
+        self.count = 0
+
+    def name(self, kind: str) -> str:
+        self.count += 1
+        return f"{kind}{self.count}"
+
+    def constant(self, kind: str, array: np.ndarray) -> str:
+        name = self.name(kind)
+        self.initializers.append(numpy_helper.from_array(array.astype(np.float32), name))
+        return name
+
+    def conv_bn(self, x: str, cin: int, cout: int, kernel: int = 3, stride: int = 1) -> str:
+        fan_in = cin * kernel * kernel
+        weight = self.constant("W", self.rng.standard_normal((cout, cin, kernel, kernel)) * np.sqrt(2.0 / fan_in))
+        conv = self.name("conv")
+        pad = kernel // 2
+        self.nodes.append(helper.make_node("Conv", [x, weight], [conv], strides=[stride, stride],
+                                           pads=[pad, pad, pad, pad], name=conv))
+        params = [
+            self.constant("gamma", 1.0 + 0.3 * self.rng.standard_normal(cout)),
+            self.constant("beta", 0.3 * self.rng.standard_normal(cout)),
+            self.constant("mean", 0.3 * self.rng.standard_normal(cout)),
+            self.constant("var", self.rng.uniform(0.5, 2.0, cout)),
+        ]
+        bn = self.name("bn")
+        self.nodes.append(helper.make_node("BatchNormalization", [conv, *params], [bn], epsilon=1e-5, name=bn))
+        return bn
+
+    def op(self, op_type: str, inputs, **attributes) -> str:
+        output = self.name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=output, **attributes))
+        return output
+
+    def basic_block(self, x: str, cin: int, cout: int, stride: int) -> str:
+        out = self.op("Relu", [self.conv_bn(x, cin, cout, stride=stride)])
+        out = self.conv_bn(out, cout, cout)
+        shortcut = x if stride == 1 and cin == cout else self.conv_bn(x, cin, cout, kernel=1, stride=stride)
+        return self.op("Relu", [self.op("Add", [out, shortcut])])
+
+
+def build_resnet_style(classes: int = 10) -> onnx.ModelProto:
+    builder = ResNetBuilder()
+    x = builder.op("Relu", [builder.conv_bn("input", 3, 32, stride=2)])  # 112x112 -> 56x56
+    for cin, cout, stride in [(32, 32, 1), (32, 32, 1), (32, 64, 2), (64, 64, 1)]:
+        x = builder.basic_block(x, cin, cout, stride)
+    pooled = builder.op("Flatten", [builder.op("GlobalAveragePool", [x])])
+    head = builder.constant("fc_W", builder.rng.standard_normal((classes, 64)) * 0.1)
+    bias = builder.constant("fc_b", np.zeros(classes))
+    builder.nodes.append(helper.make_node("Gemm", [pooled, head, bias], ["logits"], transB=1, name="fc"))
+    graph = helper.make_graph(
+        builder.nodes, "resnet_style",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        builder.initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def find_zoo_model() -> Optional[Path]:
+    """The first models/**/resnet*.onnx that still has BatchNormalization nodes to fold."""
+    for path in sorted((REPO / "models").glob("**/resnet*.onnx")):
+        if any(node.op_type == "BatchNormalization" for node in load_model(path).graph.node):
+            return path
+    return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="an ONNX model with BatchNormalization (default: see above)")
+    parser.add_argument("--input-shape", action="append", default=[], help="NAME:D0xD1x... as in bnfold bench")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--intra-op-threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, help="also write bnfold bench's JSON here")
+    args = parser.parse_args(argv)
+
+    path = args.model or find_zoo_model()
+    original = load_model(path) if path else build_resnet_style()
+    label = path.name if path else "resnet_style (built)"
+    folded, report = bnfold.fold(original)
+    print(f"{label}: {report.folded_count} BatchNormalization folded, {report.kept_count} kept", flush=True)
+
+    result = bnfold.bench(
+        [("original", original), ("folded", folded)],
+        providers=["cpu"],
+        opt_levels=["disable", "all"],
+        warmup=args.warmup,
+        iterations=args.iterations,
+        input_shapes=args.input_shape,
+        intra_op_threads=args.intra_op_threads,
+    )
+    print(result.table())
+    print("\nfolded / original p50 latency, CPU EP:")
+    for level, description in (("disable", "ORT optimizations disabled"), ("all", "ORT default (all)")):
+        ratio = next(row.ratio for row in result.rows if row.model == "folded" and row.opt_level == level)
+        print(f"  {description:<28} {ratio:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Small reference architectures that exercise every Conv/BN arrangement bnfold has to handle.
+
+Each factory returns an eval-mode `nn.Module` whose BatchNorm layers carry seeded random statistics: running
+mean ~ 0.5 * N(0, 1), running variance ~ U(0.5, 2), gamma ~ N(1, 0.5) (some negative), beta ~ 0.5 * N(0, 1).
+Untrained BN (mean 0, variance 1, gamma 1, beta 0) is nearly the identity, so folding it would prove nothing.
+The models are tiny (well under 1 MB of weights each) so exporting and folding all of them takes seconds.
+
+Every factory is a valid `bnfold export` target, e.g.
+    bnfold export models.zoo:resnet_style -o resnet.onnx --input-shape 1x3x32x32 --fold
+and `INPUT_SHAPES[name]` is the example input shape each one is meant for.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SEED = 0
+
+
+def randomize_batchnorm_statistics(module: nn.Module, seed: int = SEED) -> nn.Module:
+    """Give every BatchNorm layer non-trivial statistics and affine parameters, reproducibly."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in module.modules():
+            if not isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                continue
+            channels = layer.num_features
+            layer.running_mean.copy_(0.5 * torch.randn(channels, generator=generator))
+            layer.running_var.copy_(0.5 + 1.5 * torch.rand(channels, generator=generator))
+            if layer.affine:
+                layer.weight.copy_(1.0 + 0.5 * torch.randn(channels, generator=generator))
+                layer.bias.copy_(0.5 * torch.randn(channels, generator=generator))
+    return module
+
+
+def _build(factory, seed: int = SEED) -> nn.Module:
+    """Construct with seeded weights without disturbing the caller's global RNG, then randomize BN, eval()."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = factory()
+    return randomize_batchnorm_statistics(module, seed).eval()
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two Conv+BN, identity or strided 1x1 Conv+BN shortcut, Add, ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNetStyle(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = _conv_bn_relu(3, 16)
+        self.layer1 = BasicBlock(16, 16)
+        self.layer2 = BasicBlock(16, 32, stride=2)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand Conv+BN+ReLU6, depthwise 3x3 Conv+BN+ReLU6, 1x1 project Conv+BN (+ skip)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        self.use_skip = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.use_skip else out
+
+
+class MobileNetStyle(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn_relu(3, 16, stride=2),
+            InvertedResidual(16, 16, stride=1, expand=2),
+            InvertedResidual(16, 24, stride=2, expand=3),
+            InvertedResidual(24, 24, stride=1, expand=3),
+        )
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.head(torch.flatten(x, 1))
+
+
+class ConvTransposeDecoder(nn.Module):
+    """Upsampling decoder: ConvTranspose+BN plain (with and without bias), grouped (groups=2) and depthwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.up1 = nn.ConvTranspose2d(16, 12, 4, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(12)
+        self.up2 = nn.ConvTranspose2d(12, 8, 3, stride=2, padding=1, output_padding=1, groups=2)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.up3 = nn.ConvTranspose2d(8, 8, 3, stride=1, padding=1, groups=8, bias=False)
+        self.bn3 = nn.BatchNorm2d(8)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.up1(x)))
+        x = torch.relu(self.bn2(self.up2(x)))
+        x = torch.relu(self.bn3(self.up3(x)))
+        return torch.tanh(self.out(x))
+
+
+class MlpBn1d(nn.Module):
+    """Tabular MLP: Linear(+bias)->BatchNorm1d->ReLU, Linear(no bias)->BatchNorm1d->ReLU, Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(32, 64)
+        self.bn1 = nn.BatchNorm1d(64)
+        self.fc2 = nn.Linear(64, 48, bias=False)
+        self.bn2 = nn.BatchNorm1d(48)
+        self.fc3 = nn.Linear(48, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.fc1(x)))
+        x = torch.relu(self.bn2(self.fc2(x)))
+        return self.fc3(x)
+
+
+class AudioConv1d(nn.Module):
+    """Raw-waveform 1-D net: strided, dilated and depthwise Conv1d each followed by BatchNorm1d."""
+
+    def __init__(self, num_classes: int = 6):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(1, 16, 9, stride=4, padding=4),
+            nn.BatchNorm1d(16),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(16, 24, 5, padding=4, dilation=2, bias=False),
+            nn.BatchNorm1d(24),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(24, 24, 3, padding=1, groups=24, bias=False),
+            nn.BatchNorm1d(24),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=-1))
+
+
+class Conv3dNet(nn.Module):
+    """Video-style 3-D net: Conv3d+BatchNorm3d with and without conv bias."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv3d(2, 8, 3, padding=1),
+            nn.BatchNorm3d(8),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(8, 12, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm3d(12),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool3d(self.features(x), 1)
+        return self.head(torch.flatten(x, 1))
+
+
+class DenseLayer(nn.Module):
+    """DenseNet layer, pre-activation: BN->ReLU->Conv1x1 then BN->ReLU->Conv3x3, output concatenated to input."""
+
+    def __init__(self, cin: int, growth: int):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, 2 * growth, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(2 * growth)
+        self.conv2 = nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        out = self.conv1(torch.relu(self.norm1(x)))
+        out = self.conv2(torch.relu(self.norm2(out)))
+        return torch.cat([x, out], dim=1)
+
+
+class DenseNetBlock(nn.Module):
+    """Dense block, then a transition BN->Conv1x1 (BN feeding a conv directly), then a standalone final BN."""
+
+    def __init__(self, cin: int = 8, growth: int = 6, layers: int = 3):
+        super().__init__()
+        self.layers = nn.Sequential(*(DenseLayer(cin + i * growth, growth) for i in range(layers)))
+        channels = cin + layers * growth
+        self.transition_norm = nn.BatchNorm2d(channels)
+        self.transition_conv = nn.Conv2d(channels, channels // 2, 1)
+        self.final_norm = nn.BatchNorm2d(channels // 2)
+
+    def forward(self, x):
+        x = self.transition_conv(self.transition_norm(self.layers(x)))
+        x = nn.functional.avg_pool2d(x, 2)
+        return torch.relu(self.final_norm(x))
+
+
+class TwoBranch(nn.Module):
+    """A conv whose output feeds two BNs and a skip, and one conv (shared weights) applied to both branches."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn_left = nn.BatchNorm2d(16)
+        self.bn_right = nn.BatchNorm2d(16)
+        self.shared = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn_shared_left = nn.BatchNorm2d(16)
+        self.bn_shared_right = nn.BatchNorm2d(16)
+
+    def forward(self, x):
+        stem = self.stem(x)
+        left = self.bn_shared_left(self.shared(torch.relu(self.bn_left(stem))))
+        right = self.bn_shared_right(self.shared(torch.sigmoid(self.bn_right(stem))))
+        return torch.relu(left + right + stem)
+
+
+def resnet_style() -> nn.Module:
+    """ResNet-style classifier: Conv+BN stem and residual blocks with Conv+BN shortcuts."""
+    return _build(ResNetStyle)
+
+
+def mobilenet_style() -> nn.Module:
+    """MobileNetV2-style classifier: depthwise separable inverted residual blocks, every conv followed by BN."""
+    return _build(MobileNetStyle)
+
+
+def convtranspose_decoder() -> nn.Module:
+    """Decoder of ConvTranspose+BN, including grouped (groups=2) and depthwise transposed convolutions."""
+    return _build(ConvTransposeDecoder)
+
+
+def mlp_bn1d() -> nn.Module:
+    """MLP with Linear->BatchNorm1d (Gemm or MatMul followed by BN in ONNX)."""
+    return _build(MlpBn1d)
+
+
+def audio_conv1d() -> nn.Module:
+    """1-D convolutional audio net on raw waveforms."""
+    return _build(AudioConv1d)
+
+
+def conv3d_net() -> nn.Module:
+    """3-D convolutional net on short video clips."""
+    return _build(Conv3dNet)
+
+
+def densenet_block() -> nn.Module:
+    """DenseNet-style block: BN before conv (BN->ReLU->Conv and BN->Conv) and a trailing standalone BN."""
+    return _build(DenseNetBlock)
+
+
+def two_branch() -> nn.Module:
+    """A conv output consumed by two BN branches and a skip; a conv with shared weights used twice."""
+    return _build(TwoBranch)
+
+
+FACTORIES = {
+    "resnet_style": resnet_style,
+    "mobilenet_style": mobilenet_style,
+    "convtranspose_decoder": convtranspose_decoder,
+    "mlp_bn1d": mlp_bn1d,
+    "audio_conv1d": audio_conv1d,
+    "conv3d_net": conv3d_net,
+    "densenet_block": densenet_block,
+    "two_branch": two_branch,
+}
+
+INPUT_SHAPES = {
+    "resnet_style": (2, 3, 32, 32),
+    "mobilenet_style": (2, 3, 32, 32),
+    "convtranspose_decoder": (2, 16, 6, 6),
+    "mlp_bn1d": (4, 32),
+    "audio_conv1d": (2, 1, 512),
+    "conv3d_net": (2, 2, 6, 12, 12),
+    "densenet_block": (2, 8, 12, 12),
+    "two_branch": (2, 3, 16, 16),
+}

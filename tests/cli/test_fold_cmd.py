@@ -1,0 +1,106 @@
+"""`bnfold MODEL -o OUT` through the click group and as a real process."""
+
+import json
+import subprocess
+import sys
+
+import onnx
+from click.testing import CliRunner
+
+from bnfold.cli import cli
+from models import fixtures
+from support import assert_same_outputs
+
+
+def save(model, path):
+    onnx.save(model, path)
+    return str(path)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_fold_writes_verified_model_and_prints_summary(tmp_path):
+    source = save(fixtures.conv_bn_bn(), tmp_path / "m.onnx")
+    result = invoke(source, "-o", tmp_path / "out.onnx")
+    assert result.exit_code == 0, result.output
+    assert "BatchNormalization: 2 of 2 folded, 0 kept" in result.output
+    assert "PASSED" in result.output
+    folded = onnx.load(tmp_path / "out.onnx")
+    assert [n.op_type for n in folded.graph.node] == ["Conv"]
+    assert_same_outputs(onnx.load(source), folded)
+
+
+def test_explicit_fold_subcommand_and_json(tmp_path):
+    source = save(fixtures.multi_consumer_conv(), tmp_path / "m.onnx")
+    result = invoke("fold", source, "-o", tmp_path / "out.onnx", "--json", "--no-verify")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["bn_kept"] == 1 and "also feeds side_relu" in report["decisions"][0]["reason"]
+
+
+def test_quiet_prints_nothing_and_dry_run_writes_nothing(tmp_path):
+    source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
+    quiet = invoke(source, "-o", tmp_path / "out.onnx", "-q")
+    assert quiet.exit_code == 0 and quiet.output == ""
+    dry = invoke(source, "--dry-run", "-o", tmp_path / "dry.onnx")
+    assert dry.exit_code == 0 and "(not written)" in dry.output
+    assert not (tmp_path / "dry.onnx").exists()
+
+
+def test_refuses_to_overwrite_the_input_unless_asked(tmp_path):
+    source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
+    before = (tmp_path / "m.onnx").read_bytes()
+    result = invoke(source, "-o", source)
+    assert result.exit_code == 2 and "is the input file; pass --overwrite" in result.output
+    assert (tmp_path / "m.onnx").read_bytes() == before
+    assert invoke(source, "-o", source, "--overwrite").exit_code == 0
+    assert [n.op_type for n in onnx.load(source).graph.node] == ["Conv"]
+
+
+def test_missing_output_option_is_a_usage_error(tmp_path):
+    source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
+    result = invoke(source)
+    assert result.exit_code == 2 and "pass -o/--output" in result.output
+
+
+def test_rules_command_lists_the_registry():
+    result = invoke("rules")
+    assert result.exit_code == 0
+    assert result.output.splitlines()[0].startswith("conv ")
+
+
+def test_python_dash_m_bnfold_runs_without_traceback(tmp_path):
+    source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
+    ok = subprocess.run([sys.executable, "-m", "bnfold", source, "-o", str(tmp_path / "o.onnx"), "--no-verify"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    missing = subprocess.run([sys.executable, "-m", "bnfold", str(tmp_path / "nope.onnx"), "-o", "x.onnx"],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [f"bnfold: error: {tmp_path / 'nope.onnx'}: no such file"]
+
+
+def test_no_verify_does_not_import_onnxruntime(tmp_path):
+    source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
+    code = ("import sys; from bnfold.cli import main\n"
+            f"try:\n    main([{source!r}, '-o', {str(tmp_path / 'o.onnx')!r}, '--no-verify', '-q'])\n"
+            "except SystemExit: pass\n"
+            "assert 'onnxruntime' not in sys.modules and 'torch' not in sys.modules, 'heavy import'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_failed_verification_writes_nothing_and_exits_1(tmp_path, monkeypatch):
+    import bnfold.rules.conv as conv_rule
+
+    real_fold_bias = conv_rule.fold_bias
+    monkeypatch.setattr(conv_rule, "fold_bias", lambda *args: real_fold_bias(*args) + 0.5)  # a wrong fold
+    source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
+    result = invoke(source, "-o", tmp_path / "out.onnx")
+    assert result.exit_code == 1
+    assert "FAILED" in result.output and "nothing written" in result.output
+    assert not (tmp_path / "out.onnx").exists()
+    forced = invoke(source, "-o", tmp_path / "out.onnx", "--force")
+    assert forced.exit_code == 1 and (tmp_path / "out.onnx").exists()
