@@ -15,10 +15,11 @@ from onnx import helper
 
 from . import io
 from .errors import OutputError, UsageError, VerificationFailed
-from .graph import GraphContext, all_names, known_ranks, node_label, subgraphs
+from .graph import GraphContext, all_names, node_label, subgraphs
 from .report import BnDecision, FoldReport
 from .rules import BN_ANCHORS, REGISTRY, RULE_NAMES
 from .rules.base import Refuse, read_batchnorm
+from .shapes import tensor_types
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -62,33 +63,6 @@ def count_ops(model: onnx.ModelProto) -> Dict[str, int]:
     return dict(counts)
 
 
-def _needs_ranks(model: onnx.ModelProto) -> bool:
-    """Only MatMul/Add-fed BNs need tensor ranks; shape inference is skipped for everything else."""
-
-    def graph_needs(graph: onnx.GraphProto) -> bool:
-        producers = {name: node.op_type for node in graph.node for name in node.output}
-        for node in graph.node:
-            if node.op_type == "BatchNormalization" and producers.get(node.input[0] if node.input else "") in (
-                    "MatMul", "Add"):
-                return True
-            if any(graph_needs(sub) for sub in subgraphs(node)):
-                return True
-        return False
-
-    return graph_needs(model.graph)
-
-
-def _ranks(model: onnx.ModelProto) -> Dict[str, int]:
-    ranks = known_ranks(model.graph)
-    if _needs_ranks(model) and model.ByteSize() < io.PROTOBUF_LIMIT:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        except Exception:  # shape inference is best effort: an unknown rank makes the MatMul rule refuse
-            return ranks
-        known_ranks(inferred.graph, ranks)
-    return ranks
-
-
 class _Folder:
     """Walks one model's graphs and records a decision for every BatchNormalization."""
 
@@ -97,7 +71,7 @@ class _Folder:
         self.options = options
         self.opset = default_opset(model)
         self.names = all_names(model)
-        self.ranks = _ranks(model)
+        self.types = tensor_types(model)
         rules = [rule for rule in REGISTRY if rule.NAME not in options.skip]
         self.bn_rules = [rule for rule in rules if rule.ANCHORS == BN_ANCHORS]
         self.other_rules = [rule for rule in rules if rule.ANCHORS != BN_ANCHORS]
@@ -123,7 +97,7 @@ class _Folder:
     def fold_graph(self, graph: onnx.GraphProto, parent: Optional[GraphContext], path: str,
                    function: bool = False) -> None:
         ctx = GraphContext(graph, ir_version=self.model.ir_version, names=self.names, parent=parent, path=path,
-                           fold_input_initializers=self.options.fold_input_initializers, ranks=self.ranks,
+                           fold_input_initializers=self.options.fold_input_initializers, types=self.types,
                            function=function)
         for node in ctx.nodes:
             if ctx.is_removed(node) or node.domain not in DEFAULT_DOMAINS:

@@ -74,19 +74,6 @@ def all_names(model: onnx.ModelProto) -> Set[str]:
     return names
 
 
-def known_ranks(graph: onnx.GraphProto, ranks: Optional[Dict[str, int]] = None) -> Dict[str, int]:
-    """Ranks of every tensor whose type carries a shape, in this graph and its subgraphs."""
-    ranks = {} if ranks is None else ranks
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        tensor_type = value.type.tensor_type
-        if tensor_type.HasField("shape"):
-            ranks[value.name] = len(tensor_type.shape.dim)
-    for node in graph.node:
-        for sub in subgraphs(node):
-            known_ranks(sub, ranks)
-    return ranks
-
-
 def attribute(node: onnx.NodeProto, name: str, default=None):
     for attr in node.attribute:
         if attr.name == name:
@@ -153,7 +140,7 @@ class GraphContext:
         fold_input_initializers: bool = False,
         parent: Optional["GraphContext"] = None,
         path: str = "main",
-        ranks: Optional[Dict[str, int]] = None,
+        types=None,
         function: bool = False,
     ):
         self.graph = graph
@@ -162,7 +149,7 @@ class GraphContext:
         self.fold_input_initializers = fold_input_initializers
         self.parent = parent
         self.path = path
-        self.ranks = ranks if ranks is not None else {}
+        self.types = types  # a bnfold.shapes.TensorTypes: declared and inferred dims and dtypes
         # A function body has no initializers: new constants become Constant nodes at the top of the body.
         self.function = function
         self._prepended: List[onnx.NodeProto] = []
@@ -212,7 +199,19 @@ class GraphContext:
         try:
             return self.constant(name).ndim
         except NotConstant:
-            return self.ranks.get(name)
+            dims = self.dims(name)
+            return None if dims is None else len(dims)
+
+    def dims(self, name: str) -> Optional[List[Optional[int]]]:
+        """Declared or inferred dims of a tensor (None for a symbolic axis); None when its shape is unknown."""
+        return self.types.dims.get(name) if self.types is not None else None
+
+    def dtype(self, name: str) -> Optional[np.dtype]:
+        """A tensor's dtype from its constant value or its declared or inferred type; None when unknown."""
+        try:
+            return self.constant(name).dtype
+        except NotConstant:
+            return self.types.dtypes.get(name) if self.types is not None else None
 
     def _initializer_is_constant(self, name: str) -> bool:
         """Below IR 4 every initializer is also an input and runtimes treat it as a constant; from IR 4 on, one
@@ -271,14 +270,19 @@ class GraphContext:
             shape = np.array(self.constant(node.input[0]).shape, dtype=np.int64)
             start, end = attribute(node, "start", 0), attribute(node, "end", None)
             return shape[start:end]
-        inputs = [self.constant(name) if name else None for name in node.input]
+        # CastLike needs only the dtype of its second input, which may well be run-time data.
+        needed = node.input[:1] if op == "CastLike" else node.input
+        inputs = [self.constant(name) if name else None for name in needed]
         data = inputs[0]
         if op == "Identity":
             return data
         if op == "Cast":
             return data.astype(helper.tensor_dtype_to_np_dtype(attribute(node, "to")))
         if op == "CastLike":
-            return data.astype(inputs[1].dtype)
+            target = self.dtype(node.input[1])
+            if target is None:
+                raise NotConstant(f"the type of {node.input[1]!r}, which CastLike copies, is not declared")
+            return data.astype(target)
         if op == "Reshape":
             shape = [int(d) for d in inputs[1]]
             if not attribute(node, "allowzero", 0):
@@ -374,6 +378,11 @@ class GraphContext:
 
     def apply(self, rewrite: Rewrite) -> None:
         """Carry out a rule's Rewrite (see Rewrite for what each field means)."""
+        # Inserted nodes read their inputs from the start; updates may then repoint one of them.
+        for node in rewrite.inserted:
+            for name in node.input:
+                if name:
+                    self.consumers[name].append(node)
         for update in rewrite.updates:
             self._set_constant_input(update)
         for name, value in rewrite.attributes.items():
@@ -386,10 +395,6 @@ class GraphContext:
                     self.touched.add(name)
         self._inserted_after[id(rewrite.insert_after or rewrite.output_node or rewrite.anchor)].extend(
             rewrite.inserted)
-        for node in rewrite.inserted:
-            for name in node.input:
-                if name:
-                    self.consumers[name].append(node)
         if rewrite.output_node is not None:
             last = rewrite.inserted[-1] if rewrite.inserted else rewrite.output_node
             old_output, new_output = last.output[0], rewrite.output or rewrite.anchor.output[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -218,6 +218,234 @@ def standalone_bn(seed: int = 0) -> onnx.ModelProto:
     return make_model([bn_node("x", "y", "bn")], [x], [y], bn_parameters(3, rng, "bn"))
 
 
+def _zero_shift(initializers: List[onnx.TensorProto], prefix: str) -> None:
+    """Set a BN's beta and running mean to 0, so its shift beta - mean * scale is exactly 0 (scale stays random)."""
+    for tensor in initializers:
+        if tensor.name in (f"{prefix}_bias", f"{prefix}_mean"):
+            tensor.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(tensor)), tensor.name))
+
+
+def bn_conv(*, rank: int = 2, c_in: int = 8, c_out: int = 6, group: int = 1, kernel: int = 1, stride: int = 1,
+            pad: int = 0, auto_pad: Optional[str] = None, bias: bool = True, zero_shift: bool = False,
+            size: int = 7, seed: int = 0) -> onnx.ModelProto:
+    """x -> BN -> Conv -> y: BN before the conv, as pre-activation nets and DenseNet transitions have it."""
+    rng = np.random.default_rng(seed)
+    initializers = bn_parameters(c_in, rng, "bn")
+    if zero_shift:
+        _zero_shift(initializers, "bn")
+    initializers.append(numpy_helper.from_array(
+        rng.normal(0, 0.5, (c_out, c_in // group) + (kernel,) * rank).astype(np.float32), "W"))
+    inputs = ["bn_out", "W"]
+    if bias:
+        initializers.append(numpy_helper.from_array(rng.normal(0, 1, c_out).astype(np.float32), "B"))
+        inputs.append("B")
+    attributes = {"group": group, "strides": [stride] * rank}
+    if auto_pad:
+        attributes["auto_pad"] = auto_pad
+    else:
+        attributes["pads"] = [pad] * (2 * rank)
+    nodes = [bn_node("x", "bn_out", "bn"), helper.make_node("Conv", inputs, ["y"], name="conv", **attributes)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in] + [size] * rank)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return _with_inferred_output(make_model(nodes, [x], [y], initializers))
+
+
+def bn_gemm(*, k: int = 6, n: int = 5, m: int = 3, trans_a: int = 0, trans_b: int = 0, alpha: float = 1.0,
+            beta: float = 1.0, bias_shape: Optional[Sequence[int]] = (5,), seed: int = 0) -> onnx.ModelProto:
+    """x -> BN (BatchNorm1d) -> Gemm(B, C) -> y; bias_shape None drops C, () makes it a scalar. With transA=1
+    x is [K, M] and BN normalizes its M columns."""
+    rng = np.random.default_rng(seed)
+    x_shape = [k, m] if trans_a else [m, k]
+    initializers = bn_parameters(x_shape[1], rng, "bn")
+    initializers.append(numpy_helper.from_array(
+        rng.normal(0, 0.5, (n, k) if trans_b else (k, n)).astype(np.float32), "B"))
+    inputs = ["bn_out", "B"]
+    if bias_shape is not None:
+        initializers.append(numpy_helper.from_array(rng.normal(0, 1, tuple(bias_shape)).astype(np.float32), "C"))
+        inputs.append("C")
+    nodes = [bn_node("x", "bn_out", "bn"),
+             helper.make_node("Gemm", inputs, ["y"], name="gemm", transA=trans_a, transB=trans_b, alpha=alpha,
+                              beta=beta)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])
+    return make_model(nodes, [x], [y], initializers)
+
+
+def bn_matmul(*, k: int = 6, n: int = 5, x_rank: int = 2, consumers: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """x -> BN -> MatMul(W[K, N]) -> Relu -> y (per consumer): BatchNorm1d before a bias-free Linear."""
+    rng = np.random.default_rng(seed)
+    channels = k if x_rank == 2 else 4
+    initializers = bn_parameters(channels, rng, "bn")
+    nodes = [bn_node("x", "bn_out", "bn")]
+    for index in range(consumers):
+        initializers.append(numpy_helper.from_array(rng.normal(0, 0.5, (k, n)).astype(np.float32), f"W{index}"))
+        nodes.append(helper.make_node("MatMul", ["bn_out", f"W{index}"], [f"mm{index}"], name=f"matmul{index}"))
+    nodes += [helper.make_node("Relu", [f"mm{index}"], [f"y{index}"], name=f"relu{index}")
+              for index in range(consumers)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k] if x_rank == 2 else ["N", 4, k])
+    outputs = [helper.make_tensor_value_info(f"y{index}", TensorProto.FLOAT, None) for index in range(consumers)]
+    return _with_inferred_output(make_model(nodes, [x], outputs, initializers))
+
+
+def bn_two_consumers(second: str = "Relu", seed: int = 0) -> onnx.ModelProto:
+    """x -> BN -> {1x1 Conv, `second`}: "Conv" is a 1x1 Conv sharing the first one's weight, "Relu" cannot absorb
+    a BN, so then neither consumer may fold."""
+    rng = np.random.default_rng(seed)
+    initializers = bn_parameters(4, rng, "bn")
+    initializers.append(numpy_helper.from_array(rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32), "W"))
+    nodes = [bn_node("x", "bn_out", "bn"), helper.make_node("Conv", ["bn_out", "W"], ["y1"], name="conv1")]
+    if second == "Conv":
+        nodes.append(helper.make_node("Conv", ["bn_out", "W"], ["y2"], name="conv2"))
+    else:
+        nodes.append(helper.make_node(second, ["bn_out"], ["y2"], name=second.lower()))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("y1", "y2")]
+    return _with_inferred_output(make_model(nodes, [x], outputs, initializers))
+
+
+def densenet_block(seed: int = 0) -> onnx.ModelProto:
+    """A DenseNet-style dense layer and transition on concatenated features, with intermediate shapes declared
+    (as exporters write them):
+
+        cat = Concat(x, Conv3x3(x))
+        BN1(cat) -> Relu -> Conv1x1 -> BN2 -> Relu -> Conv3x3(pad 1) -> y1   (BN1 cannot cross the Relu: standalone;
+                                                                          BN2 folds into the Conv1x1 before it)
+        BN3(cat) -> Conv1x1 -> y2                                            (BN3 folds backward into the conv)
+    """
+    rng = np.random.default_rng(seed)
+
+    def weight(name, shape):
+        return numpy_helper.from_array(rng.normal(0, 0.4, shape).astype(np.float32), name)
+
+    initializers = [weight("W0", (8, 8, 3, 3)), weight("W1", (12, 16, 1, 1)), weight("W2", (4, 12, 3, 3)),
+                    weight("W3", (6, 16, 1, 1))]
+    initializers += bn_parameters(16, rng, "bn1") + bn_parameters(12, rng, "bn2") + bn_parameters(16, rng, "bn3")
+    nodes = [
+        helper.make_node("Conv", ["x", "W0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["x", "c0"], ["cat"], name="concat", axis=1),
+        bn_node("cat", "n1", "bn1"),
+        helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "W1"], ["c1"], name="conv1"),
+        bn_node("c1", "n2", "bn2"),
+        helper.make_node("Relu", ["n2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "W2"], ["y1"], name="conv2", pads=[1, 1, 1, 1]),
+        bn_node("cat", "n3", "bn3"),
+        helper.make_node("Conv", ["n3", "W3"], ["y2"], name="conv3"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 6, 6])
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("y1", "y2")]
+    return _with_value_info(make_model(nodes, [x], outputs, initializers))
+
+
+def frozen_bn_stem(*, steps: Sequence[Tuple[str, bool]] = (("Mul", False), ("Add", False)),
+                   constant_shape: Optional[Sequence[int]] = None, seed: int = 0) -> onnx.ModelProto:
+    """A detection-model stem with torchvision's FrozenBatchNorm2d exported as elementwise ops:
+    x -> Conv7x7/2 (no bias) -> steps -> Relu -> MaxPool -> y. Each step is (op, constant_first), its constant
+    random per channel, shaped [1, C, 1, 1] unless `constant_shape` says otherwise."""
+    rng = np.random.default_rng(seed)
+    channels = 8
+    shape = tuple(constant_shape) if constant_shape is not None else (1, channels, 1, 1)
+    initializers = [numpy_helper.from_array(rng.normal(0, 0.3, (channels, 3, 7, 7)).astype(np.float32), "W")]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["conv_out"], name="conv", strides=[2, 2], pads=[3, 3, 3, 3])]
+    data = "conv_out"
+    for index, (op, constant_first) in enumerate(steps):
+        magnitude = rng.uniform(0.5, 2.0, shape) * rng.choice([-1, 1], shape)
+        values = magnitude if op in ("Mul", "Div") else rng.normal(0, 1, shape)
+        initializers.append(numpy_helper.from_array(values.astype(np.float32), f"frozen_{index}"))
+        operands = [f"frozen_{index}", data] if constant_first else [data, f"frozen_{index}"]
+        nodes.append(helper.make_node(op, operands, [f"step{index}"], name=f"{op.lower()}{index}"))
+        data = f"step{index}"
+    nodes += [helper.make_node("Relu", [data], ["relu_out"], name="relu"),
+              helper.make_node("MaxPool", ["relu_out"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                               pads=[1, 1, 1, 1])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return _with_inferred_output(make_model(nodes, [x], [y], initializers))
+
+
+def standalone_input_bn(seed: int = 0) -> onnx.ModelProto:
+    """A BN normalizing the raw input, then a padded Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm: the
+    padding keeps BN's shift out of the conv, so the BN has no neighbour to fold into."""
+    rng = np.random.default_rng(seed)
+    initializers = bn_parameters(3, rng, "bn") + [
+        numpy_helper.from_array(rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.normal(0, 0.4, (8, 4)).astype(np.float32), "fc_W"),
+        numpy_helper.from_array(rng.normal(0, 1, 4).astype(np.float32), "fc_b")]
+    nodes = [bn_node("x", "normalized", "bn"),
+             helper.make_node("Conv", ["normalized", "W"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc_W", "fc_b"], ["y"], name="fc")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    return make_model(nodes, [x], [y], initializers)
+
+
+def conv_reshape_bn(*, between: str = "Reshape", target: Sequence[int] = (0, 8, -1), axis: int = 1,
+                    bn_channels: int = 8, batch="N", size: int = 5, kernel: int = 3, pad: int = 1,
+                    seed: int = 0) -> onnx.ModelProto:
+    """x -> Conv (8 channels) -> Reshape(target) | Flatten(axis) | Identity -> BN(bn_channels) -> y, shapes
+    declared. `batch` is the input's declared batch dim (a name or a number)."""
+    rng = np.random.default_rng(seed)
+    initializers = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 4, kernel, kernel)).astype(np.float32), "W"),
+                    numpy_helper.from_array(rng.normal(0, 1, 8).astype(np.float32), "B")]
+    initializers += bn_parameters(bn_channels, rng, "bn")
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["conv_out"], name="conv", pads=[pad] * 4)]
+    if between == "Reshape":
+        initializers.append(numpy_helper.from_array(np.array(target, np.int64), "target"))
+        nodes.append(helper.make_node("Reshape", ["conv_out", "target"], ["moved"], name="reshape"))
+    elif between == "Flatten":
+        nodes.append(helper.make_node("Flatten", ["conv_out"], ["moved"], name="flatten", axis=axis))
+    else:
+        nodes.append(helper.make_node(between, ["conv_out"], ["moved"], name=between.lower()))
+    nodes.append(bn_node("moved", "y", "bn"))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4, size, size])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return _with_value_info(make_model(nodes, [x], [y], initializers))
+
+
+def bn_after(op: str = "Relu", *, rank: int = 4, declare_shapes: bool = True, dtype=np.float32,
+             seed: int = 0) -> onnx.ModelProto:
+    """x -> `op` -> BN -> y, where `op` is no node a BN folds into: Relu, PRelu, MaxPool, Concat (of x with
+    itself) or a residual Add (x + x). declare_shapes=False declares no intermediate shape and ends the graph
+    with a Relu after the BN, so nothing declares BN's rank or dtype."""
+    rng = np.random.default_rng(seed)
+    channels = 6 if op == "Concat" else 3
+    initializers = bn_parameters(channels, rng, "bn", dtype)
+    spatial = [5] * (rank - 2)
+    if op == "PRelu":
+        initializers.append(numpy_helper.from_array(
+            rng.uniform(0.1, 0.3, (3,) + (1,) * (rank - 2)).astype(dtype), "slope"))
+        node = helper.make_node("PRelu", ["x", "slope"], ["h"], name="prelu")
+    elif op == "Concat":
+        node = helper.make_node("Concat", ["x", "x"], ["h"], name="concat", axis=1)
+    elif op == "Add":
+        node = helper.make_node("Add", ["x", "x"], ["h"], name="residual")
+    elif op == "MaxPool":
+        node = helper.make_node("MaxPool", ["x"], ["h"], name="pool", kernel_shape=[2] * (rank - 2))
+    else:
+        node = helper.make_node(op, ["x"], ["h"], name=op.lower())
+    x = helper.make_tensor_value_info("x", tensor_type(dtype), ["N", 3] + spatial)
+    y = helper.make_tensor_value_info("y", tensor_type(dtype), None)
+    if declare_shapes:
+        return _with_value_info(make_model([node, bn_node("h", "y", "bn")], [x], [y], initializers))
+    nodes = [node, bn_node("h", "n", "bn"), helper.make_node("Relu", ["n"], ["y"], name="out_relu")]
+    return _with_inferred_output(make_model(nodes, [x], [y], initializers))
+
+
+def _at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    model.opset_import[0].version = opset
+    return model
+
+
+def _with_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Declare every intermediate and output shape that ONNX shape inference finds, as exporters do."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    model.graph.value_info.extend(inferred.graph.value_info)
+    return _with_inferred_output(model)
+
+
 def _with_inferred_output(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fill in the output shapes (the checker wants a shape on every graph output type)."""
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -225,6 +453,68 @@ def _with_inferred_output(model: onnx.ModelProto) -> onnx.ModelProto:
     for output in model.graph.output:
         if not output.type.tensor_type.HasField("shape") and output.name in shapes:
             output.type.CopyFrom(shapes[output.name].type)
+    return model
+
+
+def quantized_conv_bn(*, scale_shape=(8,), axis=0, block_size=0, reshape=False, opset=21, seed=0):
+    """x -> Conv(DequantizeLinear(int8 W, scale, zero point) [-> Reshape]) -> BN -> y, as int8 exports write."""
+    rng = np.random.default_rng(seed)
+    data_shape = (8, 4 * 9) if reshape else (8, 4, 3, 3)
+    data = rng.integers(-100, 100, data_shape).astype(np.int8)
+    scale = rng.uniform(0.001, 0.02, scale_shape).astype(np.float32)
+    zero_point = rng.integers(-3, 3, scale_shape).astype(np.int8)
+    initializers = [numpy_helper.from_array(data, "Wq"), numpy_helper.from_array(scale, "Ws"),
+                    numpy_helper.from_array(zero_point, "Wz")]
+    attributes = {"axis": axis}
+    if block_size:
+        attributes["block_size"] = block_size
+    nodes = [helper.make_node("DequantizeLinear", ["Wq", "Ws", "Wz"], ["W_dq"], name="dq", **attributes)]
+    weight = "W_dq"
+    if reshape:
+        initializers.append(numpy_helper.from_array(np.array([8, 4, 3, 3], np.int64), "shape"))
+        nodes.append(helper.make_node("Reshape", ["W_dq", "shape"], ["W"], name="reshape"))
+        weight = "W"
+    nodes += [helper.make_node("Conv", ["x", weight], ["conv_out"], name="conv", pads=[1, 1, 1, 1]),
+              bn_node("conv_out", "y", "bn")]
+    initializers += bn_parameters(8, rng, "bn")
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 5, 5])],
+                               initializers, opset=opset)
+
+
+def function_model(weights_inside: bool):
+    """main: y = F(x) twice-called local function F(x[, W]) = BN(Conv(x, W)); W and BN params are Constant nodes
+    inside the body, or W comes in as a function input."""
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "fW")
+    params = bn_parameters(4, rng, "fbn")
+    body = [helper.make_node("Constant", [], [t.name], value=t) for t in params]
+    if weights_inside:
+        body.append(helper.make_node("Constant", [], ["fW"], value=weight))
+    body += [helper.make_node("Conv", ["a", "fW"], ["c"], name="fconv"), bn_node("c", "b", "fbn")]
+    inputs = ["a"] if weights_inside else ["a", "fW"]
+    function = helper.make_function("local", "ConvBn", inputs, ["b"], body, [helper.make_opsetid("", 17)])
+    call_inputs = ["x"] if weights_inside else ["x", "W"]
+    nodes = [helper.make_node("ConvBn", call_inputs, ["h"], domain="local"),
+             helper.make_node("ConvBn", ["h"] + call_inputs[1:], ["y"], domain="local")]
+    model = make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [] if weights_inside else [numpy_helper.from_array(numpy_helper.to_array(weight), "W")])
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    model.functions.append(function)
+    return model
+
+
+def constant_node_weights(seed: int = 0) -> onnx.ModelProto:
+    """Conv+BN with every weight and BN parameter in a Constant node, as paddle2onnx writes them."""
+    model = conv_bn(seed=seed)
+    graph = model.graph
+    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in graph.initializer]
+    del graph.initializer[:]
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(constants + nodes)
     return model
 
 
@@ -243,7 +533,16 @@ SHIPPED: Dict[str, callable] = {
     "refuse_training_mode": training_mode_bn,
     "refuse_weight_input": weight_as_input,
     "refuse_gemm_row_bias": gemm_row_bias,
-    "refuse_standalone": standalone_bn,
+    "bn_conv_backward": bn_conv,
+    "bn_gemm_backward": lambda: bn_gemm(trans_b=1, alpha=0.5, beta=2.0),
+    "densenet_block": densenet_block,
+    "frozen_bn_stem": frozen_bn_stem,
+    "standalone_input_bn": standalone_input_bn,
+    "conv_reshape_bn": conv_reshape_bn,
+    "quantized_conv_bn": quantized_conv_bn,
+    "function_conv_bn": lambda: function_model(weights_inside=True),
+    "constant_node_weights": constant_node_weights,
+    "opset9_conv_bn": lambda: _at_opset(conv_bn(), 9),
 }
 
 

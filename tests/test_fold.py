@@ -6,7 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 import bnfold
 from bnfold import fold
 from models import fixtures
-from support import assert_same_outputs, fold_and_compare, op_types
+from support import fold_and_compare, op_types
 
 
 def test_fold_returns_a_new_model_and_leaves_the_input_alone():
@@ -39,7 +39,6 @@ def test_shared_weight_is_copied_so_the_other_conv_is_unchanged():
     (fixtures.weight_as_input, "Conv weight is not a constant: 'W' is a graph input"),
     (fixtures.nonfinite_stats_bn, "BN var contains NaN or inf"),
     (fixtures.gemm_row_bias, "Gemm bias C has shape [3, 5]"),
-    (fixtures.standalone_bn, "input 'x' comes from a graph input"),
     (lambda: fixtures.initializer_as_input(ir_version=8), "an initializer that is also a graph input"),
 ])
 def test_refused_bn_is_reported_and_graph_is_byte_identical(build, reason):
@@ -47,6 +46,13 @@ def test_refused_bn_is_reported_and_graph_is_byte_identical(build, reason):
     folded, report = fold(model)
     assert report.folded_count == 0 and report.kept_count == 1
     assert reason in report.kept[0].reason
+    assert folded.SerializeToString() == model.SerializeToString()
+
+
+def test_bn_with_no_neighbour_says_why_when_the_standalone_rule_is_skipped():
+    model = fixtures.standalone_bn()
+    folded, report = fold(model, skip=["standalone"])
+    assert "input 'x' comes from a graph input; no rule folds a BN there" in report.kept[0].reason
     assert folded.SerializeToString() == model.SerializeToString()
 
 
@@ -118,14 +124,7 @@ def test_preserves_names_opsets_metadata_and_doc_strings():
 
 
 def test_constant_node_weights_fold_and_leave_no_dead_constants():
-    model = fixtures.conv_bn()
-    graph = model.graph
-    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in graph.initializer]
-    del graph.initializer[:]
-    nodes = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(constants + nodes)
-    folded, report = fold_and_compare(model, expect_folded=1)
+    folded, report = fold_and_compare(fixtures.constant_node_weights(), expect_folded=1)
     assert op_types(folded) == ["Conv"]
 
 
@@ -168,38 +167,14 @@ def test_bn_inside_if_branches_folds_with_outer_scope_weights():
     assert "W" in {t.name for t in folded.graph.initializer}  # the outer weight is shared: copied, not changed
 
 
-def function_model(weights_inside: bool):
-    """main: y = F(x) twice-called local function F(x[, W]) = BN(Conv(x, W)); W and BN params are Constant nodes
-    inside the body, or W comes in as a function input."""
-    rng = np.random.default_rng(3)
-    weight = numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "fW")
-    params = fixtures.bn_parameters(4, rng, "fbn")
-    body = [helper.make_node("Constant", [], [t.name], value=t) for t in params]
-    if weights_inside:
-        body.append(helper.make_node("Constant", [], ["fW"], value=weight))
-    body += [helper.make_node("Conv", ["a", "fW"], ["c"], name="fconv"), fixtures.bn_node("c", "b", "fbn")]
-    inputs = ["a"] if weights_inside else ["a", "fW"]
-    function = helper.make_function("local", "ConvBn", inputs, ["b"], body, [helper.make_opsetid("", 17)])
-    call_inputs = ["x"] if weights_inside else ["x", "W"]
-    nodes = [helper.make_node("ConvBn", call_inputs, ["h"], domain="local"),
-             helper.make_node("ConvBn", ["h"] + call_inputs[1:], ["y"], domain="local")]
-    model = fixtures.make_model(
-        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3])],
-        [] if weights_inside else [numpy_helper.from_array(numpy_helper.to_array(weight), "W")])
-    model.opset_import.append(helper.make_opsetid("local", 1))
-    model.functions.append(function)
-    return model
-
-
 def test_bn_inside_a_function_with_constant_weights_folds_in_the_body():
-    folded, report = fold_and_compare(function_model(weights_inside=True), expect_folded=1)
+    folded, report = fold_and_compare(fixtures.function_model(weights_inside=True), expect_folded=1)
     assert report.decisions[0].graph == "function local.ConvBn"
     assert [n.op_type for n in folded.functions[0].node if n.op_type != "Constant"] == ["Conv"]
 
 
 def test_bn_fed_by_function_inputs_stays_unless_functions_are_inlined():
-    model = function_model(weights_inside=False)
+    model = fixtures.function_model(weights_inside=False)
     _, report = fold(model)
     assert report.folded_count == 0 and "'fW' is a function input (set per call site)" in report.kept[0].reason
     folded, report = fold_and_compare(model, expect_folded=2, inline_functions=True)
@@ -230,3 +205,20 @@ def test_unused_initializers_of_the_user_are_left_alone():
     folded, _ = fold(model)
     assert "unused_by_design" in {t.name for t in folded.graph.initializer}
     assert not any(t.name.startswith("bn_") for t in folded.graph.initializer)
+
+
+def test_zero_bias_built_at_run_time_like_the_dynamo_exporter_folds():
+    """Conv bias = Expand(CastLike(0, x), Shape(W)[0:1]), as torch.onnx.export(dynamo=True, optimize=False) writes."""
+    model = fixtures.conv_bn(bias=False)
+    graph = model.graph
+    zero = helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32)))
+    nodes = [zero,
+             helper.make_node("CastLike", ["zero", "x"], ["zero_like"]),
+             helper.make_node("Shape", ["W"], ["channels"], start=0, end=1),
+             helper.make_node("Expand", ["zero_like", "channels"], ["zero_bias"])]
+    graph.node[0].input.append("zero_bias")
+    conv_and_bn = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + conv_and_bn)
+    folded, _ = fold_and_compare(model, expect_folded=1)
+    assert op_types(folded) == ["Conv"]

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
-
 from ..graph import GraphContext, NotConstant, Rewrite
-from .base import BN_ANCHORS, BatchNorm, Refuse, constant_update, exclusive_producer, require_exclusive
+from .base import BN_ANCHORS, BatchNorm, Refuse, constant_update, is_op, per_channel_values, require_exclusive
 from . import conv, conv_transpose, gemm, matmul
 
 NAME = "add_bias"
@@ -33,21 +31,9 @@ def _output_rank(node, ctx: GraphContext) -> Optional[int]:
     return ctx.rank(node.output[0])
 
 
-def _per_channel(bias: np.ndarray, rank: Optional[int], channels: int) -> Optional[np.ndarray]:
-    """The bias as a [channels] vector if it broadcasts along axis 1 of a rank-`rank` output only, else None."""
-    if bias.size == 1:
-        return np.full(channels, bias.astype(np.float64).reshape(-1)[0])
-    if rank is None or bias.ndim > rank:
-        return None
-    shape = (1,) * (rank - bias.ndim) + bias.shape
-    if shape[1] == channels and all(d == 1 for i, d in enumerate(shape) if i != 1):
-        return bias.astype(np.float64).reshape(-1)
-    return None
-
-
 def match(bn: BatchNorm, ctx: GraphContext) -> Optional[Rewrite]:
-    add = exclusive_producer(bn, ctx, ("Add",))
-    if add is None or len(add.input) != 2:
+    add = ctx.producer(bn.input)
+    if not is_op(add, ("Add",)) or len(add.input) != 2:
         return None
     for data_index in (0, 1):
         producer = ctx.producer(add.input[data_index])
@@ -59,17 +45,20 @@ def match(bn: BatchNorm, ctx: GraphContext) -> Optional[Rewrite]:
         bias = ctx.constant(add.input[1 - data_index])
     except NotConstant:
         return None
+    require_exclusive(add, bn.input, ctx, bn.node)
     rank = _output_rank(producer, ctx)
-    per_channel = _per_channel(bias, rank, bn.channels)
+    if rank is None:
+        raise Refuse(f"rank of the {producer.op_type} output is unknown, so the Add constant's axes are too")
+    per_channel = per_channel_values(bias, rank, bn.channels)
     if per_channel is None:
         raise Refuse(f"Add constant of shape {list(bias.shape)} is not a per-channel bias on axis 1 of the "
-                     f"{producer.op_type} output (rank {rank if rank is not None else 'unknown'})")
+                     f"{producer.op_type} output (rank {rank})")
     if bias.dtype.kind != "f" and bias.dtype.name != "bfloat16":
         raise Refuse(f"Add constant has dtype {bias.dtype.name}")
     require_exclusive(producer, add.input[data_index], ctx, add)
     edit = PRODUCERS[producer.op_type].fold_into(producer, ctx, bn.scale, None)
     exact = per_channel * bn.scale + bn.shift
-    shape = bias.shape if bias.size > 1 else (bn.channels,) + (1,) * max((rank or 2) - 2, 0)
+    shape = bias.shape if bias.size > 1 else (bn.channels,) + (1,) * (rank - 2)
     bias_update, bias_error = constant_update(add, 1 - data_index, exact.reshape(shape), bias.dtype,
                                               f"{add.input[1 - data_index] or add.name}_bnfold")
     return Rewrite(

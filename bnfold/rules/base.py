@@ -140,33 +140,6 @@ def is_op(node: Optional[onnx.NodeProto], op_types) -> bool:
     return node is not None and node.op_type in op_types and node.domain in ("", "ai.onnx")
 
 
-def declared_type(name: str, ctx: GraphContext) -> Optional[onnx.TypeProto.Tensor]:
-    """The tensor type that this graph or an enclosing one declares for `name` (input, output or value_info)."""
-    scope = ctx
-    while scope is not None:
-        for value in (*scope.graph.input, *scope.graph.output, *scope.graph.value_info):
-            if value.name == name and value.type.HasField("tensor_type"):
-                return value.type.tensor_type
-        scope = scope.parent
-    return None
-
-
-def declared_dims(name: str, ctx: GraphContext) -> Optional[List[Optional[int]]]:
-    """The declared shape of `name`, None for each symbolic or unknown dim; None when no shape is declared."""
-    tensor_type = declared_type(name, ctx)
-    if tensor_type is None or not tensor_type.HasField("shape"):
-        return None
-    return [dim.dim_value if dim.HasField("dim_value") else None for dim in tensor_type.shape.dim]
-
-
-def declared_dtype(name: str, ctx: GraphContext) -> Optional[np.dtype]:
-    """The declared element type of `name` as a numpy dtype, None when undeclared."""
-    tensor_type = declared_type(name, ctx)
-    if tensor_type is None or tensor_type.elem_type == onnx.TensorProto.UNDEFINED:
-        return None
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-
-
 def per_channel_values(value: np.ndarray, rank: Optional[int], channels: int) -> Optional[np.ndarray]:
     """`value` as a float64 [channels] vector when, broadcast against a rank-`rank` tensor, it applies one number
     per channel of axis 1 and changes no shape: a scalar, [C] on rank 2, [C, 1, 1] or [1, C, 1, 1] on rank 4.

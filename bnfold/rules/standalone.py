@@ -15,7 +15,7 @@ from typing import Optional
 from onnx import helper
 
 from ..graph import GraphContext, NotConstant, Rewrite
-from .base import BN_ANCHORS, BatchNorm, Refuse, constant_update, declared_dtype, is_op, shared_rank
+from .base import BN_ANCHORS, BatchNorm, Refuse, constant_update, is_op, shared_rank
 from . import add_bias, conv, conv_transpose, gemm, matmul, through_reshape
 
 NAME = "standalone"
@@ -54,15 +54,15 @@ def match(bn: BatchNorm, ctx: GraphContext) -> Optional[Rewrite]:
                      "run ONNX shape inference on the model first")
     if rank < 2:
         raise Refuse(f"BN input has rank {rank}; BatchNormalization needs [N, C, ...]")
-    dtype = declared_dtype(bn.input, ctx) or declared_dtype(bn.output, ctx)
+    dtype = ctx.dtype(bn.input) or ctx.dtype(bn.output)
     if dtype is None:
         raise Refuse("element type of the BN input is not declared, so the Mul/Add constants' dtype is unknown; "
                      "run ONNX shape inference on the model first")
     label = bn.node.name or bn.output
     shape = (bn.channels,) + (1,) * (rank - 2)
     mul = helper.make_node("Mul", [bn.input], [ctx.unique_name(f"{bn.output}_bnfold_scaled")],
-                           name=ctx.unique_name(f"{label}_bnfold_scale"))
-    add = helper.make_node("Add", [mul.output[0]], [bn.output], name=ctx.unique_name(f"{label}_bnfold_shift"))
+                           name=ctx.unique_name(f"{label}_bnfold_mul"))
+    add = helper.make_node("Add", [mul.output[0]], [bn.output], name=ctx.unique_name(f"{label}_bnfold_add"))
     scale_update, scale_error = constant_update(mul, 1, bn.scale.reshape(shape), dtype, f"{label}_bnfold_scale")
     shift_update, shift_error = constant_update(add, 1, bn.shift.reshape(shape), dtype, f"{label}_bnfold_shift")
     return Rewrite(anchor=bn.node, into=[mul, add], updates=[scale_update, shift_update], inserted=[mul, add],

@@ -17,7 +17,7 @@ from typing import List, Optional
 import onnx
 
 from ..graph import GraphContext, Rewrite, attribute, node_label
-from .base import (BN_ANCHORS, BatchNorm, Refuse, constant_input, declared_dims, is_op, linear_output_channels,
+from .base import (BN_ANCHORS, BatchNorm, Refuse, constant_input, is_op, linear_output_channels,
                    linear_output_rank, require_exclusive)
 from .weights import read_weight
 from . import conv, conv_transpose, gemm
@@ -33,13 +33,13 @@ PRODUCERS = {module.OP_TYPE: module for module in (conv, conv_transpose, gemm)}
 def _batch_size(producer: onnx.NodeProto, ctx: GraphContext) -> Optional[int]:
     """The declared size of the producer's output axis 0, which is its data input's batch (Gemm: M) axis."""
     axis = 1 if producer.op_type == "Gemm" and attribute(producer, "transA", 0) else 0
-    dims = declared_dims(producer.input[0], ctx)
+    dims = ctx.dims(producer.input[0])
     return dims[axis] if dims is not None and len(dims) > axis else None
 
 
 def _output_dims(producer: onnx.NodeProto, ctx: GraphContext, rank: int, channels: int) -> List[Optional[int]]:
     """The producer output's dims as far as declared (None where unknown), with the channel count filled in."""
-    dims = declared_dims(producer.output[0], ctx)
+    dims = ctx.dims(producer.output[0])
     dims = list(dims) if dims is not None and len(dims) == rank else [None] * rank
     dims[1] = channels
     if dims[0] is None:

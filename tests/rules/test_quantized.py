@@ -10,31 +10,6 @@ from models import fixtures
 from support import fold_and_compare
 
 
-def quantized_conv_bn(*, scale_shape, axis=0, block_size=0, reshape=False, opset=21, seed=0):
-    rng = np.random.default_rng(seed)
-    data_shape = (8, 4 * 9) if reshape else (8, 4, 3, 3)
-    data = rng.integers(-100, 100, data_shape).astype(np.int8)
-    scale = rng.uniform(0.001, 0.02, scale_shape).astype(np.float32)
-    zero_point = rng.integers(-3, 3, scale_shape).astype(np.int8)
-    initializers = [numpy_helper.from_array(data, "Wq"), numpy_helper.from_array(scale, "Ws"),
-                    numpy_helper.from_array(zero_point, "Wz")]
-    attributes = {"axis": axis}
-    if block_size:
-        attributes["block_size"] = block_size
-    nodes = [helper.make_node("DequantizeLinear", ["Wq", "Ws", "Wz"], ["W_dq"], name="dq", **attributes)]
-    weight = "W_dq"
-    if reshape:
-        initializers.append(numpy_helper.from_array(np.array([8, 4, 3, 3], np.int64), "shape"))
-        nodes.append(helper.make_node("Reshape", ["W_dq", "shape"], ["W"], name="reshape"))
-        weight = "W"
-    nodes += [helper.make_node("Conv", ["x", weight], ["conv_out"], name="conv", pads=[1, 1, 1, 1]),
-              fixtures.bn_node("conv_out", "y", "bn")]
-    initializers += fixtures.bn_parameters(8, rng, "bn")
-    return fixtures.make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])],
-                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 5, 5])],
-                               initializers, opset=opset)
-
-
 def integer_weights(model):
     return numpy_helper.to_array([t for t in model.graph.initializer if t.name == "Wq"][0])
 
@@ -45,7 +20,7 @@ def integer_weights(model):
     dict(scale_shape=(8,), axis=0, reshape=True),
 ])
 def test_per_channel_quantized_conv_folds_into_the_scale(settings):
-    model = quantized_conv_bn(**settings)
+    model = fixtures.quantized_conv_bn(**settings)
     folded, report = fold_and_compare(model, expect_folded=1)
     np.testing.assert_array_equal(integer_weights(folded), integer_weights(model))
     assert [n.op_type for n in folded.graph.node][-1] == "Conv"
@@ -57,7 +32,7 @@ def test_per_channel_quantized_conv_folds_into_the_scale(settings):
     (dict(scale_shape=(4, 4, 3, 3), axis=0, block_size=2), "blocks of 2 span several output channels"),
 ])
 def test_quantized_weights_that_need_requantization_are_refused(settings, reason):
-    model = quantized_conv_bn(**settings)
+    model = fixtures.quantized_conv_bn(**settings)
     folded, report = fold(model)
     assert report.folded_count == 0 and reason in report.kept[0].reason
     assert folded.SerializeToString() == model.SerializeToString()
