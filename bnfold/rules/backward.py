@@ -17,8 +17,8 @@ from onnx import helper
 
 from ..graph import GraphContext, InputUpdate, Rewrite, attribute, node_label
 from .affine import conv_input_affine, rows_affine
-from .base import (BN_ANCHORS, BatchNorm, Refuse, constant_input, constant_update, is_op, require_float,
-                   shared_rank, tensor_hint)
+from .base import BN_ANCHORS, BatchNorm, Refuse, constant_input, constant_update, is_op, shared_rank, tensor_hint
+from .weights import read_plain_weight
 
 NAME = "backward"
 DESCRIPTION = ("BatchNormalization -> Conv (unpadded, or any padding when BN's shift is 0; any groups) / "
@@ -56,10 +56,7 @@ def _padding(conv: onnx.NodeProto, kernel: Tuple[int, ...]) -> Optional[str]:
 
 
 def _conv(conv: onnx.NodeProto, ctx: GraphContext, bn: BatchNorm) -> _Absorption:
-    weight = constant_input(ctx, conv, 1, "weight")
-    if weight is None:
-        raise Refuse(f"Conv {node_label(conv)!r} has no weight input")
-    require_float(weight, "weight", conv)
+    weight = read_plain_weight(ctx, conv, 1, "weight")
     group = int(attribute(conv, "group", 1))
     if weight.ndim < 3 or group < 1 or weight.shape[0] % group:
         raise Refuse(f"Conv {node_label(conv)!r} weight {list(weight.shape)} does not fit group={group}")
@@ -86,12 +83,7 @@ def _gemm(gemm: onnx.NodeProto, ctx: GraphContext, bn: BatchNorm) -> _Absorption
     alpha * (shift @ B') to Y, so C becomes C + (alpha / beta) * (shift @ B') and beta stays."""
     if attribute(gemm, "transA", 0):
         raise Refuse(f"Gemm {node_label(gemm)!r} has transA=1: BN's channel axis is the Gemm's M axis, not K")
-    weight = constant_input(ctx, gemm, 1, "B")
-    if weight is None:
-        raise Refuse(f"Gemm {node_label(gemm)!r} has no B input")
-    require_float(weight, "B", gemm)
-    if weight.ndim != 2:
-        raise Refuse(f"Gemm B has rank {weight.ndim}, expected 2")
+    weight = read_plain_matrix(ctx, gemm, 1, "B")
     trans_b = bool(attribute(gemm, "transB", 0))
     rows = weight.T if trans_b else weight
     if rows.shape[0] != bn.channels:
@@ -114,12 +106,7 @@ def _gemm(gemm: onnx.NodeProto, ctx: GraphContext, bn: BatchNorm) -> _Absorption
 
 
 def _matmul(matmul: onnx.NodeProto, ctx: GraphContext, bn: BatchNorm) -> _Absorption:
-    weight = constant_input(ctx, matmul, 1, "weight")
-    if weight is None:
-        raise Refuse(f"MatMul {node_label(matmul)!r} has no right operand")
-    require_float(weight, "weight", matmul)
-    if weight.ndim != 2:
-        raise Refuse(f"MatMul weight has rank {weight.ndim}; only a 2-D [K, N] weight folds")
+    weight = read_plain_matrix(ctx, matmul, 1, "weight")
     rank = shared_rank(ctx, bn.input, bn.output)
     if rank is None:
         raise Refuse("rank of the BN input is unknown, so its channel axis cannot be matched to the MatMul's K axis")
@@ -132,6 +119,13 @@ def _matmul(matmul: onnx.NodeProto, ctx: GraphContext, bn: BatchNorm) -> _Absorp
     absorption = _Absorption(matmul_bias=added if np.any(added) else None, bias_dtype=weight.dtype)
     absorption.update(matmul, 1, scaled, weight.dtype, tensor_hint(matmul, 1, "bnfold"))
     return absorption
+
+
+def read_plain_matrix(ctx: GraphContext, node: onnx.NodeProto, index: int, role: str) -> np.ndarray:
+    weight = read_plain_weight(ctx, node, index, role)
+    if weight.ndim != 2:
+        raise Refuse(f"{node.op_type} {role} has rank {weight.ndim}; only a 2-D weight folds")
+    return weight
 
 
 FOLDS = {"Conv": _conv, "Gemm": _gemm, "MatMul": _matmul}

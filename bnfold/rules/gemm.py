@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 
 from ..graph import GraphContext, Rewrite, attribute
-from .base import BN_ANCHORS, ProducerEdit, BatchNorm, Refuse, constant_input, constant_update, require_float, tensor_hint
+from .base import BN_ANCHORS, ProducerEdit, BatchNorm, Refuse, constant_input, constant_update, tensor_hint
 from .linear import fold_after
-from .weights import read_weight, scaled_weight
+from .weights import read_matrix, scaled_weight
 
 NAME = "gemm"
 DESCRIPTION = "Gemm -> BatchNormalization (transA/transB, alpha/beta, bias absent, scalar, [N] or [1, N])"
@@ -24,10 +24,7 @@ OP_TYPE = "Gemm"
 
 
 def fold_into(node: onnx.NodeProto, ctx: GraphContext, scale: np.ndarray, shift: Optional[np.ndarray]) -> ProducerEdit:
-    weight = read_weight(ctx, node, 1, "B")
-    require_float(weight.value, "B", node)
-    if weight.value.ndim != 2:
-        raise Refuse(f"Gemm B has rank {weight.value.ndim}, expected 2")
+    weight = read_matrix(ctx, node, 1, "B")
     axis = 0 if attribute(node, "transB", 0) else 1
     channels = weight.value.shape[axis]
     if channels != scale.size:

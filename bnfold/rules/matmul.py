@@ -13,9 +13,9 @@ import onnx
 from onnx import helper
 
 from ..graph import GraphContext, Rewrite
-from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, constant_update, require_float, tensor_hint
+from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, constant_update, tensor_hint
 from .linear import fold_after
-from .weights import read_weight, scaled_weight
+from .weights import read_matrix, scaled_weight
 
 NAME = "matmul"
 DESCRIPTION = "MatMul(X, W[K, N]) -> BatchNormalization on a 2-D output (BatchNorm1d after Linear)"
@@ -24,10 +24,7 @@ OP_TYPE = "MatMul"
 
 
 def fold_into(node: onnx.NodeProto, ctx: GraphContext, scale: np.ndarray, shift: Optional[np.ndarray]) -> ProducerEdit:
-    weight = read_weight(ctx, node, 1, "weight")
-    require_float(weight.value, "weight", node)
-    if weight.value.ndim != 2:
-        raise Refuse(f"MatMul weight has rank {weight.value.ndim}; only a 2-D [K, N] weight folds")
+    weight = read_matrix(ctx, node, 1, "weight")
     rank = ctx.rank(node.input[0])
     if rank is None:
         raise Refuse("rank of the MatMul input is unknown, so BN's channel axis cannot be matched to N")

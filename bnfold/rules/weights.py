@@ -15,9 +15,9 @@ from typing import List, Optional, Tuple
 import numpy as np
 import onnx
 
-from ..graph import GraphContext, InputUpdate, NotConstant, attribute
+from ..graph import GraphContext, InputUpdate, NotConstant, attribute, node_label
 from ..math import scale_axis
-from .base import Refuse, constant_update, tensor_hint
+from .base import Refuse, constant_update, require_float, tensor_hint
 
 # Ops allowed between DequantizeLinear and the producer.
 PASS_THROUGH = ("Reshape", "Identity")
@@ -71,6 +71,26 @@ def read_weight(ctx: GraphContext, node: onnx.NodeProto, index: int, role: str) 
     for shape in shapes:
         value = value.reshape([value.shape[i] if d == 0 else d for i, d in enumerate(shape)])
     return Weight(node, index, value, info)
+
+
+def read_matrix(ctx: GraphContext, node: onnx.NodeProto, index: int, role: str) -> Weight:
+    """A 2-D float weight (Gemm's B, MatMul's right operand)."""
+    weight = read_weight(ctx, node, index, role)
+    require_float(weight.value, role, node)
+    if weight.value.ndim != 2:
+        raise Refuse(f"{node.op_type} {role} has rank {weight.value.ndim}; only a 2-D weight folds")
+    return weight
+
+
+def read_plain_weight(ctx: GraphContext, node: onnx.NodeProto, index: int, role: str) -> np.ndarray:
+    """A float weight that a fold rewrites as a whole (scaling its input channels): a quantized one is refused,
+    since its per-output-channel scales cannot absorb a per-input-channel factor."""
+    weight = read_weight(ctx, node, index, role)
+    if weight.dequantized is not None:
+        raise Refuse(f"{node.op_type} {node_label(node)!r} {role} is quantized; scaling its input channels would "
+                     "need re-quantization")
+    require_float(weight.value, role, node)
+    return weight.value
 
 
 def _chain_to_dequantize(ctx: GraphContext, name: str):
