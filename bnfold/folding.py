@@ -98,7 +98,7 @@ class _Folder:
                    function: bool = False) -> None:
         ctx = GraphContext(graph, ir_version=self.model.ir_version, names=self.names, parent=parent, path=path,
                            fold_input_initializers=self.options.fold_input_initializers, types=self.types,
-                           function=function)
+                           function=function, opset=self.opset)
         for node in ctx.nodes:
             if ctx.is_removed(node) or node.domain not in DEFAULT_DOMAINS:
                 pass
@@ -245,7 +245,8 @@ def fold_file(
     if verify and report.changed:
         from .verification import verify as verify_models
 
-        report.verification = verify_models(str(source), folded, **(verify_options or {}))
+        report.verification = verify_models(str(source), folded, candidate_label="folded model (in memory)",
+                                            **(verify_options or {}))
         if not report.verification.passed and not force:
             report.elapsed_s = time.perf_counter() - started
             error = VerificationFailed("folded model differs from the original beyond tolerance; nothing written "

@@ -14,12 +14,39 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .errors import InvalidModelError
+
 # Constant subexpressions larger than this are not evaluated (a guard against ConstantOfShape bombs).
 MAX_CONSTANT_ELEMENTS = 1 << 26
 
 # Nodes that compute a constant from constants, and the evaluator for each (see _evaluate).
 CONSTANT_OPS = {"Constant", "Identity", "Cast", "CastLike", "Reshape", "Unsqueeze", "Squeeze", "Flatten",
                 "ConstantOfShape", "Shape", "Expand", "Transpose"}
+
+
+# Default-domain ops bnfold reads; each is checked against its ONNX schema before any rule sees it.
+VALIDATED_OPS = {"BatchNormalization", "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
+                 "DequantizeLinear", *CONSTANT_OPS}
+
+
+def validate_node(node: onnx.NodeProto, opset: int) -> None:
+    """Raise InvalidModelError when a node of VALIDATED_OPS lacks a required input or output, or has an attribute
+    of the wrong type: onnx.checker catches these, but users may skip it (--no-check) and rules index freely."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return
+    label = f"{node.op_type} node {node_label(node)!r}"
+    if len(node.input) < schema.min_input or not all(node.input[:schema.min_input]):
+        raise InvalidModelError(f"{label} has {len(node.input)} inputs; it needs at least {schema.min_input}")
+    if len(node.output) < max(schema.min_output, 1) or not node.output[0]:
+        raise InvalidModelError(f"{label} has no output")
+    for attr in node.attribute:
+        declared = schema.attributes.get(attr.name)
+        if declared is not None and not attr.ref_attr_name and attr.type != declared.type:
+            raise InvalidModelError(
+                f"{label}: attribute {attr.name!r} is {onnx.AttributeProto.AttributeType.Name(attr.type)}, "
+                f"expected {onnx.AttributeProto.AttributeType.Name(declared.type)}")
 
 
 class NotConstant(Exception):
@@ -142,6 +169,7 @@ class GraphContext:
         path: str = "main",
         types=None,
         function: bool = False,
+        opset: Optional[int] = None,
     ):
         self.graph = graph
         self.ir_version = ir_version
@@ -161,6 +189,8 @@ class GraphContext:
         # Wrappers of protobuf messages are created on access: hold one per node so identities stay stable.
         self.nodes: List[onnx.NodeProto] = list(graph.node)
         for node in self.nodes:
+            if opset is not None and node.op_type in VALIDATED_OPS and node.domain in ("", "ai.onnx"):
+                validate_node(node, opset)
             for name in node.output:
                 if name:
                     self.producers[name] = node
@@ -235,7 +265,7 @@ class GraphContext:
                     f"{name!r} is an initializer that is also a graph input (an overridable default from IR 4 on); "
                     "pass --fold-input-initializers to treat such inputs as constants"
                 )
-            return numpy_helper.to_array(self.initializers[name])
+            return self._tensor_value(self.initializers[name])
         node = self.producer(name)
         if node is None:
             if name in self.input_names:
@@ -248,8 +278,25 @@ class GraphContext:
             raise NotConstant(f"{name!r} is computed at run time by {node.op_type} node {node_label(node)!r}")
         return self._evaluate(node)
 
+    @staticmethod
+    def _tensor_value(tensor: onnx.TensorProto) -> np.ndarray:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise NotConstant(f"{tensor.name!r} holds external data that was not loaded (load the model from its "
+                              "file with bnfold.load_model)")
+        try:
+            return numpy_helper.to_array(tensor)
+        except (ValueError, TypeError, KeyError) as error:
+            raise NotConstant(f"tensor {tensor.name!r} cannot be read ({error})") from None
+
     def _evaluate(self, node: onnx.NodeProto) -> np.ndarray:
-        """Evaluate a constant-only node of CONSTANT_OPS (the few shapes exporters emit for weights)."""
+        """Evaluate a constant-only node; numpy's complaints about malformed constants mean "not a constant"."""
+        try:
+            return self._evaluate_op(node)
+        except (ValueError, IndexError, TypeError, KeyError) as error:
+            raise NotConstant(f"cannot evaluate {node.op_type} node {node_label(node)!r}: {error}") from None
+
+    def _evaluate_op(self, node: onnx.NodeProto) -> np.ndarray:
+        """Evaluate a node of CONSTANT_OPS (the few shapes exporters emit for weights)."""
         op = node.op_type
         if op == "Constant":
             for attr in node.attribute:
@@ -257,7 +304,7 @@ class GraphContext:
                     raise NotConstant(f"Constant node {node_label(node)!r} takes its value from function attribute "
                                       f"{attr.ref_attr_name!r}, set per call site")
                 if attr.name == "value":
-                    return numpy_helper.to_array(attr.t)
+                    return self._tensor_value(attr.t)
                 if attr.name in ("value_float", "value_int"):
                     return np.array(helper.get_attribute_value(attr),
                                     dtype=np.float32 if attr.name == "value_float" else np.int64)

@@ -24,7 +24,8 @@ from onnx import helper, numpy_helper
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, EncodeError
 
-from .errors import ExternalDataError, InputFileError, InvalidModelError, ModelLoadError, OutputError
+from .errors import (BnfoldError, ExternalDataError, InputFileError, InvalidModelError, ModelLoadError,
+                     OutputError)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -34,7 +35,7 @@ PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_MIN_BYTES = 1024
 # What numpy_helper.to_array raises for a tensor whose data does not match its shape and type.
 _DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError, UnicodeDecodeError)
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
@@ -102,8 +103,20 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
 # --- well-formedness -------------------------------------------------------------------------------------------
 
 
+def _external_tensor_problem(tensor: onnx.TensorProto) -> Optional[str]:
+    """What can be checked of an external tensor before its data is read: a known type and a file name."""
+    if tensor.data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING) or \
+            tensor.data_type not in onnx.TensorProto.DataType.values():
+        return f"external tensor {tensor.name!r} has data type {tensor.data_type}, which cannot be stored externally"
+    if not _external_info(tensor).get("location"):
+        return f"tensor {tensor.name!r} is marked external but names no file"
+    return None
+
+
 def _tensor_problem(tensor: onnx.TensorProto) -> Optional[str]:
     """Why the tensor's data cannot be read as its declared shape and type, or None when it can."""
+    if _is_external(tensor):
+        return _external_tensor_problem(tensor)
     try:
         numpy_helper.to_array(tensor)
     except _DECODE_ERRORS as error:
@@ -132,17 +145,20 @@ def _string_fields(descriptor) -> List[Tuple[str, bool, bool]]:
     ]
 
 
-def _structure_problem(model: onnx.ModelProto) -> Optional[str]:
-    """The first string field that is not UTF-8 (proto2 parsing accepts any bytes there) or tensor whose data does
-    not match its shape and type; external tensors are checked once their data is loaded."""
+def _structure_problem(model: onnx.ModelProto) -> Optional[BnfoldError]:
+    """The error for the first string field that is not UTF-8 (proto2 parsing accepts any bytes there) or tensor
+    whose data does not match its shape and type (of an external tensor: its type and file name; its data is checked
+    once loaded), or None for a well-formed model."""
     fields_by_type = {}
     pending = [model]
     while pending:
         message = pending.pop()
-        if isinstance(message, onnx.TensorProto) and not _is_external(message):
+        if isinstance(message, onnx.TensorProto):
             problem = _tensor_problem(message)
+            if problem and _is_external(message):
+                return ExternalDataError(problem)
             if problem:
-                return problem
+                return ModelLoadError(f"corrupt model, {problem}; is it truncated or damaged?")
         descriptor = message.DESCRIPTOR
         fields = fields_by_type.get(descriptor.full_name)
         if fields is None:
@@ -153,12 +169,12 @@ def _structure_problem(model: onnx.ModelProto) -> Optional[str]:
                 if is_message:
                     pending.extend(values)
                 elif any(isinstance(value, bytes) for value in values):
-                    return f"{descriptor.name}.{name} holds a string that is not valid UTF-8"
+                    return ModelLoadError(f"corrupt model, {descriptor.name}.{name} is not valid UTF-8")
             elif is_message:
                 if message.HasField(name):
                     pending.append(getattr(message, name))
             elif isinstance(getattr(message, name), bytes):
-                return f"{descriptor.name}.{name} holds a string that is not valid UTF-8"
+                return ModelLoadError(f"corrupt model, {descriptor.name}.{name} is not valid UTF-8")
     return None
 
 
@@ -225,6 +241,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     except (OSError, ValueError, onnx.checker.ValidationError) as error:
         raise ExternalDataError(f"{path}: cannot load external data ({error})") from None
     for tensor in external:
+        tensor.ClearField("data_location")  # onnx sets it to DEFAULT; cleared, the model serializes as if inline
         problem = _tensor_problem(tensor)
         if problem:
             raise ExternalDataError(f"{path}: external data of {problem}")
@@ -256,10 +273,11 @@ def load_model(path: PathLike, *, load_external_data: bool = True) -> onnx.Model
 
 
 def parse_model_bytes(data: bytes, *, source: str = "<bytes>") -> onnx.ModelProto:
-    """Parse serialized bytes into a well-formed ModelProto, or raise ModelLoadError saying why not.
+    """Parse serialized bytes into a well-formed ModelProto, or raise ModelLoadError (ExternalDataError for an
+    external tensor with no file name or a type that cannot be stored externally) saying why not.
 
     Beyond protobuf's own parsing: the model needs an IR version and a graph, every string must be UTF-8 and every
-    tensor's data must match its shape and type (external tensors are checked by load_model once read).
+    tensor's data must match its shape and type (external tensors' data is checked by load_model once read).
     """
     model = onnx.ModelProto()
     try:
@@ -270,7 +288,7 @@ def parse_model_bytes(data: bytes, *, source: str = "<bytes>") -> onnx.ModelProt
         raise ModelLoadError(f"{source}: not an ONNX model (no IR version or no graph); is it truncated?")
     problem = _structure_problem(model)
     if problem:
-        raise ModelLoadError(f"{source}: corrupt model, {problem}; is it truncated or damaged?")
+        raise type(problem)(f"{source}: {problem}")
     return model
 
 
@@ -296,7 +314,7 @@ def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = F
     Also refuses an opset newer than the installed onnx knows: the checker lets it pass, but its operators cannot be
     checked and ONNX Runtime cannot run it.
     """
-    header = model if isinstance(model, onnx.ModelProto) else onnx.load_model(str(model), load_external_data=False)
+    header = model if isinstance(model, onnx.ModelProto) else load_model(model, load_external_data=False)
     newer = _newer_opset(header)
     del header
     if newer:

@@ -482,6 +482,7 @@ def verify(
     runs: int = 1,
     seed: int = 0,
     ort_opt_level: str = "disable",
+    candidate_label: Optional[str] = None,
 ) -> VerifyResult:
     """Run both models in ONNX Runtime CPU on the same inputs and compare every output by name.
 
@@ -490,13 +491,14 @@ def verify(
     ["name:8x3x224x224"]), else batch 1 for a dynamic first dim. When every input is given, one run is made.
     ORT graph optimizations are off by default: ORT would otherwise fuse Conv+BN in the reference itself.
     Returns the result for mismatches; raises a BnfoldError for bad usage or a model that cannot be loaded or run.
+    Models are labelled by their path, or "reference"/"candidate" (candidate_label overrides the latter).
     """
     from .inputs import graph_inputs, load_input_files, make_inputs, parse_shape_specs
 
     if runs < 1:
         raise UsageError(f"runs must be at least 1, got {runs}")
     reference_model, reference_source, reference_label = _load(reference, "reference")
-    candidate_model, candidate_source, candidate_label = _load(candidate, "candidate")
+    candidate_model, candidate_source, candidate_label = _load(candidate, candidate_label or "candidate")
     if isinstance(input_shapes, (list, tuple)):
         if not all(isinstance(text, str) for text in input_shapes):
             raise UsageError("input_shapes must be {name: shape} or a list of 'name:D0xD1x...' strings")

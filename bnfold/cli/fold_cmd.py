@@ -7,7 +7,8 @@ import click
 from .common import input_shape_option, inputs_option, seed_option
 
 
-@click.command(epilog="Rules: see `bnfold rules`. Exit codes: 0 ok, 1 verification failed, 2 bad input/usage.")
+@click.command(epilog="Rules: see `bnfold rules`. Exit codes: 0 ok (kept BNs are listed), 1 verification failed, "
+               "2 bad usage, input or output, 3 internal error.")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Where to write the folded model.")
 @click.option("--overwrite", is_flag=True, help="Allow -o to name the input file itself.")
