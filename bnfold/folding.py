@@ -235,9 +235,10 @@ def fold_file(
     if destination is not None and _same_file(source, Path(destination)) and not overwrite and not dry_run:
         raise OutputError(f"{destination} is the input file; pass --overwrite to replace it")
     started = time.perf_counter()
-    model = io.load_model(source)
     if check:
+        # Checked from the file before it is loaded: the checker's own copies of the model are then not added to ours.
         io.check_model(source)
+    model = io.load_model(source)
     folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip,
                           inline_functions=inline_functions, inplace=True)
     report.source = str(source)

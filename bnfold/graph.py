@@ -253,7 +253,10 @@ class GraphContext:
         if name in self._constant_cache:
             return self._constant_cache[name]
         value = self._resolve(name)
-        self._constant_cache[name] = value
+        if name not in self.initializers:
+            # Only computed constants are cached: initializers are cheap to read again, and caching every weight
+            # would hold a second copy of the model.
+            self._constant_cache[name] = value
         return value
 
     def _resolve(self, name: str) -> np.ndarray:

@@ -13,6 +13,7 @@ old file or the complete new one. A failed write removes its temporary files and
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import stat
 import tempfile
@@ -82,11 +83,11 @@ _ELEMENTS_PER_BYTE = {
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of tensor data in the model (initializers, Constant and attribute tensors, subgraphs, functions),
-    computed from dims and type without serializing; string tensors and unknown types count 0."""
+    """Bytes of tensor data held in the model (initializers, Constant and attribute tensors, subgraphs, functions),
+    computed from dims and type without serializing; external data, string tensors and unknown types count 0."""
     total = 0
     for tensor in iter_tensors(model):
-        if tensor.data_type == onnx.TensorProto.STRING:
+        if tensor.data_type == onnx.TensorProto.STRING or _is_external(tensor):
             continue
         try:
             itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
@@ -98,6 +99,12 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
         per_byte = _ELEMENTS_PER_BYTE.get(tensor.data_type)
         total += -(-elements // per_byte) if per_byte else elements * itemsize
     return total
+
+
+def exceeds_protobuf_limit(model: onnx.ModelProto) -> bool:
+    """Whether the serialized model would pass protobuf's 2 GiB limit: its tensor bytes against the limit less a
+    1/32 allowance (64 MiB) for everything else. ByteSize() would serialize the whole model to find out."""
+    return tensor_bytes(model) > PROTOBUF_LIMIT - PROTOBUF_LIMIT // 32
 
 
 # --- well-formedness -------------------------------------------------------------------------------------------
@@ -247,29 +254,94 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
             raise ExternalDataError(f"{path}: external data of {problem}")
 
 
-def load_model(path: PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
-    """Read an ONNX model, raising a typed error for anything a user could have got wrong."""
-    path = Path(path)
+def _readable_file(path: Path) -> None:
+    """Raise InputFileError / ModelLoadError for a path that cannot hold a model at all."""
     try:
         is_dir = path.is_dir()
         exists = path.exists()
+        empty = exists and not is_dir and path.stat().st_size == 0
     except (ValueError, OSError) as error:
         raise InputFileError(f"{path}: not a usable path ({error})") from None
     if is_dir:
         raise InputFileError(f"{path}: is a directory, expected an .onnx file")
     if not exists:
         raise InputFileError(f"{path}: no such file")
+    if empty:
+        raise ModelLoadError(f"{path}: file is empty")
+
+
+def load_model(path: PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Read an ONNX model, raising a typed error for anything a user could have got wrong."""
+    path = Path(path)
+    _readable_file(path)
     try:
         data = path.read_bytes()
     except OSError as error:
         raise InputFileError(f"{path}: cannot read ({error.strerror or error})") from None
-    if not data:
-        raise ModelLoadError(f"{path}: file is empty")
     model = parse_model_bytes(data, source=str(path))
     del data
     if load_external_data:
         _load_external_data(model, path)
     return model
+
+
+# ModelProto fields that hold the weights: read_header skips them.
+_BULKY_MODEL_FIELDS = {7, 20, 25}  # graph, training_info, functions
+
+
+def _varint(data, position: int) -> Tuple[int, int]:
+    value = shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise DecodeError("truncated varint")
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+
+
+def read_header(path: PathLike) -> onnx.ModelProto:
+    """The model file's top-level fields (IR version, opsets, producer, metadata) without its graph or functions.
+
+    It walks the protobuf wire format of a memory map and parses only what it keeps, so checking a model's opsets
+    costs neither a read of its weights into memory nor a parse of them.
+    """
+    path = Path(path)
+    _readable_file(path)
+    kept = []
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            position = 0
+            while position < len(data):
+                start = position
+                key, position = _varint(data, position)
+                wire_type = key & 7
+                if wire_type == 0:
+                    _, position = _varint(data, position)
+                elif wire_type == 1:
+                    position += 8
+                elif wire_type == 2:
+                    length, position = _varint(data, position)
+                    position += length
+                elif wire_type == 5:
+                    position += 4
+                else:
+                    raise DecodeError(f"wire type {wire_type}")
+                if position > len(data):
+                    raise DecodeError("field runs past the end of the file")
+                if key >> 3 not in _BULKY_MODEL_FIELDS:
+                    kept.append(data[start:position])
+        header = onnx.ModelProto()
+        header.ParseFromString(b"".join(kept))
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise ModelLoadError(f"{path}: not an ONNX model, or truncated (protobuf: {error})") from None
+    except OSError as error:
+        raise InputFileError(f"{path}: cannot read ({error.strerror or error})") from None
+    if header.ir_version <= 0:
+        raise ModelLoadError(f"{path}: not an ONNX model (no IR version); is it truncated?")
+    return header
 
 
 def parse_model_bytes(data: bytes, *, source: str = "<bytes>") -> onnx.ModelProto:
@@ -307,6 +379,13 @@ def _newer_opset(model: onnx.ModelProto) -> Optional[str]:
     return None
 
 
+def _explain_external_data(path: Path) -> None:
+    """When the checker refused a model file, raise bnfold's own ExternalDataError if external data is at fault."""
+    model = load_model(path, load_external_data=False)
+    if any(_is_external(tensor) for tensor in iter_tensors(model)):
+        _check_external_data(model, path.parent)
+
+
 def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = False) -> None:
     """Run onnx.checker, turning its verdict into InvalidModelError with the checker's message on one line.
 
@@ -314,15 +393,13 @@ def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = F
     Also refuses an opset newer than the installed onnx knows: the checker lets it pass, but its operators cannot be
     checked and ONNX Runtime cannot run it.
     """
-    header = model if isinstance(model, onnx.ModelProto) else load_model(model, load_external_data=False)
-    newer = _newer_opset(header)
-    del header
+    newer = _newer_opset(model if isinstance(model, onnx.ModelProto) else read_header(model))
     if newer:
         raise InvalidModelError(newer)
     try:
         if not isinstance(model, onnx.ModelProto):
             onnx.checker.check_model(str(model), full_check=full_check)
-        elif model.ByteSize() > PROTOBUF_LIMIT:
+        elif exceeds_protobuf_limit(model):
             with tempfile.TemporaryDirectory() as tmp:
                 target = Path(tmp) / "model.onnx"
                 save_model(model, target, external_data=True)
@@ -330,6 +407,8 @@ def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = F
         else:
             onnx.checker.check_model(model, full_check=full_check)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        if not isinstance(model, onnx.ModelProto):
+            _explain_external_data(Path(model))
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
         raise InvalidModelError(f"model fails onnx.checker: {message or type(error).__name__}") from None
     except UnicodeDecodeError:
@@ -457,9 +536,9 @@ def _externalize(model: onnx.ModelProto, data_name: str) -> Optional[list]:
 
 
 def _serialize(model: onnx.ModelProto, path: Path) -> bytes:
-    if model.ByteSize() > PROTOBUF_LIMIT:
-        raise OutputError(f"{path}: the model is {model.ByteSize() / 2**30:.1f} GiB, above protobuf's 2 GiB limit; "
-                          "write its weights as external data (--external-data)")
+    if exceeds_protobuf_limit(model):
+        raise OutputError(f"{path}: the model holds {tensor_bytes(model) / 2**30:.1f} GiB of tensors, above "
+                          "protobuf's 2 GiB limit; write its weights as external data (--external-data)")
     try:
         return model.SerializeToString()
     except (EncodeError, ValueError) as error:
@@ -487,7 +566,7 @@ def save_model(
     if is_dir:
         raise OutputError(f"{path}: is a directory")
     if external_data is None:
-        external_data = model.ByteSize() > PROTOBUF_LIMIT
+        external_data = exceeds_protobuf_limit(model)
     if not external_data:
         _write_files_atomically([(path, [_serialize(model, path)])])
         return
