@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 import onnx
 from onnx import helper, numpy_helper
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError, EncodeError
 
 from .errors import (BnfoldError, ExternalDataError, InputFileError, InvalidModelError, ModelLoadError,
@@ -535,14 +536,69 @@ def _externalize(model: onnx.ModelProto, data_name: str) -> Optional[list]:
     return chunks or None
 
 
-def _serialize(model: onnx.ModelProto, path: Path) -> bytes:
+def _serialize(model: onnx.ModelProto, path: Path) -> Iterator[bytes]:
+    """model.SerializeToString(), byte for byte, in pieces: the graph's nodes and initializers one at a time, so
+    saving never holds a second copy of the weights (one serialized string would be two: upb's and Python's)."""
     if exceeds_protobuf_limit(model):
         raise OutputError(f"{path}: the model holds {tensor_bytes(model) / 2**30:.1f} GiB of tensors, above "
                           "protobuf's 2 GiB limit; write its weights as external data (--external-data)")
     try:
-        return model.SerializeToString()
+        if unknown_fields.UnknownFieldSet(model) or unknown_fields.UnknownFieldSet(model.graph):
+            yield model.SerializeToString()  # fields this onnx does not know: let protobuf keep them in place
+            return
+        for field, value in model.ListFields():
+            if field.name == "graph":
+                yield from _graph_pieces(field.number, value)
+            else:
+                yield _single_field(onnx.ModelProto(), field, value)
     except (EncodeError, ValueError) as error:
         raise OutputError(f"{path}: the model cannot be serialized ({error})") from None
+
+
+# GraphProto fields serialized element by element; everything else is small.
+_STREAMED_GRAPH_FIELDS = ("node", "initializer")
+
+
+def _graph_pieces(number: int, graph: onnx.GraphProto) -> Iterator[bytes]:
+    """The graph as field `number` of its parent: tag, length, then its fields in field-number order."""
+    plan, size = [], 0
+    for field, value in graph.ListFields():
+        if field.name in _STREAMED_GRAPH_FIELDS:
+            for element in value:
+                length = element.ByteSize()
+                head = _varint_bytes(field.number << 3 | 2) + _varint_bytes(length)
+                plan.append((head, element))
+                size += len(head) + length
+        else:
+            encoded = _single_field(onnx.GraphProto(), field, value)
+            plan.append((encoded, None))
+            size += len(encoded)
+    yield _varint_bytes(number << 3 | 2) + _varint_bytes(size)
+    for head, element in plan:
+        yield head
+        if element is not None:
+            yield element.SerializeToString()
+
+
+def _single_field(container, field, value) -> bytes:
+    """One field of a message, encoded as the message would encode it."""
+    if _is_repeated(field):
+        getattr(container, field.name).extend(value)
+    elif field.message_type is not None:
+        getattr(container, field.name).CopyFrom(value)
+    else:
+        setattr(container, field.name, value)
+    return container.SerializeToString()
+
+
+def _varint_bytes(value: int) -> bytes:
+    encoded = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value:
+            encoded.append(low)
+            return bytes(encoded)
+        encoded.append(low | 0x80)
 
 
 def save_model(
@@ -568,12 +624,12 @@ def save_model(
     if external_data is None:
         external_data = exceeds_protobuf_limit(model)
     if not external_data:
-        _write_files_atomically([(path, [_serialize(model, path)])])
+        _write_files_atomically([(path, _serialize(model, path))])
         return
     data_name = path.name + ".data"
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
     chunks = _externalize(stripped, data_name)
     files = [(path.parent / data_name, chunks)] if chunks else []
-    files.append((path, [_serialize(stripped, path)]))
+    files.append((path, _serialize(stripped, path)))
     _write_files_atomically(files)

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnfold import io
 from bnfold.errors import ExternalDataError, InputFileError, InvalidModelError, ModelLoadError, OutputError
+from models import fixtures
 from models.fixtures import conv_bn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -398,3 +399,12 @@ def test_kill_during_write_leaves_old_or_new_file(tmp_path, external):
             (tmp_path / name).unlink()
     assert path.exists()
     assert killed_mid_write, "no kill landed during a write; the test proved nothing"
+
+
+def test_saved_bytes_are_exactly_protobufs_serialization(tmp_path):
+    """save_model streams the graph piece by piece; the file must still be SerializeToString() byte for byte."""
+    for model in (fixtures.conv_bn_bn(), fixtures.function_model(weights_inside=True), fixtures.densenet_block(),
+                  fixtures.initializer_as_input(ir_version=3)):
+        model.doc_string = "doc"
+        io.save_model(model, tmp_path / "m.onnx")
+        assert (tmp_path / "m.onnx").read_bytes() == model.SerializeToString()
