@@ -5,62 +5,16 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper, save
+from onnx import save
 
 from bnfold.cli import cli
 from bnfold.verification import DEFAULT_TOLERANCES
-
-EPSILON = 1e-5
-
-
-def make_model(nodes, inputs, outputs, initializers=()):
-    graph = helper.make_graph(nodes, "test", inputs, outputs, list(initializers))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
+from verify_models import conv_bn_model, conv_bn_parameters, folded_model, two_output_model, unary_model
 
 def conv_bn_pair(perturb=0.0, input_dims=(1, 3, 8, 8)):
     """A Conv+BatchNormalization model and its fold computed by hand; `perturb` shifts one folded weight."""
-    rng = np.random.default_rng(0)
-    weight, bias = rng.standard_normal((4, 3, 3, 3)) * 0.3, rng.standard_normal(4) * 0.1
-    gamma, beta = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4) * 0.2
-    mean, var = rng.standard_normal(4) * 0.3, rng.uniform(0.2, 2.0, 4)
-    x = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_dims))]
-    y = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
-    tensors = lambda **arrays: [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()]
-    original = make_model(
-        [helper.make_node("Conv", ["x", "W", "b"], ["conv"], pads=[1, 1, 1, 1]),
-         helper.make_node("BatchNormalization", ["conv", "gamma", "beta", "mean", "var"], ["y"], epsilon=EPSILON)],
-        x, y, tensors(W=weight, b=bias, gamma=gamma, beta=beta, mean=mean, var=var),
-    )
-    scale = gamma / np.sqrt(var + EPSILON)
-    folded_weight = weight * scale[:, None, None, None]
-    folded_weight.flat[5] += perturb
-    folded = make_model(
-        [helper.make_node("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1])],
-        x, y, tensors(W=folded_weight, b=(bias - mean) * scale + beta),
-    )
-    return original, folded
-
-
-def two_output_model(aux_offset=0.0):
-    rng = np.random.default_rng(3)
-    head, aux = rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal((6, 2)).astype(np.float32)
-    aux[0, 0] += aux_offset
-    return make_model(
-        [helper.make_node("MatMul", ["x", "head"], ["logits"]), helper.make_node("MatMul", ["x", "aux_w"], ["aux"])],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("aux", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(head, "head"), numpy_helper.from_array(aux, "aux_w")],
-    )
-
-
-def unary_model(op, output="y"):
-    return make_model(
-        [helper.make_node(op, ["x"], [output])],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
-    )
+    params = conv_bn_parameters()
+    return conv_bn_model(params, input_dims=input_dims), folded_model(params, perturb=perturb, input_dims=input_dims)
 
 
 @pytest.fixture
