@@ -246,8 +246,11 @@ def fold_file(
     if verify and report.changed:
         from .verification import verify as verify_models
 
-        report.verification = verify_models(str(source), folded, candidate_label="folded model (in memory)",
-                                            **(verify_options or {}))
+        try:
+            report.verification = verify_models(str(source), folded, candidate_label="folded model (in memory)",
+                                                **(verify_options or {}))
+        except UsageError as error:
+            raise UsageError(f"cannot verify the fold: {error} (or skip the check with --no-verify)") from None
         if not report.verification.passed and not force:
             report.elapsed_s = time.perf_counter() - started
             error = VerificationFailed("folded model differs from the original beyond tolerance; nothing written "

@@ -104,3 +104,15 @@ def test_failed_verification_writes_nothing_and_exits_1(tmp_path, monkeypatch):
     assert not (tmp_path / "out.onnx").exists()
     forced = invoke(source, "-o", tmp_path / "out.onnx", "--force")
     assert forced.exit_code == 1 and (tmp_path / "out.onnx").exists()
+
+
+def test_dynamic_spatial_dims_need_a_shape_to_verify(tmp_path):
+    model = fixtures.conv_bn()
+    for axis, name in ((2, "H"), (3, "W")):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    source = save(model, tmp_path / "m.onnx")
+    refused = invoke(source, "-o", tmp_path / "out.onnx")
+    assert refused.exit_code == 2 and not (tmp_path / "out.onnx").exists()
+    assert "cannot verify the fold: input 'x' dim 2 is dynamic ('H')" in refused.output
+    assert "--no-verify" in refused.output
+    assert invoke(source, "-o", tmp_path / "out.onnx", "--input-shape", "x:2x4x7x7", "-q").exit_code == 0
