@@ -13,3 +13,5 @@ from . import add_bias, backward, conv, conv_transpose, decomposed, gemm, matmul
 # (anchored on Mul/Add/Sub/Div), and the Mul + Add fallback for a BN that nothing else can absorb.
 REGISTRY = (conv, conv_transpose, gemm, matmul, add_bias, through_reshape, backward, decomposed, standalone)
 RULE_NAMES = tuple(rule.NAME for rule in REGISTRY)
+
+__all__ = ["BN_ANCHORS", "REGISTRY", "RULE_NAMES"]
