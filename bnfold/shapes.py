@@ -54,20 +54,19 @@ class TensorTypes:
 def needs_inference(model: onnx.ModelProto) -> bool:
     """True when some BN is not fed by a producer whose weights say everything, or a MatMul may absorb one."""
 
-    def graph_needs(graph: onnx.GraphProto) -> bool:
-        producers = {name: node.op_type for node in graph.node for name in node.output}
-        for node in graph.node:
+    def nodes_need(nodes) -> bool:
+        producers = {name: node.op_type for node in nodes for name in node.output}
+        for node in nodes:
             if node.op_type == "MatMul":
                 return True
             if node.op_type == "BatchNormalization" and node.input and \
                     producers.get(node.input[0]) not in SELF_DESCRIBING_PRODUCERS:
                 return True
-            if any(graph_needs(sub) for sub in subgraphs(node)):
+            if any(nodes_need(sub.node) for sub in subgraphs(node)):
                 return True
         return False
 
-    return graph_needs(model.graph) or any(
-        graph_needs(helper.make_graph(list(f.node), f.name, [], [])) for f in model.functions)
+    return nodes_need(model.graph.node) or any(nodes_need(function.node) for function in model.functions)
 
 
 def tensor_types(model: onnx.ModelProto) -> TensorTypes:
