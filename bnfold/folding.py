@@ -14,7 +14,7 @@ import onnx.inliner
 from onnx import helper
 
 from . import io
-from .errors import OutputError, UsageError, VerificationFailed
+from .errors import InvalidModelError, OutputError, UsageError, VerificationFailed
 from .graph import GraphContext, all_names, node_label, subgraphs
 from .report import BnDecision, FoldReport
 from .rules import BN_ANCHORS, REGISTRY, RULE_NAMES
@@ -249,8 +249,8 @@ def fold_file(
         try:
             report.verification = verify_models(str(source), folded, candidate_label="folded model (in memory)",
                                                 **(verify_options or {}))
-        except UsageError as error:
-            raise UsageError(f"cannot verify the fold: {error} (or skip the check with --no-verify)") from None
+        except (UsageError, InvalidModelError) as error:
+            raise type(error)(f"cannot verify the fold: {error} (or skip the check with --no-verify)") from None
         if not report.verification.passed and not force:
             report.elapsed_s = time.perf_counter() - started
             error = VerificationFailed("folded model differs from the original beyond tolerance; nothing written "
