@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 input_shape_option = click.option(
@@ -20,3 +22,58 @@ inputs_option = click.option(
     help="Input data instead of random: an .npz with one array per input name, or NAME:file.npy (repeatable).",
 )
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
+
+TOLERANCE_OPTIONS = ("--atol", "--rtol")
+# A NAME:NUMBER word, as in `--atol 1e-5 logits:1e-4`; names may contain ':' (TensorFlow's 'logits:0').
+_OVERRIDE_WORD = re.compile(r"^[^-\s].*:[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+
+class ToleranceCommand(click.Command):
+    """Lets `--atol 1e-5 logits:1e-4` mean `--atol 1e-5 --atol logits:1e-4`: NAME:NUMBER words that follow a
+    tolerance option's value are given to the same option."""
+
+    def parse_args(self, ctx, args):
+        expanded, option, index = [], None, 0
+        while index < len(args):
+            word = args[index]
+            if word == "--":
+                expanded.extend(args[index:])
+                break
+            if option and _OVERRIDE_WORD.match(word):
+                expanded += [option, word]
+            elif word in TOLERANCE_OPTIONS and index + 1 < len(args):
+                option = word
+                expanded += [word, args[index + 1]]
+                index += 1
+            else:
+                option = word.partition("=")[0] if word.partition("=")[0] in TOLERANCE_OPTIONS else None
+                expanded.append(word)
+            index += 1
+        return super().parse_args(ctx, expanded)
+
+
+def parse_tolerances(values, option: str):
+    """('1e-5', 'logits:1e-4') -> {None: 1e-5, 'logits': 1e-4}; None when the option was not given."""
+    if not values:
+        return None
+    tolerances = {}
+    for text in values:
+        name, _, number = text.rpartition(":")
+        try:
+            value = float(number)
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: expected a number or NAME:NUMBER", param_hint=option) from None
+        if not value >= 0:
+            raise click.BadParameter(f"{text!r}: tolerance must be a non-negative number", param_hint=option)
+        tolerances[name or None] = value
+    return tolerances
+
+
+atol_option = click.option(
+    "--atol", "atol", multiple=True, metavar="[NAME:]VALUE",
+    help="Absolute tolerance: a bare number for every output, NAME:VALUE for one output (`--atol 1e-5 "
+    "logits:1e-4`, or repeat --atol). Default: by dtype (see `bnfold verify --help`).")
+rtol_option = click.option(
+    "--rtol", "rtol", multiple=True, metavar="[NAME:]VALUE",
+    help="Relative tolerance (scale: |reference|), same forms as --atol. Default: by dtype.")

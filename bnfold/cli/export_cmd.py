@@ -9,8 +9,7 @@ import sys
 import click
 
 from ..errors import UsageError, VerificationFailed
-from .common import seed_option
-from .verify_cmd import ToleranceCommand, parse_tolerances
+from .common import ToleranceCommand, atol_option, parse_tolerances, rtol_option, seed_option
 
 EXPORTERS = ("torchscript", "dynamo")  # mirrors bnfold.exporting.EXPORTERS; kept here so --help never imports torch
 
@@ -35,10 +34,8 @@ def split_names(text):
               help="Comma-separated ONNX output names (default output, output_0..).")
 @click.option("--fold", "fold_model", is_flag=True,
               help="Fold BNs with bnfold's rules, then check PyTorch vs exported vs folded on the same inputs.")
-@click.option("--atol", "atol", multiple=True, metavar="[NAME:]VALUE",
-              help="Absolute tolerance of the comparisons, as in `bnfold verify` (default: by dtype).")
-@click.option("--rtol", "rtol", multiple=True, metavar="[NAME:]VALUE",
-              help="Relative tolerance of the comparisons, as in `bnfold verify` (default: by dtype).")
+@atol_option
+@rtol_option
 @seed_option
 @click.option("--force", is_flag=True, help="Write the model even when a comparison is out of tolerance.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of the text.")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .common import input_shape_option, inputs_option, seed_option
+from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_option, parse_tolerances,
+                     rtol_option, seed_option)
 
 
-@click.command(epilog="Rules: see `bnfold rules`. Exit codes: 0 ok (kept BNs are listed), 1 verification failed, "
+@click.command(cls=ToleranceCommand, epilog="Rules: see `bnfold rules`. Exit codes: 0 ok (kept BNs are listed), 1 verification failed, "
                "2 bad usage, input or output, 3 internal error.")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Where to write the folded model.")
@@ -26,8 +27,8 @@ from .common import input_shape_option, inputs_option, seed_option
 @input_shape_option
 @inputs_option
 @seed_option
-@click.option("--atol", type=float, default=None, help="Verification absolute tolerance (default: per dtype, see `bnfold verify --help`).")
-@click.option("--rtol", type=float, default=None, help="Verification relative tolerance (default: per dtype).")
+@atol_option
+@rtol_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list every folded BN.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
@@ -44,7 +45,7 @@ def fold(model, output, overwrite, dry_run, no_verify, force, no_check, fold_inp
     from ..folding import fold_file
 
     verify_options = {"input_shapes": list(input_shapes) or None, "input_files": input_files, "seed": seed,
-                      "atol": atol, "rtol": rtol}
+                      "atol": parse_tolerances(atol, "--atol"), "rtol": parse_tolerances(rtol, "--rtol")}
     try:
         report = fold_file(model, output, verify=not no_verify, force=force, dry_run=dry_run, overwrite=overwrite,
                            check=not no_check, external_data=external_data, verify_options=verify_options,

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 
 import click
 
 from ..errors import VerificationFailed
 from ..runtime import OPT_LEVELS
 from ..verification import DEFAULT_TOLERANCES
-from .common import input_shape_option, inputs_option, seed_option
-
-TOLERANCE_OPTIONS = ("--atol", "--rtol")
-# A NAME:NUMBER word, as in `--atol 1e-5 logits:1e-4`; names may contain ':' (TensorFlow's 'logits:0').
-_OVERRIDE_WORD = re.compile(r"^[^-\s].*:[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
+from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_option, parse_tolerances,
+                     rtol_option, seed_option)
 
 def _defaults_help() -> str:
     rows = "\n".join(f"  {dtype:<9} {atol:<7g} {rtol:g}" for dtype, (atol, rtol) in DEFAULT_TOLERANCES.items())
@@ -27,47 +22,6 @@ def _defaults_help() -> str:
     )
 
 
-class ToleranceCommand(click.Command):
-    """Lets `--atol 1e-5 logits:1e-4` mean `--atol 1e-5 --atol logits:1e-4`: NAME:NUMBER words that follow a
-    tolerance option's value are given to the same option."""
-
-    def parse_args(self, ctx, args):
-        expanded, option, index = [], None, 0
-        while index < len(args):
-            word = args[index]
-            if word == "--":
-                expanded.extend(args[index:])
-                break
-            if option and _OVERRIDE_WORD.match(word):
-                expanded += [option, word]
-            elif word in TOLERANCE_OPTIONS and index + 1 < len(args):
-                option = word
-                expanded += [word, args[index + 1]]
-                index += 1
-            else:
-                option = word.partition("=")[0] if word.partition("=")[0] in TOLERANCE_OPTIONS else None
-                expanded.append(word)
-            index += 1
-        return super().parse_args(ctx, expanded)
-
-
-def parse_tolerances(values, option: str):
-    """('1e-5', 'logits:1e-4') -> {None: 1e-5, 'logits': 1e-4}; None when the option was not given."""
-    if not values:
-        return None
-    tolerances = {}
-    for text in values:
-        name, _, number = text.rpartition(":")
-        try:
-            value = float(number)
-        except ValueError:
-            raise click.BadParameter(f"{text!r}: expected a number or NAME:NUMBER", param_hint=option) from None
-        if not value >= 0:
-            raise click.BadParameter(f"{text!r}: tolerance must be a non-negative number", param_hint=option)
-        tolerances[name or None] = value
-    return tolerances
-
-
 @click.command(cls=ToleranceCommand, epilog=_defaults_help())
 @click.argument("reference", type=click.Path(dir_okay=False))
 @click.argument("candidate", type=click.Path(dir_okay=False))
@@ -76,11 +30,8 @@ def parse_tolerances(values, option: str):
 @seed_option
 @click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Random input draws to compare (seed, seed+1, ...); inputs given by file stay fixed.")
-@click.option("--atol", "atol", multiple=True, metavar="[NAME:]VALUE",
-              help="Absolute tolerance: a bare number for every output, NAME:VALUE for one output "
-                   "(`--atol 1e-5 logits:1e-4`, or repeat --atol). Default: by dtype, below.")
-@click.option("--rtol", "rtol", multiple=True, metavar="[NAME:]VALUE",
-              help="Relative tolerance (scale: |reference|), same forms as --atol. Default: by dtype, below.")
+@atol_option
+@rtol_option
 @click.option("--ort-opt-level", type=click.Choice(OPT_LEVELS), default="disable", show_default=True,
               help="ONNX Runtime graph optimizations. Enabled ones fuse Conv+BN in the reference too, "
                    "which can hide a wrong fold.")

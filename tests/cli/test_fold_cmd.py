@@ -116,3 +116,11 @@ def test_dynamic_spatial_dims_need_a_shape_to_verify(tmp_path):
     assert "cannot verify the fold: input 'x' dim 2 is dynamic ('H')" in refused.output
     assert "--no-verify" in refused.output
     assert invoke(source, "-o", tmp_path / "out.onnx", "--input-shape", "x:2x4x7x7", "-q").exit_code == 0
+
+
+def test_fold_takes_per_output_tolerances_like_verify(tmp_path):
+    source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
+    result = invoke(source, "-o", tmp_path / "out.onnx", "--atol", "1e-5", "y:1e-3", "--json")
+    assert result.exit_code == 0, result.output
+    outputs = json.loads(result.output)["verification"]["outputs"]
+    assert outputs[0]["name"] == "y" and outputs[0]["atol"] == 1e-3
