@@ -53,3 +53,22 @@ def test_conv_bn_channel_mismatch_is_refused():
 
     _, report = fold(model)
     assert report.kept[0].reason.startswith("channel mismatch: Conv has 8 output channels, BN has 4")
+
+
+def test_float16_weights_with_statistics_beyond_float16_are_refused():
+    """BN parameters in float32 (opset 15 allows it) whose shift cannot be held by the float16 bias."""
+    from onnx import numpy_helper
+
+    from bnfold import fold
+
+    model = fixtures.conv_bn(dtype=np.float16)
+    model.opset_import[0].version = 15
+    for tensor in model.graph.initializer:
+        if tensor.name in ("bn_mean", "bn_var"):
+            values = numpy_helper.to_array(tensor).astype(np.float32)
+            if tensor.name == "bn_mean":
+                values[0] = 1e6
+            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    folded, report = fold(model)
+    assert report.folded_count == 0 and "overflow float16" in report.kept[0].reason
+    assert folded.SerializeToString() == model.SerializeToString()
