@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -45,6 +47,25 @@ def available_providers() -> list:
     return list(import_onnxruntime().get_available_providers())
 
 
+@contextlib.contextmanager
+def _session_source(model):
+    """What InferenceSession takes for `model`: a path, bytes, or for a ModelProto past protobuf's 2 GiB limit a
+    temporary file with external data (it cannot be serialized in one piece), kept until the session is made."""
+    from . import io
+
+    if isinstance(model, (str, os.PathLike)):
+        yield os.fspath(model)
+    elif isinstance(model, bytes):
+        yield model
+    elif not io.exceeds_protobuf_limit(model):
+        yield model.SerializeToString()
+    else:
+        with tempfile.TemporaryDirectory(prefix="bnfold-") as directory:
+            path = os.path.join(directory, "model.onnx")
+            io.save_model(model, path, external_data=True)
+            yield path
+
+
 def make_session(
     model,
     *,
@@ -83,12 +104,12 @@ def make_session(
             f"(available: {', '.join(available)}); for CUDA: pip install onnxruntime-gpu"
         )
     resolved = [p for p, name in zip(resolved, names) if name in available] or ["CPUExecutionProvider"]
-    source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else (
-        model if isinstance(model, bytes) else model.SerializeToString())
-    try:
-        session = ort.InferenceSession(source, sess_options=options, providers=resolved)
-    except Exception as error:  # ORT raises its own exception types for unloadable models
-        raise InvalidModelError(f"ONNX Runtime cannot load the model: {str(error).strip().splitlines()[0]}") from None
+    with _session_source(model) as source:
+        try:
+            session = ort.InferenceSession(source, sess_options=options, providers=resolved)
+        except Exception as error:  # ORT raises its own exception types for unloadable models
+            message = str(error).strip().splitlines()[0]
+            raise InvalidModelError(f"ONNX Runtime cannot load the model: {message}") from None
     active = session.get_providers()
     inactive = [name for name in names if name in available and name not in active]
     if inactive and not allow_fallback:
