@@ -124,3 +124,12 @@ def test_fold_takes_per_output_tolerances_like_verify(tmp_path):
     assert result.exit_code == 0, result.output
     outputs = json.loads(result.output)["verification"]["outputs"]
     assert outputs[0]["name"] == "y" and outputs[0]["atol"] == 1e-3
+
+
+def test_help_imports_no_heavy_module():
+    """`bnfold --help` stays fast: onnx, onnxruntime and torch are imported by commands only when they run."""
+    code = ("import sys\nfrom bnfold.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('onnx', 'onnxruntime', 'torch') if m in sys.modules]\nassert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
