@@ -110,6 +110,11 @@ def check_case(case: Case, dtype) -> None:
     """Fold, then: the BN folded by the expected rule, the result passes onnx.checker and ORT gives the same y."""
     folded, report = bnfold.fold(case.model)
     [decision] = report.decisions
+    if not decision.folded and dtype == np.float16 and "overflow float16" in decision.reason:
+        # Extreme statistics can push a folded weight or bias past float16's range: refusing is the right answer,
+        # and the cast that found it only fails on a real overflow.
+        assert folded.SerializeToString() == case.model.SerializeToString()
+        return
     assert decision.folded, decision.reason
     assert decision.rule == case.expected_rule, report.render(verbose=True)
     onnx.checker.check_model(folded, full_check=True)
