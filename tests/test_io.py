@@ -283,16 +283,7 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
     assert temporaries(tmp_path) == []
 
 
-def test_unwritable_directory(tmp_path, monkeypatch):
-    """Root ignores directory permissions, so the refusal is injected where mkstemp creates the file."""
-    real_open = os.open
-
-    def refusing_open(name, flags, *args, **kwargs):
-        if flags & os.O_CREAT:
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
-        return real_open(name, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", refusing_open)
+def test_unwritable_directory(tmp_path, refuse_file_creation):
     with pytest.raises(OutputError, match="cannot write to .*Permission denied"):
         io.save_model(conv_bn(), tmp_path / "out.onnx")
     assert list(tmp_path.iterdir()) == []
