@@ -49,6 +49,10 @@ def validate_node(node: onnx.NodeProto, opset: int) -> None:
                 f"expected {onnx.AttributeProto.AttributeType.Name(declared.type)}")
 
 
+# Tensor element types numpy can hold.
+NUMPY_ELEMENT_TYPES = set(helper.get_all_tensor_dtypes()) - {onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING}
+
+
 class NotConstant(Exception):
     """Raised while resolving a tensor that is not a compile-time constant; str() says why, for the report."""
 
@@ -123,7 +127,7 @@ def node_label(node: onnx.NodeProto) -> str:
 
 @dataclass
 class InputUpdate:
-    """Set input `index` of `node` to a constant holding `value` (cast to `dtype`), replacing what was there."""
+    """Set input `index` of `node` to a constant holding `value` (already in its final dtype)."""
 
     node: onnx.NodeProto
     index: int
@@ -226,6 +230,8 @@ class GraphContext:
 
     def rank(self, name: str) -> Optional[int]:
         """The rank of a tensor, from constants or (inferred) value_info; None when nothing says."""
+        if name in self.initializers:
+            return len(self.initializers[name].dims)
         try:
             return self.constant(name).ndim
         except NotConstant:
@@ -238,6 +244,9 @@ class GraphContext:
 
     def dtype(self, name: str) -> Optional[np.dtype]:
         """A tensor's dtype from its constant value or its declared or inferred type; None when unknown."""
+        if name in self.initializers:
+            data_type = self.initializers[name].data_type
+            return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)) if data_type in NUMPY_ELEMENT_TYPES else None
         try:
             return self.constant(name).dtype
         except NotConstant:
@@ -308,12 +317,9 @@ class GraphContext:
                                       f"{attr.ref_attr_name!r}, set per call site")
                 if attr.name == "value":
                     return self._tensor_value(attr.t)
-                if attr.name in ("value_float", "value_int"):
+                if attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
                     return np.array(helper.get_attribute_value(attr),
-                                    dtype=np.float32 if attr.name == "value_float" else np.int64)
-                if attr.name in ("value_floats", "value_ints"):
-                    return np.array(helper.get_attribute_value(attr),
-                                    dtype=np.float32 if attr.name == "value_floats" else np.int64)
+                                    dtype=np.float32 if attr.name.startswith("value_float") else np.int64)
             raise NotConstant(f"Constant node {node_label(node)!r} holds a kind of value bnfold does not read")
         if op == "Shape":
             # Shape needs only the input's shape; it is constant when the input is.
@@ -391,7 +397,6 @@ class GraphContext:
         )
         if private:
             tensor.CopyFrom(numpy_helper.from_array(update.value, old))
-            self._constant_cache.pop(old, None)
             return
         name = self.unique_name(update.name_hint)
         if self.function:
@@ -403,10 +408,11 @@ class GraphContext:
             new_tensor = self.graph.initializer.add()
             new_tensor.CopyFrom(numpy_helper.from_array(update.value, name))
             self.initializers[name] = new_tensor
-        if self.ir_version < 4 and not self.function:
-            # Below IR 4 every initializer must also be listed as a graph input.
-            self.graph.input.append(helper.make_tensor_value_info(name, new_tensor.data_type, update.value.shape))
-            self.input_names.add(name)
+            if self.ir_version < 4:
+                # Below IR 4 every initializer must also be listed as a graph input.
+                self.graph.input.append(helper.make_tensor_value_info(name, new_tensor.data_type,
+                                                                      update.value.shape))
+                self.input_names.add(name)
         while len(node.input) <= index:
             node.input.append("")
         if old:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph import subgraphs
+from .graph import NUMPY_ELEMENT_TYPES, subgraphs
 
 # Tensors up to this size keep their data in the skeleton: shape inference reads small constants (Reshape targets).
 SMALL_TENSOR_BYTES = 4096
@@ -23,8 +23,6 @@ SMALL_TENSOR_BYTES = 4096
 # BNs fed by these get everything they need from weights; anything else may need tensor types.
 SELF_DESCRIBING_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
 
-# Element types numpy can hold (UNDEFINED, STRING and values newer than this onnx are left out).
-_KNOWN_ELEMENT_TYPES = set(helper.get_all_tensor_dtypes()) - {onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING}
 
 Dims = List[Optional[int]]  # one entry per axis, None for a symbolic or unknown size
 
@@ -40,7 +38,7 @@ class TensorTypes:
             if not value.type.HasField("tensor_type"):
                 continue
             tensor_type = value.type.tensor_type
-            if tensor_type.elem_type in _KNOWN_ELEMENT_TYPES:
+            if tensor_type.elem_type in NUMPY_ELEMENT_TYPES:
                 self.dtypes[value.name] = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
             if tensor_type.HasField("shape"):
                 self.dims[value.name] = [d.dim_value if d.HasField("dim_value") else None
@@ -97,7 +95,7 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _strip_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    if tensor.data_type not in _KNOWN_ELEMENT_TYPES:
+    if tensor.data_type not in NUMPY_ELEMENT_TYPES:
         return tensor
     itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     if int(np.prod(tensor.dims, dtype=np.int64)) * itemsize <= SMALL_TENSOR_BYTES:
