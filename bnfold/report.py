@@ -115,8 +115,9 @@ class FoldReport:
 
 
 def _size(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+    if count < 1024:
+        return f"{count} B"
+    for unit in ("KiB", "MiB", "GiB"):
         count /= 1024
-    return f"{count} B"
+        if count < 1024 or unit == "GiB":
+            return f"{count:.1f} {unit}"

@@ -43,10 +43,6 @@ def provider_name(name: str) -> str:
     return PROVIDER_ALIASES.get(name.lower(), name)
 
 
-def available_providers() -> list:
-    return list(import_onnxruntime().get_available_providers())
-
-
 @contextlib.contextmanager
 def _session_source(model):
     """What InferenceSession takes for `model`: a path, bytes, or for a ModelProto past protobuf's 2 GiB limit a
