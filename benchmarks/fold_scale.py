@@ -84,7 +84,7 @@ def measure(path: str, mode: str, repeats: int) -> dict:
     copying ("copy") or in place ("inplace", what fold_file and the CLI do) and report the peak RSS it added.
     Peaks are measured in their own process: memory an earlier fold freed would hide a later fold's peak."""
     import bnfold
-    from bnfold.io import load_model
+    from bnfold.loading import load_model
 
     model = load_model(path)
     if mode == "time":

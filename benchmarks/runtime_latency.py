@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import bnfold  # noqa: E402  (after the path tweak, so the checkout runs without being installed)
-from bnfold.io import load_model  # noqa: E402
+from bnfold.loading import load_model  # noqa: E402
 
 
 class ResNetBuilder:

@@ -40,8 +40,8 @@ _LAZY = {
     "bench": ".benchmark",
     "BenchResult": ".benchmark",
     "export": ".exporting",
-    "load_model": ".io",
-    "save_model": ".io",
+    "load_model": ".loading",
+    "save_model": ".saving",
     "testing": ".testing",
 }
 

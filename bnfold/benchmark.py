@@ -23,7 +23,7 @@ import onnx
 
 from .errors import MissingDependencyError, OutputError, ProviderError, UsageError
 from .inputs import graph_inputs, make_inputs, parse_shape_specs
-from .io import load_model
+from .loading import load_model
 from .runtime import OPT_LEVELS, import_onnxruntime, make_session, provider_name
 
 DEFAULT_OPT_LEVELS = ("disable", "all")

@@ -38,7 +38,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import onnx
 
-from . import io
+from .loading import check_model, load_model
+from .saving import save_model
 from .errors import ExportError, InvalidModelError, MissingDependencyError, UsageError, VerificationFailed
 from .folding import count_ops, fold as fold_model
 from .report import FoldReport
@@ -263,7 +264,7 @@ def export(
         for submodule, training in modes.items():
             submodule.train(training)
     try:
-        io.check_model(exported)
+        check_model(exported)
     except InvalidModelError as error:
         raise ExportError(f"the {exporter} exporter produced an invalid model for {module_name}: {error}") from None
 
@@ -294,7 +295,7 @@ def export(
             "(--force / force=True writes it anyway)", result,
         )
     if path is not None:
-        io.save_model(result.model, path)
+        save_model(result.model, path)
         result.written = True
         if result.fold_report is not None:
             result.fold_report.written = True
@@ -383,7 +384,7 @@ def _export_torchscript(module, inputs, opset, input_names, output_names, dynami
                 )
         except Exception as error:
             raise _export_error(module, "torchscript", error) from None
-        return io.load_model(target)
+        return load_model(target)
 
 
 def _export_dynamo(module, inputs, opset, input_names, output_names, dynamic_batch, torch) -> onnx.ModelProto:

@@ -13,7 +13,9 @@ import onnx
 import onnx.inliner
 from onnx import helper
 
-from . import io
+from .loading import check_model, load_model
+from .saving import save_model
+from .tensors import tensor_bytes
 from .errors import InvalidModelError, OutputError, UsageError, VerificationFailed
 from .graph import GraphContext, all_names, node_label, subgraphs
 from .report import BnDecision, FoldReport
@@ -184,20 +186,20 @@ def fold(
     options = FoldOptions(fold_input_initializers=fold_input_initializers, skip=tuple(skip),
                           inline_functions=inline_functions)
     if not isinstance(model, onnx.ModelProto):
-        model = io.load_model(model)
+        model = load_model(model)
     elif not inplace:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         model = copy
     started = time.perf_counter()
-    report = FoldReport(ops_before=count_ops(model), initializer_bytes_before=io.tensor_bytes(model))
+    report = FoldReport(ops_before=count_ops(model), initializer_bytes_before=tensor_bytes(model))
     if options.inline_functions and model.functions:
         model = onnx.inliner.inline_local_functions(model)
     folder = _Folder(model, options)
     folder.run()
     report.decisions = folder.decisions
     report.ops_after = count_ops(model)
-    report.initializer_bytes_after = io.tensor_bytes(model)
+    report.initializer_bytes_after = tensor_bytes(model)
     report.elapsed_s = time.perf_counter() - started
     return model, report
 
@@ -237,8 +239,8 @@ def fold_file(
     started = time.perf_counter()
     if check:
         # Checked from the file before it is loaded: the checker's own copies of the model are then not added to ours.
-        io.check_model(source)
-    model = io.load_model(source)
+        check_model(source)
+    model = load_model(source)
     folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip,
                           inline_functions=inline_functions, inplace=True)
     report.source = str(source)
@@ -258,7 +260,7 @@ def fold_file(
             error.report = report
             raise error
     if not dry_run:
-        io.save_model(folded, destination, external_data=external_data)
+        save_model(folded, destination, external_data=external_data)
         report.written = True
     report.elapsed_s = time.perf_counter() - started
     return report

@@ -47,18 +47,19 @@ def provider_name(name: str) -> str:
 def _session_source(model):
     """What InferenceSession takes for `model`: a path, bytes, or for a ModelProto past protobuf's 2 GiB limit a
     temporary file with external data (it cannot be serialized in one piece), kept until the session is made."""
-    from . import io
+    from .saving import save_model
+    from .tensors import exceeds_protobuf_limit
 
     if isinstance(model, (str, os.PathLike)):
         yield os.fspath(model)
     elif isinstance(model, bytes):
         yield model
-    elif not io.exceeds_protobuf_limit(model):
+    elif not exceeds_protobuf_limit(model):
         yield model.SerializeToString()
     else:
         with tempfile.TemporaryDirectory(prefix="bnfold-") as directory:
             path = os.path.join(directory, "model.onnx")
-            io.save_model(model, path, external_data=True)
+            save_model(model, path, external_data=True)
             yield path
 
 

@@ -418,7 +418,7 @@ def run_model(model, feeds: Mapping[str, np.ndarray], *, ort_opt_level: str = "d
 
 def _load(model: ModelLike, default_label: str):
     """(ModelProto, what to give ORT, label): paths keep their path for ORT, so models over 2 GiB still load."""
-    from .io import load_model
+    from .loading import load_model
 
     if isinstance(model, (str, os.PathLike)):
         return load_model(model), os.fspath(model), os.fspath(model)

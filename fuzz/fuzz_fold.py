@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports():
     import bnfold
-    from bnfold import io
+    from bnfold import loading
     from bnfold.errors import BnfoldError
 
 from models.fixtures import SHIPPED  # noqa: E402 - after the instrumented imports
@@ -34,11 +34,11 @@ def fold_bytes(data: bytes) -> None:
     """Parse, check and fold; the checker's verdict is ignored so unchecked models reach the fold as well."""
     warnings.simplefilter("ignore")
     try:
-        model = io.parse_model_bytes(data)
+        model = loading.parse_model_bytes(data)
     except BnfoldError:
         return
     try:
-        io.check_model(model)
+        loading.check_model(model)
     except BnfoldError:
         pass
     try:

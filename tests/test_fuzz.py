@@ -2,7 +2,7 @@
 
 Valid small models (every rule's pattern, a Constant-fed weight, an If subgraph) are mutated by bit flips, byte
 overwrites, truncations, insertions, deletions and splices with another model, then pushed through the stages a
-user's input meets: io.parse_model_bytes, io.check_model, io.load_model, bnfold.fold (a parsed model that never
+user's input meets: loading.parse_model_bytes, loading.check_model, loading.load_model, bnfold.fold (a parsed model that never
 met the checker, as the API allows) and bnfold.fold_file (load, check, fold, write; verification off: ONNX
 Runtime is not what is fuzzed). Any exception other than a BnfoldError is a crash.
 
@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import bnfold
-from bnfold import io
+from bnfold import loading
 from bnfold.errors import BnfoldError
 from models import fixtures
 
@@ -125,21 +125,21 @@ mutated_models = st.builds(
 
 
 def stage_parse(data: bytes, directory: Path) -> None:
-    io.parse_model_bytes(data)
+    loading.parse_model_bytes(data)
 
 
 def stage_check(data: bytes, directory: Path) -> None:
-    io.check_model(io.parse_model_bytes(data))
+    loading.check_model(loading.parse_model_bytes(data))
 
 
 def stage_load_file(data: bytes, directory: Path) -> None:
     path = directory / "input.onnx"
     path.write_bytes(data)
-    io.load_model(path)
+    loading.load_model(path)
 
 
 def stage_fold(data: bytes, directory: Path) -> None:
-    bnfold.fold(io.parse_model_bytes(data))
+    bnfold.fold(loading.parse_model_bytes(data))
 
 
 def stage_fold_file(data: bytes, directory: Path) -> None:
@@ -209,7 +209,7 @@ def test_mutations_reach_past_the_parser():
     parsed = 0
     for index in range(200):
         try:
-            io.parse_model_bytes(mutate(SEEDS[index % len(SEEDS)], [(KINDS[index % len(KINDS)], index)]))
+            loading.parse_model_bytes(mutate(SEEDS[index % len(SEEDS)], [(KINDS[index % len(KINDS)], index)]))
             parsed += 1
         except BnfoldError:
             pass

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bnfold import io
+from bnfold import tensors
 from bnfold.errors import ProviderError, UsageError
 from bnfold.runtime import make_session, run
 from models import fixtures
@@ -14,8 +14,8 @@ def test_a_model_past_the_protobuf_limit_runs_through_a_temporary_external_data_
     model = fixtures.conv_bn()
     x = np.ones((1, 4, 9, 9), np.float32)
     expected = run(make_session(model), {"x": x})["y"]
-    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1024)
-    assert io.exceeds_protobuf_limit(model)
+    monkeypatch.setattr(tensors, "PROTOBUF_LIMIT", 1024)
+    assert tensors.exceeds_protobuf_limit(model)
     np.testing.assert_array_equal(run(make_session(model), {"x": x})["y"], expected)
 
 

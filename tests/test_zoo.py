@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bnfold.exporting import EXPORTERS, export  # noqa: E402 - after the torch check
-from bnfold.io import load_model  # noqa: E402
+from bnfold.loading import load_model  # noqa: E402
 from bnfold.verification import run_model  # noqa: E402
 from models import zoo  # noqa: E402
 

@@ -99,7 +99,7 @@ def bench(models, fold_in_memory, providers, opt_levels, warmup, iterations, inp
 
 def _load_models(paths, fold_in_memory: bool) -> list:
     """(label, ModelProto) pairs: the files as given, or with --fold the one file and its in-memory fold."""
-    from ..io import load_model
+    from ..loading import load_model
 
     if not fold_in_memory:
         return [(Path(path).name, load_model(path)) for path in paths]

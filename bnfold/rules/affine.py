@@ -1,8 +1,10 @@
-"""Arithmetic for per-channel affine maps x * scale + shift that are not a BN right after its producer.
+"""Fold arithmetic: plain numpy in float64, no graph and no onnx import.
 
-Backward folds: the map comes *before* a linear op, so it scales the op's input-channel axis and its shift,
-pushed through the weights, becomes a bias. Decomposed BNs: chains of Mul/Add/Sub/Div by constants compose into
-one (scale, shift). Plain float64 numpy, no graph code.
+An eval-mode BatchNormalization is the per-channel affine map y = x * scale + shift with
+scale = gamma / sqrt(var + eps) and shift = beta - mean * scale. Folding it forward into a linear producer
+multiplies the producer's weights along its output-channel axis by `scale` and maps its bias b to b * scale + shift.
+Folding it backward (the map comes *before* a linear op) scales the op's input-channel axis, and its shift, pushed
+through the weights, becomes a bias. Chains of Mul/Add/Sub/Div by constants compose into one (scale, shift).
 """
 
 from __future__ import annotations
@@ -11,6 +13,81 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+
+class FoldMathError(ValueError):
+    """The BN parameters cannot be folded exactly (non-finite values, var + eps <= 0, mismatched lengths)."""
+
+
+def bn_affine(gamma, beta, mean, var, eps: float) -> Tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) in float64 of an eval-mode BN; raises FoldMathError when the BN is not a finite affine map."""
+    params = [np.asarray(p, dtype=np.float64).reshape(-1) for p in (gamma, beta, mean, var)]
+    gamma, beta, mean, var = params
+    lengths = {p.size for p in params}
+    if len(lengths) != 1:
+        raise FoldMathError(f"BN parameters have different lengths (scale, bias, mean, var: {[p.size for p in params]})")
+    for label, values in zip(("scale", "bias", "mean", "var"), params):
+        if not np.all(np.isfinite(values)):
+            raise FoldMathError(f"BN {label} contains NaN or inf")
+    if not np.isfinite(eps):
+        raise FoldMathError("BN epsilon is NaN or inf")
+    denominator = var + np.float64(eps)
+    if np.any(denominator <= 0):
+        channel = int(np.argmin(denominator))
+        raise FoldMathError(f"var + epsilon <= 0 at channel {channel} ({denominator[channel]:g})")
+    scale = gamma / np.sqrt(denominator)
+    shift = beta - mean * scale
+    if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
+        raise FoldMathError("BN scale or shift overflows")
+    return scale, shift
+
+
+def scale_axis(weight: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
+    """weight * scale broadcast along `axis` (float64 result)."""
+    weight = np.asarray(weight, dtype=np.float64)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    return weight * np.asarray(scale, dtype=np.float64).reshape(shape)
+
+
+def scale_conv_transpose_weight(weight: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
+    """Scale a ConvTranspose weight [C_in, C_out/group, k...] by a per-output-channel factor.
+
+    Output channel g * (C_out/group) + j is computed from the C_in/group weight rows of group g, column j,
+    so the factor is laid out as [group, 1, C_out/group] over the row-grouped weight.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    c_in, c_out_per_group = weight.shape[0], weight.shape[1]
+    kernel = weight.shape[2:]
+    grouped = weight.reshape((group, c_in // group, c_out_per_group) + kernel)
+    factors = np.asarray(scale, dtype=np.float64).reshape((group, 1, c_out_per_group) + (1,) * len(kernel))
+    return (grouped * factors).reshape(weight.shape)
+
+
+def fold_bias(bias: Optional[np.ndarray], scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """New bias b * scale + shift (b = 0 when the producer had none), float64."""
+    if bias is None:
+        return np.array(shift, dtype=np.float64)
+    return np.asarray(bias, dtype=np.float64).reshape(-1) * scale + shift
+
+
+def cast_exact(values: np.ndarray, dtype) -> np.ndarray:
+    """Cast float64 results back to the tensor's dtype; raise FoldMathError if that overflows to inf."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = np.asarray(values).astype(dtype)
+    if not np.all(np.isfinite(cast.astype(np.float64))):
+        raise FoldMathError(f"folded values overflow {np.dtype(dtype).name}")
+    return cast
+
+
+def max_rounding_error(exact: np.ndarray, cast: np.ndarray) -> float:
+    """Largest absolute difference the cast to a low-precision dtype (float16, bfloat16) introduced.
+
+    float32 and float64 report 0.0: their rounding is far below any tolerance, and measuring it on every weight
+    would cost as much as the fold itself.
+    """
+    if exact.size == 0 or cast.dtype.itemsize >= 4:
+        return 0.0
+    return float(np.max(np.abs(np.asarray(exact, np.float64) - cast.astype(np.float64))))
 
 def _per_weight_row(values: np.ndarray, c_out: int, group: int) -> np.ndarray:
     """[C_out, C_in/group]: entry (o, i) is the value of the input channel that output o reads at position i

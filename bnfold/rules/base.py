@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from ..graph import GraphContext, InputUpdate, NotConstant, attribute, node_label
-from ..math import FoldMathError, bn_affine, cast_exact, max_rounding_error
+from .affine import FoldMathError, bn_affine, cast_exact, max_rounding_error
 
 
 # What a BN rule anchors on: the driver reads the BN (eval mode, constant parameters) before offering it.

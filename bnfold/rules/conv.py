@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from ..graph import GraphContext, Rewrite
-from ..math import fold_bias
+from .affine import fold_bias
 from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, constant_input, constant_update, require_float, tensor_hint
 from .linear import fold_after
 from .weights import read_weight, scaled_weight

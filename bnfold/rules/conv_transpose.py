@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from ..graph import GraphContext, Rewrite, attribute
-from ..math import scale_conv_transpose_weight
+from .affine import scale_conv_transpose_weight
 from .base import BN_ANCHORS, BatchNorm, ProducerEdit, Refuse, require_float
 from .conv import fold_weight_and_bias
 from .linear import fold_after

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..graph import GraphContext, InputUpdate, NotConstant, attribute, node_label
-from ..math import scale_axis
+from .affine import scale_axis
 from .base import Refuse, constant_update, require_float, tensor_hint
 
 # Ops allowed between DequantizeLinear and the producer.

@@ -21,7 +21,9 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold import io
+from bnfold import saving
+from bnfold.loading import load_model
+from bnfold.saving import save_model
 from bnfold.cli import cli
 from models.fixtures import conv_bn, nonfinite_stats_bn
 
@@ -120,7 +122,7 @@ def test_opset_newer_than_onnx_knows(tmp_path, out_dir):
 @pytest.fixture
 def external_model(tmp_path):
     path = tmp_path / "model.onnx"
-    io.save_model(conv_bn(c_in=16, c_out=32, seed=3), path, external_data=True)
+    save_model(conv_bn(c_in=16, c_out=32, seed=3), path, external_data=True)
     return path
 
 
@@ -174,14 +176,14 @@ def test_output_equal_to_input_needs_overwrite(good_model, out_dir):
     assert_refused(invoke(path, "-o", same_file_other_spelling), out_dir, [good_model], match="--overwrite")
     result = invoke(path, "-o", path, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert [n.op_type for n in io.load_model(path).graph.node] == ["Conv"]
+    assert [n.op_type for n in load_model(path).graph.node] == ["Conv"]
 
 
 def test_disk_full_injected(good_model, out_dir, monkeypatch):
     def disk_full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(io.os, "fsync", disk_full)
+    monkeypatch.setattr(saving.os, "fsync", disk_full)
     assert_refused(invoke(good_model[0], "-o", out_dir / "f.onnx"), out_dir, [good_model], match="disk full")
 
 
@@ -273,7 +275,7 @@ def test_unfoldable_bn_is_kept_with_its_reason(tmp_path, model, reason):
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     assert "kept" in result.stdout and reason in result.stdout
-    assert "BatchNormalization" in [n.op_type for n in io.load_model(output).graph.node]
+    assert "BatchNormalization" in [n.op_type for n in load_model(output).graph.node]
     assert source[0].read_bytes() == source[1]
 
 
@@ -297,7 +299,7 @@ def test_custom_domain_folds_with_no_verify(tmp_path):
     output = tmp_path / "folded.onnx"
     result = invoke(source[0], "-o", output, "--no-verify")
     assert result.exit_code == 0, result.output
-    folded = io.load_model(output)
+    folded = load_model(output)
     assert [(n.domain, n.op_type) for n in folded.graph.node] == [("", "Conv"), ("com.example", "Scramble")]
     assert source[0].read_bytes() == source[1]
 
@@ -314,4 +316,4 @@ def test_undeclared_custom_domain_needs_no_check(tmp_path, out_dir):
                    match="com.example")
     result = invoke(source[0], "-o", out_dir / "f.onnx", "--no-verify", "--no-check")
     assert result.exit_code == 0, result.output
-    assert [n.op_type for n in io.load_model(out_dir / "f.onnx").graph.node] == ["Conv", "Scramble"]
+    assert [n.op_type for n in load_model(out_dir / "f.onnx").graph.node] == ["Conv", "Scramble"]

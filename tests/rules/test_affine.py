@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bnfold.math import (FoldMathError, bn_affine, cast_exact, fold_bias, max_rounding_error,
+from bnfold.rules.affine import (FoldMathError, bn_affine, cast_exact, fold_bias, max_rounding_error,
                          scale_axis, scale_conv_transpose_weight)
 
 

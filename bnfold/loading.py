@@ -1,111 +1,31 @@
-"""Loading and saving ONNX models with typed errors, safe external data and crash-safe writes.
+"""Loading and checking ONNX models with typed errors and safe external data.
 
 Loading refuses, with one line a user can act on, anything that is not a complete, well-formed model: a missing
 path, a directory, an empty file, bytes that do not parse, a model whose tensors do not hold the data their shape
 and type promise (a truncated or bit-flipped file often still parses), strings that are not UTF-8, and external
 data that is missing, truncated, or outside the model's directory.
-
-Saving writes every file (model, and external data when asked) to a temporary file in the target directory,
-flushes and fsyncs it, and only then renames it over the target: a reader, or a run killed at any moment, sees the
-old file or the complete new one. A failed write removes its temporary files and leaves the targets untouched.
 """
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
-import stat
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf import unknown_fields
-from google.protobuf.message import DecodeError, EncodeError
+from google.protobuf.message import DecodeError
 
-from .errors import (BnfoldError, ExternalDataError, InputFileError, InvalidModelError, ModelLoadError,
-                     OutputError)
+from .errors import BnfoldError, ExternalDataError, InputFileError, InvalidModelError, ModelLoadError
+from .tensors import exceeds_protobuf_limit, external_info, is_external, iter_tensors
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# Protobuf cannot serialize a message of 2 GiB or more; above this, weights go to an external file.
-PROTOBUF_LIMIT = 2**31 - 1
-# Tensors at least this large move to the external data file when external data is written.
-EXTERNAL_DATA_MIN_BYTES = 1024
 # What numpy_helper.to_array raises for a tensor whose data does not match its shape and type.
 _DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError, UnicodeDecodeError)
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every TensorProto in the model: initializers, Constant/attribute tensors, subgraphs and functions."""
-
-    def from_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield sparse.values
-            yield sparse.indices
-        for node in graph.node:
-            yield from from_node(node)
-
-    def from_node(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from from_graph(attr.g)
-            for sub in attr.graphs:
-                yield from from_graph(sub)
-
-    yield from from_graph(model.graph)
-    for function in model.functions:
-        for node in function.node:
-            yield from from_node(node)
-
-
-def _is_external(tensor: onnx.TensorProto) -> bool:
-    return tensor.data_location == onnx.TensorProto.EXTERNAL
-
-
-def _external_info(tensor: onnx.TensorProto) -> dict:
-    return {entry.key: entry.value for entry in tensor.external_data}
-
-
-# Element types stored several to a byte: their size in bytes is not numpy's itemsize times the element count.
-_ELEMENTS_PER_BYTE = {
-    getattr(onnx.TensorProto, name): per_byte
-    for name, per_byte in (("INT4", 2), ("UINT4", 2), ("FLOAT4E2M1", 2), ("INT2", 4), ("UINT2", 4))
-    if hasattr(onnx.TensorProto, name)
-}
-
-
-def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of tensor data held in the model (initializers, Constant and attribute tensors, subgraphs, functions),
-    computed from dims and type without serializing; external data, string tensors and unknown types count 0."""
-    total = 0
-    for tensor in iter_tensors(model):
-        if tensor.data_type == onnx.TensorProto.STRING or _is_external(tensor):
-            continue
-        try:
-            itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        except KeyError:
-            continue
-        elements = 1
-        for dim in tensor.dims:
-            elements *= max(int(dim), 0)
-        per_byte = _ELEMENTS_PER_BYTE.get(tensor.data_type)
-        total += -(-elements // per_byte) if per_byte else elements * itemsize
-    return total
-
-
-def exceeds_protobuf_limit(model: onnx.ModelProto) -> bool:
-    """Whether the serialized model would pass protobuf's 2 GiB limit: its tensor bytes against the limit less a
-    1/32 allowance (64 MiB) for everything else. ByteSize() would serialize the whole model to find out."""
-    return tensor_bytes(model) > PROTOBUF_LIMIT - PROTOBUF_LIMIT // 32
 
 
 # --- well-formedness -------------------------------------------------------------------------------------------
@@ -116,14 +36,14 @@ def _external_tensor_problem(tensor: onnx.TensorProto) -> Optional[str]:
     if tensor.data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING) or \
             tensor.data_type not in onnx.TensorProto.DataType.values():
         return f"external tensor {tensor.name!r} has data type {tensor.data_type}, which cannot be stored externally"
-    if not _external_info(tensor).get("location"):
+    if not external_info(tensor).get("location"):
         return f"tensor {tensor.name!r} is marked external but names no file"
     return None
 
 
 def _tensor_problem(tensor: onnx.TensorProto) -> Optional[str]:
     """Why the tensor's data cannot be read as its declared shape and type, or None when it can."""
-    if _is_external(tensor):
+    if is_external(tensor):
         return _external_tensor_problem(tensor)
     try:
         numpy_helper.to_array(tensor)
@@ -163,7 +83,7 @@ def _structure_problem(model: onnx.ModelProto) -> Optional[BnfoldError]:
         message = pending.pop()
         if isinstance(message, onnx.TensorProto):
             problem = _tensor_problem(message)
-            if problem and _is_external(message):
+            if problem and is_external(message):
                 return ExternalDataError(problem)
             if problem:
                 return ModelLoadError(f"corrupt model, {problem}; is it truncated or damaged?")
@@ -191,7 +111,7 @@ def _structure_problem(model: onnx.ModelProto) -> Optional[BnfoldError]:
 
 def _external_location(tensor: onnx.TensorProto, base: Path) -> Tuple[Path, int, Optional[int]]:
     """The resolved data file, offset and length of an external tensor, refusing paths outside `base`."""
-    info = _external_info(tensor)
+    info = external_info(tensor)
     location = info.get("location", "")
     if not location:
         raise ExternalDataError(f"tensor {tensor.name!r} is marked external but names no file")
@@ -224,10 +144,10 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
     """Refuse external data that is missing, truncated, or outside the model's directory (symlinks resolved)."""
     base = base_dir.resolve()
     for tensor in iter_tensors(model):
-        if not _is_external(tensor):
+        if not is_external(tensor):
             continue
         target, offset, length = _external_location(tensor, base)
-        location = _external_info(tensor)["location"]
+        location = external_info(tensor)["location"]
         if not target.is_file():
             raise ExternalDataError(f"tensor {tensor.name!r}: external data file {location!r} is missing")
         size = target.stat().st_size
@@ -240,7 +160,7 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    external = [tensor for tensor in iter_tensors(model) if _is_external(tensor)]
+    external = [tensor for tensor in iter_tensors(model) if is_external(tensor)]
     if not external:
         return
     _check_external_data(model, path.parent)
@@ -383,7 +303,7 @@ def _newer_opset(model: onnx.ModelProto) -> Optional[str]:
 def _explain_external_data(path: Path) -> None:
     """When the checker refused a model file, raise bnfold's own ExternalDataError if external data is at fault."""
     model = load_model(path, load_external_data=False)
-    if any(_is_external(tensor) for tensor in iter_tensors(model)):
+    if any(is_external(tensor) for tensor in iter_tensors(model)):
         _check_external_data(model, path.parent)
 
 
@@ -403,6 +323,8 @@ def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = F
         elif exceeds_protobuf_limit(model):
             with tempfile.TemporaryDirectory() as tmp:
                 target = Path(tmp) / "model.onnx"
+                from .saving import save_model
+
                 save_model(model, target, external_data=True)
                 onnx.checker.check_model(str(target), full_check=full_check)
         else:
@@ -420,216 +342,3 @@ def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = F
         # onnx's C++ side re-parses the model and refuses some protos Python's parser accepted.
         raise InvalidModelError(f"onnx.checker cannot read the model: {str(error).splitlines()[0]}") from None
 
-
-# --- saving ----------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the renames durable; some filesystems cannot fsync a directory, which is not an error."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _new_file_mode(target: Path) -> int:
-    """The mode a plain open() would give: the replaced file's, else 0o666 less the umask (mkstemp uses 0o600)."""
-    try:
-        return stat.S_IMODE(target.stat().st_mode)
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _write_error(path: Path, error: OSError) -> OutputError:
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputError(f"{path}: cannot write to {path.parent} ({error.strerror}); nothing was written")
-    reason = "disk full" if error.errno in _DISK_FULL else (error.strerror or str(error))
-    return OutputError(f"{path}: write failed ({reason}); nothing was written")
-
-
-def _write_temporary(path: Path, chunks: Iterable[bytes]) -> str:
-    """Write chunks to a new temporary file beside `path`, flushed and fsynced; return its name."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), _new_file_mode(path))
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        _remove_quietly(tmp_name)
-        raise
-    return tmp_name
-
-
-def _remove_quietly(name: str) -> None:
-    try:
-        os.unlink(name)
-    except OSError:
-        pass
-
-
-def _write_files_atomically(files: Sequence[Tuple[Path, Iterable[bytes]]]) -> None:
-    """Write every file to a temporary one first and rename them over their targets in order only when all are
-    complete: a failure (disk full, interrupt) before the renames leaves every target as it was and no temporary
-    file behind. Put the file that refers to the others (the model) last."""
-    for path, _ in files:
-        if not path.parent.is_dir():
-            raise OutputError(f"{path}: output directory {path.parent} does not exist")
-    written: List[Tuple[str, Path]] = []
-    try:
-        for path, chunks in files:
-            try:
-                written.append((_write_temporary(path, chunks), path))
-            except OSError as error:
-                raise _write_error(path, error) from None
-        while written:
-            tmp_name, path = written[0]
-            try:
-                os.replace(tmp_name, path)
-            except OSError as error:
-                raise _write_error(path, error) from None
-            written.pop(0)
-    finally:
-        for tmp_name, _ in written:
-            _remove_quietly(tmp_name)
-    for directory in {path.parent for path, _ in files}:
-        _fsync_dir(directory)
-
-
-def _externalize(model: onnx.ModelProto, data_name: str) -> Optional[list]:
-    """Move large tensors' bytes out of `model`; return the byte chunks of the data file, or None if none moved."""
-    chunks = []
-    offset = 0
-    for tensor in iter_tensors(model):
-        if _is_external(tensor):
-            continue
-        if not tensor.HasField("raw_data"):
-            if tensor.ByteSize() < EXTERNAL_DATA_MIN_BYTES:
-                continue
-            # Typed fields (float_data, ...) move to raw_data first so their bytes can leave the proto.
-            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
-        raw = tensor.raw_data
-        if len(raw) < EXTERNAL_DATA_MIN_BYTES:
-            continue
-        padding = (-offset) % 4096  # page-aligned, as onnx does, so runtimes can mmap
-        if padding:
-            chunks.append(b"\0" * padding)
-            offset += padding
-        chunks.append(raw)
-        del tensor.external_data[:]
-        for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        tensor.ClearField("raw_data")
-        offset += len(raw)
-    return chunks or None
-
-
-def _serialize(model: onnx.ModelProto, path: Path) -> Iterator[bytes]:
-    """model.SerializeToString(), byte for byte, in pieces: the graph's nodes and initializers one at a time, so
-    saving never holds a second copy of the weights (one serialized string would be two: upb's and Python's)."""
-    if exceeds_protobuf_limit(model):
-        raise OutputError(f"{path}: the model holds {tensor_bytes(model) / 2**30:.1f} GiB of tensors, above "
-                          "protobuf's 2 GiB limit; write its weights as external data (--external-data)")
-    try:
-        if unknown_fields.UnknownFieldSet(model) or unknown_fields.UnknownFieldSet(model.graph):
-            yield model.SerializeToString()  # fields this onnx does not know: let protobuf keep them in place
-            return
-        for field, value in model.ListFields():
-            if field.name == "graph":
-                yield from _graph_pieces(field.number, value)
-            else:
-                yield _single_field(onnx.ModelProto(), field, value)
-    except (EncodeError, ValueError) as error:
-        raise OutputError(f"{path}: the model cannot be serialized ({error})") from None
-
-
-# GraphProto fields serialized element by element; everything else is small.
-_STREAMED_GRAPH_FIELDS = ("node", "initializer")
-
-
-def _graph_pieces(number: int, graph: onnx.GraphProto) -> Iterator[bytes]:
-    """The graph as field `number` of its parent: tag, length, then its fields in field-number order."""
-    plan, size = [], 0
-    for field, value in graph.ListFields():
-        if field.name in _STREAMED_GRAPH_FIELDS:
-            for element in value:
-                length = element.ByteSize()
-                head = _varint_bytes(field.number << 3 | 2) + _varint_bytes(length)
-                plan.append((head, element))
-                size += len(head) + length
-        else:
-            encoded = _single_field(onnx.GraphProto(), field, value)
-            plan.append((encoded, None))
-            size += len(encoded)
-    yield _varint_bytes(number << 3 | 2) + _varint_bytes(size)
-    for head, element in plan:
-        yield head
-        if element is not None:
-            yield element.SerializeToString()
-
-
-def _single_field(container, field, value) -> bytes:
-    """One field of a message, encoded as the message would encode it."""
-    if _is_repeated(field):
-        getattr(container, field.name).extend(value)
-    elif field.message_type is not None:
-        getattr(container, field.name).CopyFrom(value)
-    else:
-        setattr(container, field.name, value)
-    return container.SerializeToString()
-
-
-def _varint_bytes(value: int) -> bytes:
-    encoded = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        if not value:
-            encoded.append(low)
-            return bytes(encoded)
-        encoded.append(low | 0x80)
-
-
-def save_model(
-    model: onnx.ModelProto,
-    path: PathLike,
-    *,
-    external_data: Optional[bool] = None,
-) -> None:
-    """Save `model` to `path` atomically (see the module docstring).
-
-    external_data: True writes tensors of 1 KiB or more to `<file name>.data` beside the model; None (default)
-    does so only when the model would exceed protobuf's 2 GiB limit. `model` itself is not modified. The data file
-    is renamed into place just before the model: only a kill between those two renames can pair a new data file
-    with the old model, and only when the old model used the same data file name.
-    """
-    path = Path(path)
-    try:
-        is_dir = path.is_dir()
-    except (ValueError, OSError) as error:
-        raise OutputError(f"{path}: not a usable output path ({error})") from None
-    if is_dir:
-        raise OutputError(f"{path}: is a directory")
-    if external_data is None:
-        external_data = exceeds_protobuf_limit(model)
-    if not external_data:
-        _write_files_atomically([(path, _serialize(model, path))])
-        return
-    data_name = path.name + ".data"
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model)
-    chunks = _externalize(stripped, data_name)
-    files = [(path.parent / data_name, chunks)] if chunks else []
-    files.append((path, _serialize(stripped, path)))
-    _write_files_atomically(files)

@@ -1,4 +1,4 @@
-"""bnfold.io: typed errors for every bad input, safe external data, and writes that are atomic and crash-safe."""
+"""Loading and saving: typed errors for every bad input, safe external data, and writes that are atomic and crash-safe."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold import io
+from bnfold import loading, saving, tensors
 from bnfold.errors import ExternalDataError, InputFileError, InvalidModelError, ModelLoadError, OutputError
 from models import fixtures
 from models.fixtures import conv_bn
@@ -44,19 +44,19 @@ def big_conv_bn() -> onnx.ModelProto:
 
 def test_missing_path(tmp_path):
     with pytest.raises(InputFileError, match="no such file"):
-        io.load_model(tmp_path / "absent.onnx")
+        loading.load_model(tmp_path / "absent.onnx")
 
 
 def test_directory(tmp_path):
     with pytest.raises(InputFileError, match="is a directory"):
-        io.load_model(tmp_path)
+        loading.load_model(tmp_path)
 
 
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.onnx"
     path.write_bytes(b"")
     with pytest.raises(ModelLoadError, match="empty"):
-        io.load_model(path)
+        loading.load_model(path)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -64,7 +64,7 @@ def test_random_bytes(tmp_path, seed):
     path = tmp_path / "random.onnx"
     path.write_bytes(np.random.default_rng(seed).bytes(4096))
     with pytest.raises(ModelLoadError):
-        io.load_model(path)
+        loading.load_model(path)
 
 
 def test_every_truncation_is_refused():
@@ -72,11 +72,11 @@ def test_every_truncation_is_refused():
     data = model_bytes(conv_bn())
     for cut in range(1, len(data)):
         try:
-            model = io.parse_model_bytes(data[:cut])
+            model = loading.parse_model_bytes(data[:cut])
         except ModelLoadError:
             continue
         with pytest.raises(InvalidModelError):
-            io.check_model(model)
+            loading.check_model(model)
 
 
 @pytest.mark.parametrize("message", [
@@ -87,7 +87,7 @@ def test_every_truncation_is_refused():
 ], ids=["TensorProto", "GraphProto", "NodeProto", "OperatorSetIdProto"])
 def test_valid_protobuf_that_is_not_a_model(message):
     with pytest.raises(ModelLoadError, match="not an ONNX model"):
-        io.parse_model_bytes(message.SerializeToString())
+        loading.parse_model_bytes(message.SerializeToString())
 
 
 def test_tensor_data_shorter_than_its_shape():
@@ -95,14 +95,14 @@ def test_tensor_data_shorter_than_its_shape():
     weight = model.graph.initializer[0]
     weight.raw_data = weight.raw_data[:-4]
     with pytest.raises(ModelLoadError, match="tensor 'W'"):
-        io.parse_model_bytes(model_bytes(model))
+        loading.parse_model_bytes(model_bytes(model))
 
 
 def test_unknown_tensor_type():
     model = conv_bn()
     model.graph.initializer[0].data_type = 79
     with pytest.raises(ModelLoadError, match="unknown type 79"):
-        io.parse_model_bytes(model_bytes(model))
+        loading.parse_model_bytes(model_bytes(model))
 
 
 def test_name_that_is_not_utf8():
@@ -110,14 +110,14 @@ def test_name_that_is_not_utf8():
     model.graph.node[0].name = "CONVNAME"
     data = model_bytes(model).replace(b"CONVNAME", b"CONV\xdaAME")
     with pytest.raises(ModelLoadError, match="NodeProto.name is not valid UTF-8"):
-        io.parse_model_bytes(data)
+        loading.parse_model_bytes(data)
 
 
 def test_model_failing_the_checker_is_one_line():
     model = conv_bn()
     model.graph.node[0].input[1] = "nowhere"
     with pytest.raises(InvalidModelError) as caught:
-        io.check_model(model)
+        loading.check_model(model)
     assert "\n" not in str(caught.value) and "nowhere" in str(caught.value)
 
 
@@ -125,22 +125,22 @@ def test_opset_newer_than_onnx_knows(tmp_path):
     model = conv_bn()
     model.opset_import[0].version = 99
     with pytest.raises(InvalidModelError, match="opset 99"):
-        io.check_model(model)
+        loading.check_model(model)
     path = tmp_path / "new.onnx"
     onnx.save(model, path)
     with pytest.raises(InvalidModelError, match="opset 99"):
-        io.check_model(path)
+        loading.check_model(path)
 
 
 def test_check_model_accepts_a_path(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(conv_bn(), path)
-    io.check_model(path, full_check=True)
+    loading.check_model(path, full_check=True)
 
 
 def test_tensor_bytes_counts_declared_data():
     model = conv_bn(c_in=4, c_out=8, kernel=3)
-    assert io.tensor_bytes(model) == sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    assert tensors.tensor_bytes(model) == sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
 
 
 # --- external data ---------------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_tensor_bytes_counts_declared_data():
 def external_model(tmp_path):
     """A model saved with its weight in model.onnx.data; returns the model path."""
     path = tmp_path / "model.onnx"
-    io.save_model(big_conv_bn(), path, external_data=True)
+    saving.save_model(big_conv_bn(), path, external_data=True)
     assert (tmp_path / "model.onnx.data").stat().st_size >= 16 * 1024
     return path
 
@@ -158,7 +158,7 @@ def external_model(tmp_path):
 def set_external(path: Path, **changes) -> None:
     """Rewrite the external_data entries of every external tensor of the model file at `path`."""
     model = onnx.load(str(path), load_external_data=False)
-    for tensor in io.iter_tensors(model):
+    for tensor in tensors.iter_tensors(model):
         if tensor.data_location == TensorProto.EXTERNAL:
             info = {entry.key: entry.value for entry in tensor.external_data}
             info.update(changes)
@@ -170,27 +170,27 @@ def set_external(path: Path, **changes) -> None:
 
 
 def test_external_data_round_trip(external_model):
-    loaded = io.load_model(external_model)
+    loaded = loading.load_model(external_model)
     assert model_bytes(loaded) == model_bytes(big_conv_bn())
 
 
 def test_external_data_missing(external_model):
     (external_model.parent / "model.onnx.data").unlink()
     with pytest.raises(ExternalDataError, match="missing"):
-        io.load_model(external_model)
+        loading.load_model(external_model)
 
 
 def test_external_data_truncated(external_model):
     data = external_model.parent / "model.onnx.data"
     data.write_bytes(data.read_bytes()[:-100])
     with pytest.raises(ExternalDataError, match="truncated"):
-        io.load_model(external_model)
+        loading.load_model(external_model)
 
 
 def test_external_data_length_disagrees_with_shape(external_model):
     set_external(external_model, length="64")
     with pytest.raises(ExternalDataError, match="does not hold valid data"):
-        io.load_model(external_model)
+        loading.load_model(external_model)
 
 
 @pytest.mark.parametrize("location", ["../outside.data", "sub/../../outside.data", "/etc/passwd"])
@@ -199,7 +199,7 @@ def test_external_data_outside_the_model_directory_is_refused(external_model, lo
     outside.write_bytes((external_model.parent / "model.onnx.data").read_bytes())
     set_external(external_model, location=location)
     with pytest.raises(ExternalDataError, match="leaves the model's directory|absolute"):
-        io.load_model(external_model)
+        loading.load_model(external_model)
 
 
 def test_external_data_symlink_leaving_the_directory_is_refused(external_model, tmp_path_factory):
@@ -208,7 +208,7 @@ def test_external_data_symlink_leaving_the_directory_is_refused(external_model, 
     (external_model.parent / "link.data").symlink_to(elsewhere)
     set_external(external_model, location="link.data")
     with pytest.raises(ExternalDataError, match="leaves the model's directory"):
-        io.load_model(external_model)
+        loading.load_model(external_model)
 
 
 @pytest.mark.parametrize("changes,match", [
@@ -220,7 +220,7 @@ def test_external_data_symlink_leaving_the_directory_is_refused(external_model, 
 def test_malformed_external_data_entries(external_model, changes, match):
     set_external(external_model, **changes)
     with pytest.raises(ExternalDataError, match=match):
-        io.load_model(external_model)
+        loading.load_model(external_model)
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
@@ -228,8 +228,8 @@ def test_malformed_external_data_entries(external_model, changes, match):
 
 def test_save_writes_a_loadable_file_with_the_usual_mode(tmp_path):
     path = tmp_path / "out.onnx"
-    io.save_model(conv_bn(), path)
-    assert model_bytes(io.load_model(path)) == model_bytes(conv_bn())
+    saving.save_model(conv_bn(), path)
+    assert model_bytes(loading.load_model(path)) == model_bytes(conv_bn())
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
@@ -240,18 +240,18 @@ def test_replacing_a_file_keeps_its_mode(tmp_path):
     path = tmp_path / "out.onnx"
     path.write_bytes(b"old")
     path.chmod(0o640)
-    io.save_model(conv_bn(), path)
+    saving.save_model(conv_bn(), path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 def test_missing_output_directory(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
-        io.save_model(conv_bn(), tmp_path / "no" / "such" / "out.onnx")
+        saving.save_model(conv_bn(), tmp_path / "no" / "such" / "out.onnx")
 
 
 def test_output_path_is_a_directory(tmp_path):
     with pytest.raises(OutputError, match="is a directory"):
-        io.save_model(conv_bn(), tmp_path)
+        saving.save_model(conv_bn(), tmp_path)
 
 
 def fail_on_call(monkeypatch, name: str, error_number: int, call: int = 1):
@@ -265,7 +265,7 @@ def fail_on_call(monkeypatch, name: str, error_number: int, call: int = 1):
             raise OSError(error_number, os.strerror(error_number))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(io.os, name, failing)
+    monkeypatch.setattr(saving.os, name, failing)
 
 
 @pytest.mark.parametrize("function,error_number,message", [
@@ -278,14 +278,14 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
     path.write_bytes(b"previous contents")
     fail_on_call(monkeypatch, function, error_number)
     with pytest.raises(OutputError, match=message):
-        io.save_model(conv_bn(), path)
+        saving.save_model(conv_bn(), path)
     assert path.read_bytes() == b"previous contents"
     assert temporaries(tmp_path) == []
 
 
 def test_unwritable_directory(tmp_path, refuse_file_creation):
     with pytest.raises(OutputError, match="cannot write to .*Permission denied"):
-        io.save_model(conv_bn(), tmp_path / "out.onnx")
+        saving.save_model(conv_bn(), tmp_path / "out.onnx")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -296,7 +296,7 @@ def test_read_only_directory(tmp_path):
     directory.chmod(0o500)
     try:
         with pytest.raises(OutputError, match="cannot write"):
-            io.save_model(conv_bn(), directory / "out.onnx")
+            saving.save_model(conv_bn(), directory / "out.onnx")
     finally:
         directory.chmod(0o700)
 
@@ -304,11 +304,11 @@ def test_read_only_directory(tmp_path):
 def test_failure_writing_the_model_leaves_the_old_external_data(tmp_path, monkeypatch):
     """Both files are complete on disk before either is renamed: a failed model write replaces neither."""
     path = tmp_path / "model.onnx"
-    io.save_model(conv_bn(c_in=16, c_out=32, seed=7), path, external_data=True)
+    saving.save_model(conv_bn(c_in=16, c_out=32, seed=7), path, external_data=True)
     before = {name: (tmp_path / name).read_bytes() for name in ("model.onnx", "model.onnx.data")}
     fail_on_call(monkeypatch, "fsync", errno.ENOSPC, call=2)  # the data file's fsync works, the model's fails
     with pytest.raises(OutputError, match="disk full"):
-        io.save_model(big_conv_bn(), path, external_data=True)
+        saving.save_model(big_conv_bn(), path, external_data=True)
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert temporaries(tmp_path) == []
 
@@ -320,20 +320,20 @@ def test_interrupt_during_write_removes_the_temporary(tmp_path, monkeypatch):
     def interrupted(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io.os, "fsync", interrupted)
+    monkeypatch.setattr(saving.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        io.save_model(conv_bn(), path)
+        saving.save_model(conv_bn(), path)
     assert path.read_bytes() == b"previous contents"
     assert temporaries(tmp_path) == []
 
 
 def test_model_above_the_protobuf_limit_needs_external_data(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 5000)  # the 18 KiB weight is above, the rest below
+    monkeypatch.setattr(tensors, "PROTOBUF_LIMIT", 5000)  # the 18 KiB weight is above, the rest below
     with pytest.raises(OutputError, match="2 GiB limit.*--external-data"):
-        io.save_model(big_conv_bn(), tmp_path / "out.onnx", external_data=False)
-    io.save_model(big_conv_bn(), tmp_path / "out.onnx")  # default: external data above the limit
+        saving.save_model(big_conv_bn(), tmp_path / "out.onnx", external_data=False)
+    saving.save_model(big_conv_bn(), tmp_path / "out.onnx")  # default: external data above the limit
     assert (tmp_path / "out.onnx.data").exists()
-    assert model_bytes(io.load_model(tmp_path / "out.onnx")) == model_bytes(big_conv_bn())
+    assert model_bytes(loading.load_model(tmp_path / "out.onnx")) == model_bytes(big_conv_bn())
 
 
 # --- crash safety ----------------------------------------------------------------------------------------------
@@ -343,7 +343,7 @@ SAVE_FOREVER = textwrap.dedent("""
     import sys
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
-    from bnfold.io import save_model
+    from bnfold.saving import save_model
 
     path, external = sys.argv[1], sys.argv[2] == "1"
 
@@ -383,7 +383,7 @@ def test_kill_during_write_leaves_old_or_new_file(tmp_path, external):
         leftovers = temporaries(tmp_path)
         killed_mid_write += bool(leftovers)
         if path.exists():
-            payload = numpy_helper.to_array(io.load_model(path).graph.initializer[0])
+            payload = numpy_helper.to_array(loading.load_model(path).graph.initializer[0])
             assert payload.shape == (2_000_000,)
             assert payload[0] in (1.0, 2.0) and np.all(payload == payload[0])
         for name in leftovers:  # a killed process cannot clean up; the next run's writes do not depend on it
@@ -397,5 +397,5 @@ def test_saved_bytes_are_exactly_protobufs_serialization(tmp_path):
     for model in (fixtures.conv_bn_bn(), fixtures.function_model(weights_inside=True), fixtures.densenet_block(),
                   fixtures.initializer_as_input(ir_version=3)):
         model.doc_string = "doc"
-        io.save_model(model, tmp_path / "m.onnx")
+        saving.save_model(model, tmp_path / "m.onnx")
         assert (tmp_path / "m.onnx").read_bytes() == model.SerializeToString()
