@@ -18,8 +18,15 @@ class BnDecision:
     rule: Optional[str] = None
     into: Optional[str] = None
     into_op: Optional[str] = None
+    through: List[str] = field(default_factory=list)  # look-through ops the fold crossed
     reason: Optional[str] = None
     rounding_error: float = 0.0
+    local_error: Optional[float] = None  # the local check's worst per-channel relative error
+
+    @property
+    def into_weights(self) -> bool:
+        """Folded into a neighbour's weights (not just replaced by Mul + Add)."""
+        return self.folded and self.rule != "standalone"
 
     @property
     def label(self) -> str:
@@ -29,7 +36,8 @@ class BnDecision:
 
 @dataclass
 class FoldReport:
-    decisions: List[BnDecision] = field(default_factory=list)
+    decisions: List[BnDecision] = field(default_factory=list)  # one per BatchNormalization node
+    decomposed: List[BnDecision] = field(default_factory=list)  # Mul/Add chains recognised as a BN
     ops_before: Dict[str, int] = field(default_factory=dict)
     ops_after: Dict[str, int] = field(default_factory=dict)
     initializer_bytes_before: int = 0

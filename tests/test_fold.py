@@ -34,7 +34,7 @@ def test_shared_weight_is_copied_so_the_other_conv_is_unchanged():
 
 
 @pytest.mark.parametrize("build, reason", [
-    (fixtures.multi_consumer_conv, "Conv output 'conv_out' also feeds side_relu"),
+    (fixtures.multi_consumer_conv, "Conv 'conv' output 'conv_out' also feeds side_relu"),
     (fixtures.training_mode_bn, "training_mode=1"),
     (fixtures.weight_as_input, "Conv weight is not a constant: 'W' is a graph input"),
     (fixtures.nonfinite_stats_bn, "BN var contains NaN or inf"),
@@ -52,7 +52,7 @@ def test_refused_bn_is_reported_and_graph_is_byte_identical(build, reason):
 def test_bn_with_no_neighbour_says_why_when_the_standalone_rule_is_skipped():
     model = fixtures.standalone_bn()
     folded, report = fold(model, skip=["standalone"])
-    assert "input 'x' comes from a graph input; no rule folds a BN there" in report.kept[0].reason
+    assert "input 'x' comes from a graph input; nothing to fold it into, and rule 'standalone' is skipped" in report.kept[0].reason
     assert folded.SerializeToString() == model.SerializeToString()
 
 
@@ -68,7 +68,7 @@ def test_conv_output_that_is_a_graph_output_is_refused():
     model = fixtures.conv_bn()
     model.graph.output.append(helper.make_tensor_value_info("conv_out", TensorProto.FLOAT, None))
     _, report = fold(model)
-    assert "Conv output 'conv_out' is also a graph output" in report.kept[0].reason
+    assert "Conv 'conv' output 'conv_out' is also a graph output" in report.kept[0].reason
 
 
 def test_var_plus_eps_not_positive_is_refused():
@@ -196,7 +196,7 @@ def test_report_json_and_table():
     data = report.to_dict()
     assert data["bn_total"] == 1 and data["bn_kept"] == 1
     assert data["ops_before"]["BatchNormalization"] == 1
-    assert "kept   bn -> 'y': Conv output 'conv_out' also feeds side_relu" in report.render()
+    assert "kept   bn -> 'y': Conv 'conv' output 'conv_out' also feeds side_relu" in report.render()
 
 
 def test_unused_initializers_of_the_user_are_left_alone():

@@ -75,8 +75,9 @@ def _print(report, as_json: bool, verbose: bool) -> None:
 @click.command("rules")
 def rules():
     """List the folding rules, in the order they are tried (names for --skip)."""
-    from ..rules import REGISTRY
+    from ..rules import descriptions
 
-    width = max(len(rule.NAME) for rule in REGISTRY)
-    for rule in REGISTRY:
-        click.echo(f"{rule.NAME:{width}}  {rule.DESCRIPTION}")
+    rows = descriptions()
+    width = max(len(name) for name, _ in rows)
+    for name, description in rows:
+        click.echo(f"{name:{width}}  {description}")

@@ -1,17 +1,30 @@
-"""The folding rules, in the order the driver tries them.
+"""The folding rules and the tables they share.
 
-Each module declares NAME, DESCRIPTION, ANCHORS (the op types it is offered: BN_ANCHORS for rules that fold a
-BatchNormalization node) and match(subject, ctx) -> Rewrite | None, raising Refuse(reason) when it recognises its
-pattern but cannot fold it exactly. BN rules receive a rules.base.BatchNorm; other rules the anchor NodeProto.
-Adding a pattern means adding a module here and its tests.
+- producers.py: the ops a BN folds into (Conv, ConvTranspose, Gemm, MatMul), forward and backward;
+- chain.py: the look-through ops between a BN and those ops, and the walk through them;
+- forward.py, backward.py, decomposed.py, standalone.py: the rules, tried by bnfold.engine in that order;
+- affine.py: the fold arithmetic, plain numpy in float64.
+
+Adding an op a BN folds into is one entry in producers.PRODUCERS (and PRODUCER_RULES below, its --skip name);
+adding a look-through op is one entry in chain.py's tables.
 """
 
-from .base import BN_ANCHORS
-from . import add_bias, backward, conv, conv_transpose, decomposed, gemm, matmul, standalone, through_reshape
+from . import backward, decomposed, forward, standalone
+from .producers import PRODUCERS
 
-# Producer rules first, then the same fold across a Reshape/Flatten/Identity, into the consumers, decomposed BNs
-# (anchored on Mul/Add/Sub/Div), and the Mul + Add fallback for a BN that nothing else can absorb.
-REGISTRY = (conv, conv_transpose, gemm, matmul, add_bias, through_reshape, backward, decomposed, standalone)
-RULE_NAMES = tuple(rule.NAME for rule in REGISTRY)
+# --skip names of the producers: folding into that op is not done.
+PRODUCER_RULES = {"Conv": "conv", "ConvTranspose": "conv_transpose", "Gemm": "gemm", "MatMul": "matmul"}
+assert set(PRODUCER_RULES) == set(PRODUCERS), "every producer needs a --skip name"
 
-__all__ = ["BN_ANCHORS", "REGISTRY", "RULE_NAMES"]
+RULES = (forward, backward, decomposed, standalone)
+RULE_NAMES = tuple(rule.NAME for rule in RULES) + tuple(PRODUCER_RULES.values())
+
+
+def descriptions():
+    """(name, description) of every rule and producer, in the order they are tried."""
+    rows = [(rule.NAME, rule.DESCRIPTION) for rule in RULES]
+    rows += [(name, f"folding into {op} (forward and backward)") for op, name in PRODUCER_RULES.items()]
+    return rows
+
+
+__all__ = ["PRODUCERS", "PRODUCER_RULES", "RULES", "RULE_NAMES", "descriptions"]

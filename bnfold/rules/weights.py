@@ -10,14 +10,14 @@ would need re-quantization: refused (fold BN before quantizing).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import onnx
 
-from ..graph import GraphContext, InputUpdate, NotConstant, attribute, node_label
+from ..graph import Edit, GraphIndex, NotConstant, node_label
 from .affine import scale_axis
-from .base import Refuse, constant_update, require_float, tensor_hint
+from .base import Refuse, read_attribute, require_float, set_exact, tensor_hint
 
 # Ops allowed between DequantizeLinear and the producer.
 PASS_THROUGH = ("Reshape", "Identity")
@@ -44,7 +44,7 @@ class Weight:
     dequantized: Optional[Dequantized] = None
 
 
-def read_weight(ctx: GraphContext, node: onnx.NodeProto, index: int, role: str) -> Weight:
+def read_weight(ctx: GraphIndex, node: onnx.NodeProto, index: int, role: str) -> Weight:
     """The weight at `node.input[index]`; Refuse when it is neither constant nor a dequantized constant."""
     if index >= len(node.input) or not node.input[index]:
         raise Refuse(f"{node.op_type} has no {role} input")
@@ -64,8 +64,9 @@ def read_weight(ctx: GraphContext, node: onnx.NodeProto, index: int, role: str) 
         shapes = [[int(d) for d in ctx.constant(reshape.input[1])] for reshape in reshapes]
     except NotConstant as why:
         raise Refuse(f"quantized {role} of {node.op_type}: {why}") from None
-    info = Dequantized(dequantize, data.shape, scale, int(attribute(dequantize, "axis", 1)) % max(data.ndim, 1),
-                       int(attribute(dequantize, "block_size", 0)))
+    info = Dequantized(dequantize, data.shape, scale,
+                       int(read_attribute(dequantize, "axis", 1)) % max(data.ndim, 1),
+                       int(read_attribute(dequantize, "block_size", 0)))
     value = (data.astype(np.float64) - (_expand(zero_point, info) if zero_point is not None else 0.0))
     value = (value * _expand(scale, info)).astype(scale.dtype)
     for shape in shapes:
@@ -73,7 +74,7 @@ def read_weight(ctx: GraphContext, node: onnx.NodeProto, index: int, role: str) 
     return Weight(node, index, value, info)
 
 
-def read_matrix(ctx: GraphContext, node: onnx.NodeProto, index: int, role: str) -> Weight:
+def read_matrix(ctx: GraphIndex, node: onnx.NodeProto, index: int, role: str) -> Weight:
     """A 2-D float weight (Gemm's B, MatMul's right operand)."""
     weight = read_weight(ctx, node, index, role)
     require_float(weight.value, role, node)
@@ -82,7 +83,7 @@ def read_matrix(ctx: GraphContext, node: onnx.NodeProto, index: int, role: str) 
     return weight
 
 
-def read_plain_weight(ctx: GraphContext, node: onnx.NodeProto, index: int, role: str) -> np.ndarray:
+def read_plain_weight(ctx: GraphIndex, node: onnx.NodeProto, index: int, role: str) -> np.ndarray:
     """A float weight that a fold rewrites as a whole (scaling its input channels): a quantized one is refused,
     since its per-output-channel scales cannot absorb a per-input-channel factor."""
     weight = read_weight(ctx, node, index, role)
@@ -93,7 +94,7 @@ def read_plain_weight(ctx: GraphContext, node: onnx.NodeProto, index: int, role:
     return weight.value
 
 
-def _chain_to_dequantize(ctx: GraphContext, name: str):
+def _chain_to_dequantize(ctx: GraphIndex, name: str):
     """(DequantizeLinear, [Reshape nodes from it to `name`]) when `name` is reached only through PASS_THROUGH
     ops, each read by nothing else; None when no DequantizeLinear is there."""
     reshapes = []
@@ -124,24 +125,24 @@ def _expand(parameter: np.ndarray, info: Dequantized) -> np.ndarray:
     return parameter.reshape(view)
 
 
-def scaled_weight(weight: Weight, scale: np.ndarray, axis: int,
-                  exact: Optional[np.ndarray] = None) -> Tuple[List[InputUpdate], float]:
-    """Updates that multiply the weight's output channels, laid along `axis`, by `scale`.
+def scale_weight(edit: Edit, weight: Weight, scale: np.ndarray, axis: int,
+                 exact: Optional[np.ndarray] = None) -> None:
+    """Plan the multiplication of the weight's output channels, laid along `axis`, by `scale`.
 
     `exact` is the float64 scaled weight where output channels do not lie on one axis (grouped ConvTranspose);
     constant weights take it as is, dequantized ones are refused.
     """
     if weight.dequantized is None:
         exact = scale_axis(weight.value, scale, axis) if exact is None else exact
-        update, error = constant_update(weight.node, weight.index, exact, weight.value.dtype,
-                                        tensor_hint(weight.node, weight.index, "bnfold"))
-        return [update], error
+        set_exact(edit, weight.node, weight.index, exact, weight.value.dtype,
+                  tensor_hint(weight.node, weight.index, "bnfold"))
+        return
     if exact is not None:
         raise Refuse(f"quantized {weight.node.op_type} weight: its output channels do not lie on one weight axis")
-    return _scaled_dequantized(weight.dequantized, weight.value.shape, scale, axis)
+    _scale_dequantized(edit, weight.dequantized, weight.value.shape, scale, axis)
 
 
-def _scaled_dequantized(info: Dequantized, seen_shape, scale: np.ndarray, axis: int):
+def _scale_dequantized(edit: Edit, info: Dequantized, seen_shape, scale: np.ndarray, axis: int) -> None:
     if info.scale.size == 1:
         raise Refuse("quantized weight has a per-tensor scale; folding needs re-quantization (fold BN first)")
     if tuple(info.data_shape) != tuple(seen_shape) and not (axis == 0 and info.data_shape[0] == seen_shape[0]):
@@ -160,6 +161,5 @@ def _scaled_dequantized(info: Dequantized, seen_shape, scale: np.ndarray, axis: 
         raise Refuse(f"quantization scale has {info.scale.shape[scale_axis_index]} entries for {scale.size} "
                      "output channels")
     exact = scale_axis(info.scale, scale, scale_axis_index)
-    update, error = constant_update(info.node, 1, exact, info.scale.dtype, tensor_hint(info.node, 1, "bnfold"))
-    return [update], error
+    set_exact(edit, info.node, 1, exact, info.scale.dtype, tensor_hint(info.node, 1, "bnfold"))
 

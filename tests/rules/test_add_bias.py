@@ -7,11 +7,12 @@ from support import fold_and_compare, op_types
 
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("bias_shape", [(1, 8, 1, 1), (8, 1, 1), (1,)])
-def test_conv_add_bn_folds_into_weight_and_add_constant(transpose, bias_shape):
+def test_conv_add_bn_folds_add_and_bn_into_the_producer(transpose, bias_shape):
+    """The walk crosses the bias Add: both its constant and the BN end in the producer's weight and bias."""
     folded, report = fold_and_compare(fixtures.conv_add_bn(transpose=transpose, bias_shape=bias_shape),
                                       expect_folded=1)
-    assert op_types(folded) == ["ConvTranspose" if transpose else "Conv", "Add"]
-    assert report.decisions[0].rule == "add_bias"
+    assert op_types(folded) == ["ConvTranspose" if transpose else "Conv"]
+    assert report.decisions[0].rule == "forward" and report.decisions[0].through == ["Add"]
 
 
 def test_bias_broadcasting_along_the_last_axis_is_not_a_channel_bias():
@@ -19,4 +20,4 @@ def test_bias_broadcasting_along_the_last_axis_is_not_a_channel_bias():
     model = fixtures.conv_add_bn(bias_shape=(1, 1, 1, 6))
     _, report = fold(model)
     assert report.folded_count == 0
-    assert "not a per-channel bias on axis 1" in report.kept[0].reason
+    assert "is not one value per channel of axis 1" in report.kept[0].reason

@@ -11,7 +11,7 @@ def test_conv_bn_folds_every_rank_with_and_without_bias(rank, bias):
     model = fixtures.conv_bn(rank=rank, bias=bias, size=6 if rank == 3 else 9)
     folded, report = fold_and_compare(model, expect_folded=1)
     assert op_types(folded) == ["Conv"]
-    assert report.decisions[0].rule == "conv" and report.decisions[0].into == "conv"
+    assert report.decisions[0].rule == "forward" and report.decisions[0].into == "conv"
     assert len(folded.graph.node[0].input) == 3  # a missing bias was created
 
 

@@ -10,7 +10,7 @@ def test_grouped_conv_transpose_bn_folds_exactly(c_in, c_out, group, bias):
     model = fixtures.conv_bn(transpose=True, c_in=c_in, c_out=c_out, group=group, bias=bias, stride=2, pad=1)
     folded, report = fold_and_compare(model, expect_folded=1)
     assert op_types(folded) == ["ConvTranspose"]
-    assert report.decisions[0].rule == "conv_transpose"
+    assert report.decisions[0].rule == "forward"
 
 
 @pytest.mark.parametrize("rank", [1, 3])

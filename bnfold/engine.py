@@ -1,0 +1,163 @@
+"""The fold engine: every scope (main graph, each If/Loop/Scan body, each function body) with types looked up in
+that scope; in each, every BatchNormalization and decomposed-BN candidate in graph order, offered to the rules:
+
+1. forward: walk up through the look-through chain to a producer and fold into it;
+2. backward: walk down to the readers and fold into them;
+3. standalone: only where the walk up reached no producer and no reader can absorb it, Mul + Add.
+
+A BN that none of these folds stays, with the first refusal's reason. Each fold is planned as an Edit before the
+graph changes, so a refusal leaves it byte-identical.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import onnx
+from onnx import helper
+
+from .graph import (DEFAULT_DOMAINS, Edit, GraphIndex, ModelScope, NotConstant, function_types, node_label,
+                    scope_types)
+from .report import BnDecision
+from .rules import PRODUCER_RULES, backward, decomposed, forward, standalone
+from .rules.base import BatchNorm, Refuse, read_batchnorm
+from .rules.chain import walk_up
+from .rules.producers import PRODUCERS
+
+# Ops checked against their ONNX schema before any rule reads them.
+VALIDATED_OPS = frozenset({"BatchNormalization", "Add", "Sub", "Mul", "Div", "DequantizeLinear", "Reshape",
+                           "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "CastLike", "Transpose", "Shape",
+                           "Expand", "ConstantOfShape", "Constant", "GlobalAveragePool", "ReduceMean", *PRODUCERS})
+
+
+class Engine:
+    """Folds one model in place and records a decision for every BN and decomposed-BN candidate."""
+
+    def __init__(self, model: onnx.ModelProto, options):
+        self.model = model
+        self.options = options
+        self.scope = ModelScope(model, fold_input_initializers=options.fold_input_initializers)
+        self.types = scope_types(model)
+        skipped = set(options.skip)
+        self.producers = tuple(op for op, name in PRODUCER_RULES.items() if name not in skipped)
+        self.skipped = skipped
+        self.decisions: List[BnDecision] = []
+        self.decomposed: List[BnDecision] = []
+        self.edits: List[Edit] = []
+
+    def run(self) -> None:
+        self.fold_graph(self.model.graph, None, "main", key=())
+        for function in self.model.functions:
+            self.fold_function(function)
+
+    def fold_function(self, function: onnx.FunctionProto) -> None:
+        """Fold inside a model-local function body, which every call site shares: only BNs whose weights and
+        parameters are constants of the body fold (--inline-functions folds the others per call site)."""
+        body = helper.make_graph(list(function.node), function.name,
+                                 [helper.make_value_info(name, onnx.TypeProto()) for name in function.input],
+                                 [helper.make_value_info(name, onnx.TypeProto()) for name in function.output])
+        self.fold_graph(body, None, f"function {function.domain}.{function.name}", key=None,
+                        function_types=function_types(function))
+        del function.node[:]
+        function.node.extend(body.node)
+
+    def fold_graph(self, graph: onnx.GraphProto, parent: Optional[GraphIndex], path: str, key,
+                   function_types=None) -> None:
+        types = function_types if key is None else self.types.get(key)
+        index = GraphIndex(graph, model=self.scope, path=path, parent=parent, types=types,
+                           function=key is None, validated_ops=VALIDATED_OPS)
+        for position, node in enumerate(index.nodes):
+            if not index.is_removed(node) and node.domain in DEFAULT_DOMAINS:
+                if node.op_type == "BatchNormalization":
+                    self.decisions.append(self.fold_batchnorm(node, index))
+                elif "decomposed" not in self.skipped and node.op_type in ("Add", "Sub", "Mul", "Div"):
+                    self.fold_decomposed(node, index)
+            for attr in node.attribute:
+                bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+                for number, body in enumerate(bodies):
+                    suffix = f"[{number}]" if len(bodies) > 1 else ""
+                    self.fold_graph(body, index, f"{path}/{node_label(node)}.{attr.name}{suffix}",
+                                    key=None if key is None else key + (position, attr.name, number),
+                                    function_types=function_types)
+        index.editor.finish()
+
+    def _decision(self, node: onnx.NodeProto, index: GraphIndex) -> BnDecision:
+        return BnDecision(node=node.name, output=node.output[0] if node.output else "", graph=index.path,
+                          folded=False)
+
+    def _apply(self, decision: BnDecision, edit: Edit, rule: str, index: GraphIndex) -> None:
+        index.editor.apply(edit)
+        self.edits.append(edit)
+        decision.folded, decision.reason, decision.rule = True, None, rule
+        decision.into = ", ".join(node_label(node) for node in edit.into)
+        decision.into_op = "+".join(node.op_type for node in edit.into)
+        decision.through = [node.op_type for node in edit.through]
+        decision.rounding_error = edit.rounding_error
+
+    def fold_batchnorm(self, node: onnx.NodeProto, index: GraphIndex) -> BnDecision:
+        decision = self._decision(node, index)
+        try:
+            bn = read_batchnorm(node, index)
+        except Refuse as why:
+            decision.reason = str(why)
+            return decision
+        reasons = []
+        producer, nodes, stop = walk_up(bn.input, index)
+        if producer is not None:
+            if producer.op_type not in self.producers or "forward" in self.skipped:
+                which = "forward" if "forward" in self.skipped else PRODUCER_RULES[producer.op_type]
+                reasons.append(f"{producer.op_type} node {node_label(producer)!r} could absorb it, but rule "
+                               f"{which!r} is skipped")
+            else:
+                edit = self._try(lambda: forward.plan(producer, nodes, index, node, bn.scale, bn.shift),
+                                 reasons, "forward")
+                if edit is not None:
+                    self._apply(decision, edit, "forward", index)
+                    return decision
+        if "backward" not in self.skipped:
+            edit = self._try(lambda: backward.plan(bn, index, self.producers), reasons, "backward")
+            if edit is not None:
+                self._apply(decision, edit, "backward", index)
+                return decision
+        if producer is None:
+            if "standalone" in self.skipped:
+                reasons.append(f"input {stop}; nothing to fold it into, and rule 'standalone' is skipped")
+            else:
+                edit = self._try(lambda: standalone.plan(bn, index), reasons, "standalone")
+                if edit is not None:
+                    self._apply(decision, edit, "standalone", index)
+                    return decision
+        decision.reason = reasons[0] if reasons else f"input {stop}; nothing to fold it into"
+        return decision
+
+    @staticmethod
+    def _try(plan, reasons: List[str], rule: str) -> Optional[Edit]:
+        try:
+            return plan()
+        except (Refuse, NotConstant) as why:
+            reasons.append(f"{why} [{rule}]")
+            return None
+
+    def fold_decomposed(self, node: onnx.NodeProto, index: GraphIndex) -> None:
+        try:
+            found = decomposed.candidate(node, index)
+        except (Refuse, NotConstant):
+            return
+        if found is None:
+            return
+        producer, nodes = found
+        decision = self._decision(node, index)
+        decision.node = node_label(nodes[0])
+        reasons: List[str] = []
+        if producer.op_type not in self.producers:
+            reasons.append(f"rule {PRODUCER_RULES[producer.op_type]!r} is skipped")
+        else:
+            edit = self._try(lambda: forward.plan(producer, nodes, index, nodes[-1], None, None), reasons,
+                             "decomposed")
+            if edit is not None:
+                self._apply(decision, edit, "decomposed", index)
+        decision.reason = None if decision.folded else reasons[0]
+        self.decomposed.append(decision)
+
+
+__all__ = ["Engine", "BatchNorm"]
