@@ -103,7 +103,7 @@ def test_cli_several_files_need_an_existing_directory(tmp_path):
     assert result.exit_code == 2 and "-o must name an existing directory" in result.stderr
     result = invoke(tmp_path / "a.onnx", tmp_path / "b.onnx")
     assert result.exit_code == 2 and "no output directory" in result.stderr
-    result = invoke(tmp_path / "a.onnx", tmp_path / "b.onnx", "--dry-run", "--no-verify", "--json")
+    result = invoke(tmp_path / "a.onnx", tmp_path / "b.onnx", "--dry-run", "--no-verify", "--json", "-j", "1")
     assert result.exit_code == 0, result.output
     assert [m["report"]["bn_folded"] for m in json.loads(result.stdout)["models"]] == [1, 1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "b.onnx"]

@@ -105,6 +105,7 @@ def test_api_returns_data(tmp_path):
         bnfold.check(tmp_path / "missing.onnx")
 
 
+@pytest.mark.slow
 def test_check_never_imports_onnxruntime(tmp_path):
     path = save(conv_bn(), tmp_path / "m.onnx")
     code = ("import sys; from bnfold.__main__ import main\n"
