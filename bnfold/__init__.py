@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 
 from .errors import (
+    ArgumentTypeError,
     BnfoldError,
     ExportError,
     ExternalDataError,
@@ -43,10 +44,15 @@ _LAZY = {
     "load_model": ".loading",
     "save_model": ".saving",
     "testing": ".testing",
+    "fold_files": ".batch",
+    "BatchResult": ".batch",
+    "ModelResult": ".batch",
+    "check": ".lint",
+    "ModelCheck": ".lint",
 }
 
 __all__ = sorted(
-    [*_LAZY, "BnfoldError", "ExportError", "ExternalDataError", "InputFileError", "InvalidModelError",
+    [*_LAZY, "ArgumentTypeError", "BnfoldError", "ExportError", "ExternalDataError", "InputFileError", "InvalidModelError",
      "MissingDependencyError", "ModelLoadError", "OutputError", "ProviderError", "UsageError", "VerificationFailed"]
 )
 

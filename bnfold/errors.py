@@ -25,6 +25,14 @@ class UsageError(BnfoldError):
     """An option value or argument combination that cannot work (bad shape spec, missing -o, ...)."""
 
 
+class ArgumentTypeError(UsageError, TypeError):
+    """A Python API argument of the wrong type; `.parameter` names it. Also a TypeError, as Python code expects."""
+
+    def __init__(self, parameter: str, message: str):
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+
+
 class InputFileError(BnfoldError):
     """The input path is missing, a directory, or unreadable."""
 

@@ -1,4 +1,4 @@
-"""The fold driver: every BatchNormalization, in every graph, is offered to the rules in registry order."""
+"""The fold API: fold a model in memory (bnfold.engine does the work), or load, fold, verify and write a file."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import onnx.inliner
 from .loading import check_model, load_model
 from .saving import save_model
 from .tensors import tensor_bytes
-from .errors import InvalidModelError, OutputError, UsageError, VerificationFailed
+from .errors import ArgumentTypeError, InvalidModelError, OutputError, UsageError, VerificationFailed
 from .engine import Engine
 from .graph import DEFAULT_DOMAINS, subgraphs
+from .graphsurgeon import fold_graphsurgeon, is_graphsurgeon_graph
+from .options import as_flag, as_mapping, as_names
 from .report import FoldReport
 from .rules import RULE_NAMES
 
@@ -50,22 +52,30 @@ def count_ops(model: onnx.ModelProto) -> Dict[str, int]:
 
 
 def fold(
-    model: Union[onnx.ModelProto, str, "os.PathLike[str]"],
+    model: Union[onnx.ModelProto, str, "os.PathLike[str]", "onnx_graphsurgeon.Graph"],
     *,
     fold_input_initializers: bool = False,
-    skip: Sequence[str] = (),
+    skip: Union[str, Sequence[str]] = (),
     inline_functions: bool = False,
     inplace: bool = False,
 ) -> Tuple[onnx.ModelProto, FoldReport]:
     """Fold every foldable eval-mode BatchNormalization; return the folded model and a report of each BN.
 
-    `model` is a ModelProto (copied unless inplace=True) or a path. Every BN is either folded or listed in the
-    report with the reason it stays; the graph's inputs, outputs, opsets and metadata are unchanged.
+    `model` is a ModelProto (copied unless inplace=True), a path, or an onnx-graphsurgeon Graph (then a new Graph
+    is returned: see bnfold.graphsurgeon for what that round trip keeps). `skip` is a rule name or a sequence of
+    them. Every BN is either folded or listed in the report with the reason it stays; the graph's inputs, outputs,
+    opsets and metadata are unchanged.
     """
-    options = FoldOptions(fold_input_initializers=fold_input_initializers, skip=tuple(skip),
-                          inline_functions=inline_functions)
-    if not isinstance(model, onnx.ModelProto):
+    options = FoldOptions(fold_input_initializers=as_flag(fold_input_initializers, "fold_input_initializers"),
+                          skip=as_names(skip, "skip"), inline_functions=as_flag(inline_functions, "inline_functions"))
+    if is_graphsurgeon_graph(model):
+        return fold_graphsurgeon(model, skip=options.skip, fold_input_initializers=options.fold_input_initializers,
+                                 inline_functions=options.inline_functions)
+    if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
+    elif not isinstance(model, onnx.ModelProto):
+        raise ArgumentTypeError("model", "expected an onnx.ModelProto, a path or an onnx_graphsurgeon.Graph, "
+                                f"got {type(model).__name__}")
     elif not inplace:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
@@ -103,7 +113,7 @@ def fold_file(
     external_data: Optional[bool] = None,
     verify_options: Optional[dict] = None,
     fold_input_initializers: bool = False,
-    skip: Sequence[str] = (),
+    skip: Union[str, Sequence[str]] = (),
     inline_functions: bool = False,
 ) -> FoldReport:
     """Load, fold, verify (unless verify=False) and atomically write a model; return the report.
@@ -111,7 +121,12 @@ def fold_file(
     The input is never overwritten unless `destination` names it and overwrite=True. When verification fails the
     output is not written (unless force=True) and VerificationFailed is raised, carrying `.result` and `.report`.
     """
+    if not isinstance(source, (str, os.PathLike)):
+        raise ArgumentTypeError("source", f"expected a path (str or os.PathLike), got {type(source).__name__}")
     source = Path(source)
+    verify_options = as_mapping(verify_options, "verify_options")
+    if destination is not None and not isinstance(destination, (str, os.PathLike)):
+        raise ArgumentTypeError("destination", "expected a path (str or os.PathLike) or None")
     if destination is None and not dry_run:
         raise UsageError("no output path: pass -o/--output (or --dry-run to only report)")
     if destination is not None and _same_file(source, Path(destination)) and not overwrite and not dry_run:
@@ -130,7 +145,7 @@ def fold_file(
 
         try:
             report.verification = verify_models(str(source), folded, candidate_label="folded model (in memory)",
-                                                **(verify_options or {}))
+                                                **verify_options)
         except (UsageError, InvalidModelError) as error:
             raise type(error)(f"cannot verify the fold: {error} (or skip the check with --no-verify)") from None
         if not report.verification.passed and not force:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import InputFileError, UsageError
+from .options import as_paths, as_seed
 
 Dim = Union[int, str, None]  # a fixed size, a symbolic name, or unknown
 DEFAULT_BATCH = 1
@@ -106,11 +107,14 @@ def resolve_shapes(
     return shapes
 
 
-def load_input_files(paths: Iterable[str], specs: Sequence[InputSpec]) -> Dict[str, np.ndarray]:
-    """User data: `data.npz` (arrays by input name), `name:file.npy`, or a bare `file.npy` for a single input."""
+def load_input_files(paths: Union[str, Iterable[str]], specs: Sequence[InputSpec]) -> Dict[str, np.ndarray]:
+    """User data: `data.npz` (arrays by input name), `name:file.npy`, or a bare `file.npy` for a single input.
+
+    Never unpickles (allow_pickle=False); arrays of strings, objects or records are refused with the input's name.
+    """
     names = [spec.name for spec in specs]
     arrays: Dict[str, np.ndarray] = {}
-    for text in paths:
+    for text in as_paths(paths, "input_files"):
         name = None
         path_text = text
         if not Path(text).exists() and ":" in text:
@@ -118,23 +122,39 @@ def load_input_files(paths: Iterable[str], specs: Sequence[InputSpec]) -> Dict[s
         path = Path(path_text)
         if not path.is_file():
             raise InputFileError(f"{path}: input data file not found")
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise InputFileError(f"{path}: not a readable .npy/.npz file ({error})") from None
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                arrays.update({key: loaded[key] for key in loaded.files})
-            continue
-        if name is None:
-            if len(names) != 1:
-                raise UsageError(f"{path}: a .npy file needs an input name (NAME:{path}); inputs are {names}")
-            name = names[0]
-        arrays[name] = loaded
+        for key, array in _read_arrays(path):
+            if key is None:
+                if name is None and len(names) != 1:
+                    raise UsageError(f"{path}: a .npy file needs an input name (NAME:{path}); inputs are {names}")
+                key = name or names[0]
+            if array.dtype.kind not in _NUMERIC_KINDS:
+                raise InputFileError(f"{path}: array for input {key!r} has dtype {array.dtype}; "
+                                     "input data must be numeric or bool")
+            arrays[key] = array
     unknown = set(arrays) - set(names)
     if unknown:
         raise UsageError(f"input data names unknown input(s) {sorted(unknown)}; the model's inputs are: {names}")
     return arrays
+
+
+# bool, signed and unsigned integers, floats, complex (ml_dtypes' bfloat16 and float8 are kind 'V' and cannot be
+# stored in .npy without pickling anyway).
+_NUMERIC_KINDS = "biufc"
+
+
+def _read_arrays(path: Path) -> List[Tuple[Optional[str], np.ndarray]]:
+    """(name, array) pairs of an .npz, or [(None, array)] for an .npy; unreadable files raise InputFileError."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return [(None, loaded)]
+        with loaded:
+            return [(key, loaded[key]) for key in loaded.files]
+    except Exception as error:  # numpy and zipfile raise many types for a damaged or pickled file
+        reason = str(error).split("\n")[0] or type(error).__name__
+        if "allow_pickle" in reason:
+            reason = "it holds Python objects (pickled data), which bnfold never loads"
+        raise InputFileError(f"{path}: not a readable .npy/.npz file ({reason})") from None
 
 
 def random_array(dtype: np.dtype, shape: Tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -155,6 +175,7 @@ def make_inputs(
     seed: int = 0,
 ) -> Dict[str, np.ndarray]:
     """Feeds for every graph input: the user's arrays where given, seeded random data of the right shape elsewhere."""
+    seed = as_seed(seed)
     specs = graph_inputs(model)
     provided = dict(provided or {})
     missing = [spec for spec in specs if spec.name not in provided]

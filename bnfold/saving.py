@@ -2,6 +2,12 @@
 target directory, is flushed and fsynced, and only then renamed over the target: a reader, or a run killed at any
 moment, sees the old file or the complete new one. A failed write removes its temporary files and leaves the
 targets untouched.
+
+Where the output goes: a symlink is followed (the temporary file and the rename happen beside the file it points
+to, so the link stays a link); an existing path that is not a regular file (directory, device node, FIFO, socket)
+is refused and never replaced; `-` is refused (models are not streamed to stdout); a path ending in `/` names a
+directory, which is refused here (the command line writes into such a directory under the input's own name). The
+external data file follows the same rules.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from onnx import numpy_helper
 from google.protobuf import unknown_fields
 from google.protobuf.message import EncodeError
 
-from .errors import OutputError
+from .errors import ArgumentTypeError, OutputError
 from .loading import _is_repeated
 from .tensors import exceeds_protobuf_limit, is_external, iter_tensors, tensor_bytes
 
@@ -206,36 +212,75 @@ def _varint_bytes(value: int) -> bytes:
         encoded.append(low | 0x80)
 
 
+def output_target(path: PathLike) -> Path:
+    """The file a write to `path` replaces: symlinks resolved; refused (OutputError) when it is `-`, names a
+    directory (trailing `/` or an existing one), or exists and is not a regular file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError("path", f"expected a str or os.PathLike, got {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise ArgumentTypeError("path", "expected a str path, got bytes")
+    if text == "-":
+        raise OutputError("-: bnfold does not write models to stdout; name an output file")
+    if text.endswith(("/", os.sep)):
+        if not os.path.isdir(text):
+            raise OutputError(f"{text}: output directory does not exist")
+        raise OutputError(f"{text}: is a directory; name the output file")
+    try:
+        target = Path(os.path.realpath(text))
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except (ValueError, OSError) as error:
+        raise OutputError(f"{text}: not a usable output path ({error})") from None
+    if stat.S_ISDIR(mode):
+        raise OutputError(f"{text}: is a directory; name the output file")
+    if not stat.S_ISREG(mode):
+        shown = text if str(target) == text else f"{text} (-> {target})"
+        raise OutputError(f"{shown}: is a {_file_kind(mode)}, not a regular file; bnfold never replaces it")
+    return target
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
 def save_model(
     model: onnx.ModelProto,
     path: PathLike,
     *,
     external_data: Optional[bool] = None,
 ) -> None:
-    """Save `model` to `path` atomically (see the module docstring).
+    """Save `model` to `path` atomically (see the module docstring for symlinks, special files, `-` and `dir/`).
 
     external_data: True writes tensors of 1 KiB or more to `<file name>.data` beside the model; None (default)
     does so only when the model would exceed protobuf's 2 GiB limit. `model` itself is not modified. The data file
     is renamed into place just before the model: only a kill between those two renames can pair a new data file
     with the old model, and only when the old model used the same data file name.
     """
-    path = Path(path)
-    try:
-        is_dir = path.is_dir()
-    except (ValueError, OSError) as error:
-        raise OutputError(f"{path}: not a usable output path ({error})") from None
-    if is_dir:
-        raise OutputError(f"{path}: is a directory")
+    if not isinstance(model, onnx.ModelProto):
+        raise ArgumentTypeError("model", f"expected an onnx.ModelProto, got {type(model).__name__}")
+    path = output_target(path)
     if external_data is None:
         external_data = exceeds_protobuf_limit(model)
     if not external_data:
         _write_files_atomically([(path, _serialize(model, path))])
         return
     data_name = path.name + ".data"
+    data_path = output_target(path.parent / data_name)
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
     chunks = _externalize(stripped, data_name)
-    files = [(path.parent / data_name, chunks)] if chunks else []
+    files = [(data_path, chunks)] if chunks else []
     files.append((path, _serialize(stripped, path)))
     _write_files_atomically(files)
 
+
+def save_text(text: str, path: PathLike) -> None:
+    """Write a UTF-8 text file (a JSON report) atomically, with the same output rules as save_model."""
+    target = output_target(path)
+    _write_files_atomically([(target, [text.encode("utf-8")])])

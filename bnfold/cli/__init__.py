@@ -12,14 +12,16 @@ import sys
 import click
 
 from ..errors import EXIT_INTERNAL, BnfoldError
-from . import bench_cmd, export_cmd, fold_cmd, verify_cmd
+from . import bench_cmd, check_cmd, export_cmd, fold_cmd, verify_cmd
 
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  success (BNs that had to stay are listed, not an error)
   1  numerical equivalence check failed
   2  bad usage, unreadable or invalid input, output not writable
-  3  internal error (a bug: please report it; BNFOLD_DEBUG=1 shows the traceback)"""
+  3  internal error (a bug: please report it; BNFOLD_DEBUG=1 shows the traceback)
+  130 interrupted (Ctrl-C)
+  With several models: the worst model's code (3 > 2 > 1 > 0)."""
 
 
 class DefaultGroup(click.Group):
@@ -65,6 +67,8 @@ def cli():
 
     \b
       bnfold model.onnx -o folded.onnx        fold, verify, write (same as `bnfold fold ...`)
+      bnfold models/ -o folded/ -j 4          fold every *.onnx below models/, 4 worker processes
+      bnfold check models/                    exit 1 if a BN could still be folded (CI / pre-commit gate)
       bnfold verify model.onnx folded.onnx    compare two models numerically
       bnfold bench model.onnx folded.onnx     latency on ONNX Runtime CPU / CUDA
       bnfold export pkg.mod:build -o net.onnx --input-shape 1x3x224x224   PyTorch -> ONNX
@@ -75,6 +79,7 @@ def cli():
 
 cli.add_command(fold_cmd.fold)
 cli.add_command(fold_cmd.rules)
+cli.add_command(check_cmd.check)
 cli.add_command(verify_cmd.verify)
 cli.add_command(bench_cmd.bench)
 cli.add_command(export_cmd.export)

@@ -21,7 +21,8 @@ inputs_option = click.option(
     metavar="FILE",
     help="Input data instead of random: an .npz with one array per input name, or NAME:file.npy (repeatable).",
 )
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
+seed_option = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                           help="Seed for random inputs (a non-negative integer).")
 
 TOLERANCE_OPTIONS = ("--atol", "--rtol")
 # A NAME:NUMBER word, as in `--atol 1e-5 logits:1e-4`; names may contain ':' (TensorFlow's 'logits:0').
@@ -77,3 +78,29 @@ atol_option = click.option(
 rtol_option = click.option(
     "--rtol", "rtol", multiple=True, metavar="[NAME:]VALUE",
     help="Relative tolerance (scale: |reference|), same forms as --atol. Default: by dtype.")
+
+def _json_target(ctx, param, value):
+    """`bnfold --json a.onnx b.onnx` would take a.onnx as the report's file: refuse a model-looking target."""
+    if value is not None and value.endswith(".onnx"):
+        raise click.BadParameter(f"{value!r} looks like a model, not a JSON file; give a .json path or put --json "
+                                 "after the models", param_hint="--json")
+    return value
+
+
+json_target_option = click.option(
+    "--json", "json_target", is_flag=False, flag_value="-", default=None, metavar="[FILE]", callback=_json_target,
+    help="The report as JSON: `--json` alone (or `--json -`) prints it instead of the table; `--json FILE` "
+         "writes it to FILE (atomically).")
+
+
+def write_json(data: dict, target: str) -> None:
+    """JSON to stdout for '-', else atomically to the file (same output rules as models)."""
+    import json
+
+    from ..saving import save_text
+
+    text = json.dumps(data, indent=2)
+    if target == "-":
+        click.echo(text)
+    else:
+        save_text(text + "\n", target)

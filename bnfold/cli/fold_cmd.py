@@ -1,17 +1,27 @@
-"""`bnfold MODEL -o OUT`: fold, verify, write atomically, print what changed."""
+"""`bnfold MODEL... -o OUT`: fold, verify, write atomically, print what changed; many models in worker processes."""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import click
 
-from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_option, parse_tolerances,
-                     rtol_option, seed_option)
+from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_option, json_target_option,
+                     parse_tolerances, rtol_option, seed_option, write_json)
 
 
 @click.command(cls=ToleranceCommand, epilog="Rules: see `bnfold rules`. Exit codes: 0 ok (kept BNs are listed), 1 verification failed, "
-               "2 bad usage, input or output, 3 internal error.")
-@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
-@click.option("-o", "--output", type=click.Path(path_type=str), help="Where to write the folded model.")
+               "2 bad usage, input or output, 3 internal error, 130 interrupted. With several models: the worst "
+               "model's code (3 > 2 > 1 > 0).")
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str),
+              help="Where to write the folded model: a file, or an existing directory (a trailing / says so) to "
+                   "write into. Several models, or a directory given as MODEL, need a directory; paths below a "
+                   "MODEL directory are kept.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes when folding several models. Default: the cores this process may use.")
 @click.option("--overwrite", is_flag=True, help="Allow -o to name the input file itself.")
 @click.option("--dry-run", is_flag=True, help="Fold and report, but write nothing.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime equivalence check (onnxruntime is not imported).")
@@ -29,47 +39,121 @@ from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_o
 @seed_option
 @atol_option
 @rtol_option
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@json_target_option
 @click.option("-v", "--verbose", is_flag=True, help="Also list every folded BN.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def fold(model, output, overwrite, dry_run, no_verify, force, no_check, fold_input_initializers, inline_functions,
-         skip_rules,
-         external_data, input_shapes, input_files, seed, atol, rtol, as_json, verbose, quiet):
+def fold(models, output, jobs, overwrite, dry_run, no_verify, force, no_check, fold_input_initializers,
+         inline_functions, skip_rules, external_data, input_shapes, input_files, seed, atol, rtol, json_target,
+         verbose, quiet):
     """Fold eval-mode BatchNormalization in MODEL into neighbouring weights and write it to OUTPUT.
 
     The folded model is checked against the original in ONNX Runtime (graph optimizations disabled) before it is
     written; if they differ, nothing is written and the exit code is 1. The input is never overwritten unless -o
     names it and --overwrite is given. Writes are atomic (temporary file, fsync, rename).
+
+    \b
+    Several MODELs, or a directory (searched recursively for *.onnx), are folded by -j worker processes into the
+    directory -o names: one line per model (a progress bar on a terminal), then a summary table. A model that
+    fails does not stop the others.
     """
+    fold_options = {
+        "verify": not no_verify, "force": force, "overwrite": overwrite, "check": not no_check,
+        "external_data": external_data, "fold_input_initializers": fold_input_initializers, "skip": skip_rules,
+        "inline_functions": inline_functions,
+        "verify_options": {"input_shapes": list(input_shapes) or None, "input_files": input_files, "seed": seed,
+                           "atol": parse_tolerances(atol, "--atol"), "rtol": parse_tolerances(rtol, "--rtol")},
+    }
+    if len(models) == 1 and not os.path.isdir(models[0]):
+        _fold_one(models[0], _single_destination(models[0], output), dry_run, fold_options, json_target, verbose,
+                  quiet)
+    else:
+        _fold_many(models, output, jobs, dry_run, fold_options, json_target, quiet)
+
+
+def _names_directory(output: str) -> bool:
+    return output.endswith(("/", os.sep)) or os.path.isdir(output)
+
+
+def _single_destination(model: str, output):
+    """-o FILE as given; -o DIR (existing, or written with a trailing /) means DIR/<model's file name>."""
+    from ..errors import OutputError
+
+    if output is None or not _names_directory(output):
+        return output
+    if not os.path.isdir(output):
+        raise OutputError(f"{output}: output directory does not exist")
+    return os.path.join(output, Path(model).name)
+
+
+def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet) -> None:
     from ..errors import VerificationFailed
     from ..folding import fold_file
 
-    verify_options = {"input_shapes": list(input_shapes) or None, "input_files": input_files, "seed": seed,
-                      "atol": parse_tolerances(atol, "--atol"), "rtol": parse_tolerances(rtol, "--rtol")}
     try:
-        report = fold_file(model, output, verify=not no_verify, force=force, dry_run=dry_run, overwrite=overwrite,
-                           check=not no_check, external_data=external_data, verify_options=verify_options,
-                           fold_input_initializers=fold_input_initializers, skip=skip_rules,
-                           inline_functions=inline_functions)
+        report = fold_file(model, output, dry_run=dry_run, **fold_options)
     except VerificationFailed as failure:
         report = getattr(failure, "report", None)
-        if report is not None and not quiet:
-            _print(report, as_json, verbose)
+        if report is not None:
+            _print(report, json_target, verbose, quiet)
         raise
-    if not quiet:
-        _print(report, as_json, verbose)
+    _print(report, json_target, verbose, quiet)
     if report.verification is not None and not report.verification.passed:
         click.echo("bnfold: error: verification FAILED; output written because of --force", err=True)
         click.get_current_context().exit(1)
 
 
-def _print(report, as_json: bool, verbose: bool) -> None:
-    if as_json:
-        click.echo(report.to_json())
+def _print(report, json_target, verbose: bool, quiet: bool) -> None:
+    if json_target is not None:
+        write_json(report.to_dict(), json_target)
+    if quiet or json_target == "-":
         return
     click.echo(report.render(verbose=verbose))
     if report.verification is not None:
         click.echo(report.verification.summary())
+
+
+def _fold_many(models, output, jobs, dry_run, fold_options, json_target, quiet) -> None:
+    from ..batch import fold_files
+    from ..errors import UsageError
+
+    if output is None and not dry_run:
+        raise UsageError("no output directory: pass -o DIR (or --dry-run to only report)")
+    if output is not None and not os.path.isdir(output):
+        given = f"{models[0]} is a directory" if len(models) == 1 else f"{len(models)} models given"
+        raise UsageError(f"{given}: -o must name an existing directory ({output} is not one)")
+    show_lines = not quiet and json_target != "-"
+    bar = None
+    if show_lines and sys.stderr.isatty():
+        bar = click.progressbar(length=len(models), label="folding", file=sys.stderr, show_pos=True)
+
+    def progress(result, done: int, total: int) -> None:
+        if bar is not None:
+            bar.length = total
+            bar.update(1)
+        elif show_lines:
+            click.echo(f"[{done}/{total}] {_line(result)}")
+
+    try:
+        result = fold_files(models, output, jobs=jobs, dry_run=dry_run, progress=progress, **fold_options)
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    if json_target is not None:
+        write_json(result.to_dict(), json_target)
+    if show_lines:
+        click.echo(result.table())
+    for model in result.failed:
+        click.echo(f"bnfold: error: {model.message}", err=True)
+    click.get_current_context().exit(result.exit_code)
+
+
+def _line(result) -> str:
+    target = f" -> {result.destination}" if result.destination and result.exit_code in (0, 1) else ""
+    if result.report is None:
+        return f"error (exit {result.exit_code}): {result.message}"
+    report = result.report
+    return (f"{result.source}{target}: {report.folded_count} folded, {report.kept_count} kept, {result.verdict} "
+            f"({result.elapsed_s:.2f} s)")
 
 
 @click.command("rules")

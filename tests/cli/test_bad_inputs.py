@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+import bnfold
 from bnfold import saving
 from bnfold.loading import load_model
 from bnfold.saving import save_model
@@ -317,3 +318,130 @@ def test_undeclared_custom_domain_needs_no_check(tmp_path, out_dir):
     result = invoke(source[0], "-o", out_dir / "f.onnx", "--no-verify", "--no-check")
     assert result.exit_code == 0, result.output
     assert [n.op_type for n in load_model(out_dir / "f.onnx").graph.node] == ["Conv", "Scramble"]
+
+
+# --- where -o points: symlinks are followed, special files refused, `-` refused, `dir/` is a directory -----------
+
+
+def test_output_symlink_is_followed_and_stays_a_link(good_model, tmp_path):
+    target = tmp_path / "real" / "model.folded.onnx"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    result = invoke(good_model[0], "-o", link, "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert [n.op_type for n in load_model(target).graph.node] == ["Conv"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.folded.onnx"]  # no temporary left
+
+
+def test_output_fifo_is_refused_and_kept(good_model, tmp_path, out_dir):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = out_dir / "to_fifo.onnx"
+    link.symlink_to(fifo)
+    for target in (fifo, link):
+        result = invoke(good_model[0], "-o", target, "--no-verify")
+        assert result.exit_code == 2, result.output
+        assert result.stderr.splitlines() == [result.stderr.strip()] and "is a FIFO, not a regular file" in result.stderr
+    assert stat_kind(fifo) == "fifo" and link.is_symlink()
+    assert list(out_dir.iterdir()) == [link] and good_model[0].read_bytes() == good_model[1]
+
+
+def stat_kind(path: Path) -> str:
+    import stat as stat_module
+
+    return "fifo" if stat_module.S_ISFIFO(os.stat(path).st_mode) else "other"
+
+
+def test_output_character_device_is_refused_through_a_symlink(good_model, out_dir):
+    """`-o /dev/null` must leave /dev/null a character device; reached through a link in tmp_path, never replaced."""
+    link = out_dir / "null.onnx"
+    link.symlink_to("/dev/null")
+    result = invoke(good_model[0], "-o", link, "--no-verify")
+    assert result.exit_code == 2 and "is a character device" in result.stderr, result.output
+    assert Path("/dev/null").is_char_device() and link.is_symlink() and list(out_dir.iterdir()) == [link]
+
+
+def test_output_dash_is_refused(good_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(good_model[0], "-o", "-", "--no-verify")
+    assert result.exit_code == 2 and "does not write models to stdout" in result.stderr, result.output
+    assert not (tmp_path / "-").exists()
+
+
+def test_output_trailing_slash_names_a_directory_that_must_exist(good_model, out_dir):
+    assert_refused(invoke(good_model[0], "-o", f"{out_dir / 'missing'}/", "--no-verify"), out_dir, [good_model],
+                   match="does not exist")
+    result = invoke(good_model[0], "-o", f"{out_dir}/", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out_dir.iterdir()] == ["model.onnx"]
+    assert [n.op_type for n in load_model(out_dir / "model.onnx").graph.node] == ["Conv"]
+
+
+def test_external_data_file_that_is_a_fifo_is_refused(tmp_path, out_dir):
+    os.mkfifo(out_dir / "f.onnx.data")
+    with pytest.raises(bnfold.OutputError, match="is a FIFO"):
+        save_model(conv_bn(c_in=16, c_out=32), out_dir / "f.onnx", external_data=True)
+    assert [p.name for p in out_dir.iterdir()] == ["f.onnx.data"]
+
+
+def test_save_model_api_refuses_the_same_paths(tmp_path):
+    model = conv_bn()
+    for path, message in (("-", "stdout"), (f"{tmp_path}/", "is a directory"), (tmp_path, "is a directory"),
+                          (f"{tmp_path}/nowhere/", "does not exist")):
+        with pytest.raises(bnfold.OutputError, match=message):
+            save_model(model, path)
+    with pytest.raises(bnfold.UsageError, match="model: expected an onnx.ModelProto") as raised:
+        save_model("x", tmp_path / "x.onnx")
+    assert isinstance(raised.value, TypeError) and raised.value.parameter == "model"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- seeds and user input data ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["fold", "{model}", "-o", "{out}"], ["verify", "{model}", "{model}"],
+                                     ["bench", "{model}"]])
+def test_negative_seed_is_a_usage_error(good_model, out_dir, command):
+    args = [word.format(model=good_model[0], out=out_dir / "f.onnx") for word in command]
+    result = invoke(*args, "--seed", "-1")
+    assert result.exit_code == 2 and "--seed" in result.stderr and "-1" in result.stderr, result.output
+    assert "Traceback" not in result.output and list(out_dir.iterdir()) == []
+
+
+def test_negative_seed_in_the_api_is_a_usage_error(good_model):
+    with pytest.raises(bnfold.UsageError, match="seed: must be at least 0"):
+        bnfold.verify(good_model[0], good_model[0], seed=-1)
+
+
+def input_data_cases(tmp_path):
+    strings = tmp_path / "strings.npz"
+    np.savez(strings, x=np.array([["a", "b"]]))
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    objects_npz = tmp_path / "objects.npz"
+    np.savez(objects_npz, x=np.array([None, 1], dtype=object))
+    corrupt = tmp_path / "corrupt.npz"
+    data = (tmp_path / "ok.npz")
+    np.savez(data, x=np.zeros((1, 4, 9, 9), np.float32))
+    corrupt.write_bytes(data.read_bytes()[:200])
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_bytes(b"\x93NUMPY\x01\x00garbage")
+    return [(strings, "dtype <U1"), (f"x:{objects}", "pickled data"), (objects_npz, "pickled data"),
+            (corrupt, "not a readable"), (garbage, "not a readable")]
+
+
+def test_unusable_input_data_is_exit_2_with_the_reason(good_model, tmp_path, out_dir):
+    for data, reason in input_data_cases(tmp_path):
+        assert_refused(invoke(good_model[0], "-o", out_dir / "f.onnx", "--inputs", data), out_dir, [good_model],
+                       match=reason)
+        result = invoke("verify", good_model[0], good_model[0], "--inputs", data)
+        assert result.exit_code == 2 and reason in result.stderr, result.output
+
+
+def test_unusable_input_data_in_the_api(good_model, tmp_path):
+    for data, reason in input_data_cases(tmp_path):
+        with pytest.raises(bnfold.InputFileError, match=reason):
+            bnfold.verify(good_model[0], good_model[0], input_files=[str(data)])

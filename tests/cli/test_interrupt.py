@@ -1,0 +1,53 @@
+"""Ctrl-C at any moment, the imports included: exit 130 and one line `bnfold: interrupted`, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A real SIGINT delivered to the process while the entry point imports click (the first heavy import).
+INTERRUPT_DURING_IMPORT = textwrap.dedent("""
+    import builtins, os, signal
+    real_import = builtins.__import__
+    def interrupting_import(name, *args, **kwargs):
+        if name == "click":
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_import(name, *args, **kwargs)
+    builtins.__import__ = interrupting_import
+    from bnfold.__main__ import main
+    main(["--help"])
+""")
+
+
+@pytest.mark.slow
+def test_sigint_during_imports_in_a_real_process():
+    child = subprocess.run([sys.executable, "-c", INTERRUPT_DURING_IMPORT], capture_output=True, text=True,
+                           cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert child.returncode == 130, child.stderr
+    assert child.stderr == "bnfold: interrupted\n" and child.stdout == ""
+
+
+def test_keyboard_interrupt_while_importing_the_cli(monkeypatch, capsys):
+    import bnfold.__main__ as entry
+
+    for name in [name for name in sys.modules if name == "bnfold.cli" or name.startswith("bnfold.cli.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+    class InterruptingFinder:
+        def find_spec(self, name, path=None, target=None):
+            if name == "bnfold.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [InterruptingFinder(), *sys.meta_path])
+    with pytest.raises(SystemExit) as raised:
+        entry.main(["--help"])
+    assert raised.value.code == 130
+    assert capsys.readouterr().err == "bnfold: interrupted\n"
+
