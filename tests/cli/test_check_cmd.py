@@ -45,7 +45,7 @@ def test_foldable_bn_fails_the_gate_and_lists_it(tmp_path):
     result = invoke(tmp_path / "m.onnx")
     assert result.exit_code == 1, result.output
     assert "1 BN foldable into weights, 0 only as Mul+Add, 0 kept: FAIL" in result.stdout
-    assert "foldable  bn -> 'y' into Conv conv [conv]" in result.stdout
+    assert "foldable  bn -> 'y' into Conv conv [forward]" in result.stdout
     assert (tmp_path / "m.onnx").read_bytes() == before and sorted(tmp_path.iterdir()) == [tmp_path / "m.onnx"]
     assert invoke(tmp_path / "m.onnx", "--max-foldable", "1").exit_code == 0
 
@@ -56,7 +56,7 @@ def test_kept_and_standalone_bns_are_counted_apart(tmp_path):
     result = invoke(kept, alone)
     assert result.exit_code == 0, result.output
     assert "0 BN foldable into weights, 0 only as Mul+Add, 1 kept: ok" in result.stdout
-    assert "kept      bn -> 'y': Conv output 'conv_out' also feeds side_relu" in result.stdout
+    assert "kept      bn -> 'y': Conv 'conv' output 'conv_out' also feeds side_relu" in result.stdout
     assert "0 BN foldable into weights, 1 only as Mul+Add, 0 kept: ok" in result.stdout
     assert invoke(kept, "--max-kept", "0").exit_code == 1
     assert invoke(alone, "--max-standalone", "0").exit_code == 1
