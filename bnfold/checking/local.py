@@ -24,18 +24,25 @@ from ..errors import InvalidModelError
 from ..graph.pieces import Piece
 from ..inputs import random_array
 
-# Largest relative error per channel a correct fold shows, by output dtype. Measured on Conv/Gemm/MatMul + BN
-# pieces of ResNet-50 sizes (up to 2048 channels, 3x3 kernels over 512 channels) with random BN statistics
-# (scales 0.1-10, means up to 5x the activations' spread) in ONNX Runtime CPU, optimizations off: float32 correct
-# folds reach 2e-6, while the smallest wrong fold the tests plant (a shift off by 1% of one channel's range) shows
-# as 5e-3, so 1e-4 leaves 50x margin on both sides. float64: correct folds within 1e-14. float16 and bfloat16 are
-# about 8 and 64 units of their rounding (eps 1e-3 / 8e-3). Integer and bool outputs must match exactly.
+# Largest relative error per channel a correct fold may show, by output dtype. Measured with
+# benchmarks/local_check.py: the 53 Conv+BN folds of a ResNet-50 (up to 2048 channels, 3x3 kernels over 512
+# channels) in ONNX Runtime CPU, optimizations off. float32: correct folds reach 3.4e-6 (random BN statistics with
+# scales 0.1-10, means up to 5x the activations' spread) and 2.2e-6 (trained-looking statistics); a Gemm over 2048
+# features 1.6e-6; so 1e-4 leaves 30x, while the smallest wrong fold the tests plant (a shift off by 1% of one
+# channel's range) shows as 1e-2. float16: 1.8e-3 (trained-looking) to 5.1e-3 (extreme statistics), mostly the
+# folded weights' own rounding to float16; a Gemm 1.3e-3. float64: correct folds within 1e-14. bfloat16 keeps the
+# end-to-end check's 5e-2 (eps 8e-3). Integer and bool outputs must match exactly.
 TOLERANCES: Dict[str, float] = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 LOW_PRECISION_TOLERANCE = 5e-2  # other float types numpy lacks (float8, float4 from ml_dtypes)
 EXACT = 0.0
 
 CHUNK_BYTES = 64 << 20  # constants per batched model: bounds the memory of the check on big models
+FED_CONSTANT_BYTES = 4096  # larger constants are fed at run time rather than serialized into the model
+_FEEDABLE = {np.dtype(t).name for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+                                        np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)}
 MIN_SPATIAL = 4
+MIN_SAMPLES = 16  # values per channel: the largest of 16 is within 2x of the spread but once in 5e6 channels
+MAX_REPLICAS = 32
 RETRY_SIZES = (16, 32)  # unknown dims tried when the first size is too small for the before side
 _KERNEL_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool")
 
@@ -163,7 +170,8 @@ def check_pieces(
     Pieces are run side by side, one batched model per side per CHUNK_BYTES of constants. A batched model that ONNX
     Runtime cannot load or run is split in halves until the bad pieces stand alone, so one bad piece costs a few
     sessions and judges only itself. Unknown dims: axis 0 gets 1, others a size valid for the piece's kernels,
-    then RETRY_SIZES while the before side fails.
+    then RETRY_SIZES while the before side fails. A piece whose outputs have fewer than MIN_SAMPLES values per
+    channel runs as several copies on independent data (one more before session for all such pieces).
     """
     runner = _Runner(list(opset_imports), ir_version)
     jobs = [_Job(index, piece, seed) for index, piece in enumerate(pieces)]
@@ -186,61 +194,98 @@ def check_pieces(
 
 
 class _Job:
-    """One piece with the shapes and random feeds of its current attempt."""
+    """One piece with the shapes and random feeds of its current attempt.
+
+    `feeds` holds one dict per copy of the piece in the batched model: `replicas` independent draws (so every
+    channel has MIN_SAMPLES values to take its scale from), each also with every bool flipped where the piece
+    reads bools (both branches of an If, both values of a mask).
+    """
 
     def __init__(self, index: int, piece: Piece, seed: int):
         self.index = index
         self.piece = piece
         self.seed = seed
-        self.prefix = f"p{index}/"
-        self.spatial = _spatial_size(piece)
-        self.sizes = [self.spatial] + [size for size in RETRY_SIZES if size > self.spatial]
+        spatial = _spatial_size(piece)
+        self.sizes = [spatial] + [size for size in RETRY_SIZES if size > spatial]
         self.has_unknown = any(dim is None for spec in piece.inputs for dim in spec.dims)
-        self.before_error: Optional[str] = None
+        self.has_bools = any(np.dtype(spec.dtype) == np.bool_ for spec in piece.inputs)
         self.constant_bytes = max(_nbytes(piece.constants_before), _nbytes(piece.constants_after))
-        self.prepare(0)
+        self.before_error: Optional[str] = None
+        self.attempt = 0
+        self.replicas = 1
+        self.prepare()
 
-    def prepare(self, attempt: int) -> None:
-        size = self.sizes[attempt]
+    def prefix(self, copy: int) -> str:
+        return f"p{self.index}c{copy}/"
+
+    def prepare(self) -> None:
+        size = self.sizes[self.attempt]
         self.shapes = {
             spec.name: tuple(
                 dim if dim is not None else (1 if axis == 0 else size) for axis, dim in enumerate(spec.dims)
             )
             for spec in self.piece.inputs
         }
-        rng = np.random.default_rng([self.seed, self.index, attempt])
-        feeds = {
-            spec.name: np.asarray(random_array(spec.dtype, self.shapes[spec.name], rng)) for spec in self.piece.inputs
-        }
-        self.feeds = [feeds]
-        if any(np.dtype(spec.dtype) == np.bool_ for spec in self.piece.inputs):
-            # A second run with every bool flipped: both branches of an If, both values of a mask.
-            self.feeds.append({name: np.asarray(~array) if array.dtype == np.bool_ else array for name, array in feeds.items()})
+        rng = np.random.default_rng([self.seed, self.index, self.attempt])
+        self.feeds = []
+        for _ in range(self.replicas):
+            feeds = {
+                spec.name: np.asarray(random_array(spec.dtype, self.shapes[spec.name], rng))
+                for spec in self.piece.inputs
+            }
+            self.feeds.append(feeds)
+            if self.has_bools:
+                self.feeds.append({name: np.asarray(~a) if a.dtype == np.bool_ else a for name, a in feeds.items()})
 
-    def can_retry(self, attempt: int) -> bool:
-        return self.has_unknown and attempt + 1 < len(self.sizes)
+    def retry(self) -> bool:
+        """Move to the next size for unknown dims; False when there is none."""
+        if not self.has_unknown or self.attempt + 1 >= len(self.sizes):
+            return False
+        self.attempt += 1
+        self.prepare()
+        return True
+
+    def replicate(self, outputs: List[Feeds]) -> bool:
+        """Draw enough copies that each channel of each output has MIN_SAMPLES values; False if it already has."""
+        axes = self.piece.channel_axes
+        samples = min(
+            (_samples_per_channel(array, axes.get(name)) for run in outputs for name, array in run.items()),
+            default=MIN_SAMPLES,
+        )
+        if self.replicas > 1 or samples >= MIN_SAMPLES or samples == 0:
+            return False
+        self.replicas = min(MAX_REPLICAS, -(-MIN_SAMPLES // samples))
+        self.prepare()
+        return True
+
+
+def _samples_per_channel(array: np.ndarray, axis: Optional[int]) -> int:
+    array = np.asarray(array)
+    if axis is None or array.ndim == 0:
+        return array.size
+    channels = array.shape[axis % array.ndim]
+    return array.size // channels if channels else 0
 
 
 def _run_before(runner: "_Runner", chunk: List[_Job]) -> Dict[int, List[Feeds]]:
-    """The before side's outputs by job index, for the jobs whose before side ran at one of their sizes."""
+    """The before side's outputs by job index, for the jobs whose before side ran at one of their sizes. A job
+    whose channels got too few values is run again with more copies (one more session for all such jobs)."""
     ran: Dict[int, List[Feeds]] = {}
     pending = chunk
-    attempt = 0
     while pending:
         results = runner.run_side(pending, "before")
-        failed = []
+        again = []
         for job in pending:
             result = results[job.index]
             if isinstance(result, str):
                 job.before_error = result
-                if job.can_retry(attempt):
-                    failed.append(job)
+                if job.retry():
+                    again.append(job)
+            elif job.replicate(result):
+                again.append(job)
             else:
                 ran[job.index] = result
-        attempt += 1
-        for job in failed:
-            job.prepare(attempt)
-        pending = failed
+        pending = again
     return ran
 
 
@@ -252,7 +297,7 @@ class _Runner:
         self.ir_version = ir_version
 
     def run_side(self, jobs: List[_Job], side: str) -> Dict[int, Union[List[Feeds], str]]:
-        """Each job's outputs (one dict per feed variant) or the one-line reason its side did not run."""
+        """Each job's outputs (one dict per copy) or the one-line reason its side did not run."""
         if not jobs:
             return {}
         try:
@@ -267,35 +312,56 @@ class _Runner:
         from ..runtime import make_session, run
 
         session = make_session(self._model(jobs, side), opt_level="disable")
-        results: Dict[int, List[Feeds]] = {job.index: [] for job in jobs}
-        for variant in range(max(len(job.feeds) for job in jobs)):
-            feeds = {
-                job.prefix + name: array
-                for job in jobs
-                for name, array in job.feeds[min(variant, len(job.feeds) - 1)].items()
-            }
-            outputs = run(session, feeds)
-            for job in jobs:
-                if variant < len(job.feeds):
-                    results[job.index].append({name: outputs[job.prefix + name] for name in job.piece.outputs})
-        return results
+        feeds = {}
+        for job in jobs:
+            fed = {name: array for name, array in _constants(job.piece, side).items() if _fed(array)}
+            for copy, inputs in enumerate(job.feeds):
+                prefix = job.prefix(copy)
+                feeds.update((prefix + name, array) for name, array in chain(inputs.items(), fed.items()))
+        outputs = run(session, feeds)
+        return {
+            job.index: [
+                {name: outputs[job.prefix(copy) + name] for name in job.piece.outputs} for copy in range(len(job.feeds))
+            ]
+            for job in jobs
+        }
 
     def _model(self, jobs: List[_Job], side: str) -> onnx.ModelProto:
+        """The side's nodes of every copy of every job, names prefixed; large constants are graph inputs fed at run
+        time (no protobuf copy of the weights, one array for all copies), small ones (shapes, axes, scalars)
+        initializers as in the model."""
         nodes, inputs, outputs, initializers = [], [], [], []
         for job in jobs:
-            piece, prefix = job.piece, job.prefix
-            constants = piece.constants_before if side == "before" else piece.constants_after
-            nodes.extend(_prefixed(node, prefix) for node in (piece.before if side == "before" else piece.after))
-            initializers.extend(numpy_helper.from_array(np.asarray(array), prefix + name) for name, array in constants.items())
-            inputs.extend(
-                helper.make_tensor_value_info(
-                    prefix + spec.name, helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)), job.shapes[spec.name]
+            piece = job.piece
+            constants = _constants(piece, side)
+            for copy in range(len(job.feeds)):
+                prefix = job.prefix(copy)
+                nodes.extend(_prefixed(node, prefix) for node in (piece.before if side == "before" else piece.after))
+                for name, array in constants.items():
+                    if _fed(array):
+                        inputs.append(_value_info(prefix + name, array.dtype, array.shape))
+                    else:
+                        initializers.append(numpy_helper.from_array(array, prefix + name))
+                inputs.extend(
+                    _value_info(prefix + spec.name, spec.dtype, job.shapes[spec.name]) for spec in piece.inputs
                 )
-                for spec in piece.inputs
-            )
-            outputs.extend(onnx.ValueInfoProto(name=prefix + name) for name in piece.outputs)
+                outputs.extend(onnx.ValueInfoProto(name=prefix + name) for name in piece.outputs)
         graph = helper.make_graph(nodes, f"bnfold-local-check-{side}", inputs, outputs, initializer=initializers)
         return helper.make_model(graph, opset_imports=self.opset_imports, ir_version=self.ir_version)
+
+
+def _constants(piece: Piece, side: str) -> Dict[str, np.ndarray]:
+    constants = piece.constants_before if side == "before" else piece.constants_after
+    return {name: np.asarray(array) for name, array in constants.items()}
+
+
+def _fed(array: np.ndarray) -> bool:
+    """Whether a constant goes in as a run-time feed: large, of a dtype ONNX Runtime's Python binding takes."""
+    return array.nbytes > FED_CONSTANT_BYTES and array.dtype.kind in "fiub" and array.dtype.name in _FEEDABLE
+
+
+def _value_info(name: str, dtype: np.dtype, shape: Shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)
 
 
 def _judge(job: _Job, before_runs: List[Feeds], after_runs: Union[List[Feeds], str]) -> LocalCheck:
@@ -309,34 +375,35 @@ def _judge(job: _Job, before_runs: List[Feeds], after_runs: Union[List[Feeds], s
         )
     check = LocalCheck(piece.label, passed=True, shapes=job.shapes)
     worst_ratio = -1.0
-    compared = 0
-    for before_outputs, after_outputs in zip(before_runs, after_runs):
-        for name in piece.outputs:
-            before, after = np.asarray(before_outputs[name]), np.asarray(after_outputs[name])
-            if _is_float(before.dtype) and not np.all(np.isfinite(before.astype(np.float64))):
-                note = f"{name}: the original gives NaN/inf on the random inputs; not compared"
-                if note not in check.notes:
-                    check.notes.append(note)
-                continue
-            compared += 1
-            tolerance = tolerance_for(before.dtype)
-            if before.shape != after.shape:
-                error, channel = float("inf"), None
-                check.error = f"{name} has shape {after.shape} in the replacement, {before.shape} in the original"
-            elif _is_float(after.dtype) and not np.all(np.isfinite(after.astype(np.float64))):
-                error, channel = float("inf"), None
+    for name in piece.outputs:
+        # The copies of the piece stacked on a new axis 0: each channel's scale comes from all of them.
+        before = np.stack([np.asarray(run[name]) for run in before_runs])
+        after_arrays = [np.asarray(run[name]) for run in after_runs]
+        if _is_float(before.dtype) and not np.all(np.isfinite(before.astype(np.float64))):
+            check.notes.append(f"{name}: the original gives NaN/inf on the random inputs; not compared")
+            continue
+        tolerance = tolerance_for(before.dtype)
+        channel = None
+        if any(array.shape != before.shape[1:] for array in after_arrays):
+            error = float("inf")
+            shape = next(array.shape for array in after_arrays if array.shape != before.shape[1:])
+            check.error = f"{name} has shape {shape} in the replacement, {before.shape[1:]} in the original"
+        else:
+            after = np.stack(after_arrays)
+            if _is_float(after.dtype) and not np.all(np.isfinite(after.astype(np.float64))):
+                error = float("inf")
                 check.error = f"{name} has NaN/inf in the replacement where the original is finite"
             else:
                 axis = piece.channel_axes.get(name)
-                axis = None if axis is None or before.ndim == 0 else axis % before.ndim
+                axis = None if axis is None or before.ndim == 1 else axis % (before.ndim - 1) + 1
                 error, channel = worst_channel(before, after, axis, scale_floor(before))
-            ratio = error / tolerance if tolerance else (float("inf") if error else 0.0)
-            if ratio > worst_ratio:
-                worst_ratio = ratio
-                check.max_error, check.tolerance, check.output, check.channel = error, tolerance, name, channel
-            if error > tolerance:
-                check.passed = False
-    if compared == 0:
+        ratio = error / tolerance if tolerance else (float("inf") if error else 0.0)
+        if ratio > worst_ratio:
+            worst_ratio = ratio
+            check.max_error, check.tolerance, check.output, check.channel = error, tolerance, name, channel
+        if error > tolerance:
+            check.passed = False
+    if worst_ratio < 0:
         check.passed = False
         check.skipped = "the original gives NaN/inf on every output for the random inputs"
     return check
@@ -346,7 +413,9 @@ def _judge(job: _Job, before_runs: List[Feeds], after_runs: Union[List[Feeds], s
 
 
 def _spatial_size(piece: Piece) -> int:
-    """A size for unknown non-batch dims that every kernel in the piece fits: the widest dilated kernel, plus 3."""
+    """A size for unknown non-batch dims that every kernel in the piece fits with outputs to spare: over the
+    piece's Conv/ConvTranspose/pooling nodes, the widest dilated kernel plus three strides (4 outputs per axis
+    unpadded, so 16 values per channel in 2-D). Small on purpose: the check's cost is weights x positions."""
     constants = {**piece.constants_before, **piece.constants_after}
     widest = 0
     for node in chain(piece.before, piece.after):
@@ -355,13 +424,14 @@ def _spatial_size(piece: Piece) -> int:
         attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
         kernel = list(attributes.get("kernel_shape", []))
         weight_index = 3 if node.op_type == "QLinearConv" else 1
-        if not kernel and node.op_type not in ("MaxPool", "AveragePool", "LpPool") and len(node.input) > weight_index:
+        if not kernel and "Pool" not in node.op_type and len(node.input) > weight_index:
             weight = constants.get(node.input[weight_index])
             kernel = list(np.shape(weight)[2:]) if weight is not None else []
         dilations = list(attributes.get("dilations", [])) or [1] * len(kernel)
-        for k, d in zip(kernel, dilations):
-            widest = max(widest, (int(k) - 1) * int(d) + 1)
-    return max(MIN_SPATIAL, widest + 3)
+        strides = list(attributes.get("strides", [])) or [1] * len(kernel)
+        for k, d, s in zip(kernel, dilations, strides):
+            widest = max(widest, (int(k) - 1) * int(d) + 1 + 3 * int(s))
+    return max(MIN_SPATIAL, widest)
 
 
 def _nbytes(constants: Dict[str, np.ndarray]) -> int:
