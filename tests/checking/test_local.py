@@ -357,6 +357,23 @@ def test_after_side_that_does_not_run_is_a_failure_and_bad_pieces_only_judge_the
     assert results[5].skipped is not None and "MyBatchNorm" in results[5].skipped
 
 
+def test_pieces_that_do_not_run_print_nothing(capfd):
+    """ORT's own error log is silenced: the skip is reported in the LocalCheck, not as stderr noise."""
+    w = np.ones((4, 4, 7, 7), np.float32)
+    too_small = Piece(
+        "too small",
+        [PieceInput("x", np.dtype(np.float32), (1, 4, 5, 5))],
+        ["y"],
+        before=[helper.make_node("Conv", ["x", "w"], ["y"])],
+        after=[helper.make_node("Conv", ["x", "w"], ["y"])],
+        constants_before={"w": w},
+        constants_after={"w": w},
+    )
+    (result,) = check(too_small)
+    assert result.skipped is not None and "Conv" in result.skipped
+    assert capfd.readouterr().err == ""
+
+
 def test_nan_on_the_before_side_skips_the_output_and_after_only_nan_fails():
     x = PieceInput("x", np.dtype(np.float32), (2, 3))
     unlucky = Piece(
