@@ -38,8 +38,7 @@ EXACT = 0.0
 
 CHUNK_BYTES = 64 << 20  # constants per batched model: bounds the memory of the check on big models
 FED_CONSTANT_BYTES = 4096  # larger constants are fed at run time rather than serialized into the model
-_FEEDABLE = {np.dtype(t).name for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
-                                        np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)}
+_FEEDABLE = {"float16", "float32", "float64", "bool"} | {f"{u}int{bits}" for u in ("", "u") for bits in (8, 16, 32, 64)}
 MIN_SPATIAL = 4
 MIN_SAMPLES = 16  # values per channel: the largest of 16 is within 2x of the spread but once in 5e6 channels
 MAX_REPLICAS = 32
@@ -358,7 +357,7 @@ def _constants(piece: Piece, side: str) -> Dict[str, np.ndarray]:
 
 def _fed(array: np.ndarray) -> bool:
     """Whether a constant goes in as a run-time feed: large, of a dtype ONNX Runtime's Python binding takes."""
-    return array.nbytes > FED_CONSTANT_BYTES and array.dtype.kind in "fiub" and array.dtype.name in _FEEDABLE
+    return array.nbytes > FED_CONSTANT_BYTES and array.dtype.name in _FEEDABLE
 
 
 def _value_info(name: str, dtype: np.dtype, shape: Shape) -> onnx.ValueInfoProto:
