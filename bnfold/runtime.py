@@ -70,11 +70,13 @@ def make_session(
     providers: Sequence[Union[str, tuple]] = ("cpu",),
     intra_op_threads: Optional[int] = None,
     allow_fallback: bool = False,
+    log_severity: int = 3,
 ):
     """An InferenceSession for a ModelProto, path or serialized bytes, at a named optimization level.
 
     Providers may be short names ('cpu', 'cuda') or (name, options) pairs. Unless allow_fallback, a requested
-    provider that ORT lacks, or that the session did not activate, raises ProviderError.
+    provider that ORT lacks, or that the session did not activate, raises ProviderError. log_severity: the least
+    severe message ORT itself prints (3 errors, 4 fatal only: for callers that report failures themselves).
     """
     ort = import_onnxruntime()
     if opt_level not in OPT_LEVELS:
@@ -86,7 +88,7 @@ def make_session(
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[opt_level]
-    options.log_severity_level = 3
+    options.log_severity_level = log_severity
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
     resolved = [

@@ -1,0 +1,133 @@
+"""Cost and noise floor of the local check on the 53 Conv+BN folds of a ResNet-50, in one run.
+
+    python benchmarks/local_check.py [--repeats 3] [--dtype float32]
+
+Builds one piece per Conv+BN of ResNet-50 (bottlenecks 3-4-6-3; ~25.5M weights, 102 MiB in float32) with random
+BN statistics (extreme: scales 0.1-10 of either sign, means up to 5x the conv outputs' spread, variances 0.1-10x
+the true one; or trained-looking: BN roughly standardizes), folded
+correctly here with plain numpy. Prints the median wall time of check_pieces, the ONNX Runtime sessions it made,
+the largest per-channel error of the correct folds against the tolerance, and for scale the time of one session
+per piece side (what batching saves). Machines are noisy: read the ratios, not the absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from onnx import helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bnfold.checking import local  # noqa: E402
+from bnfold.graph.pieces import Piece, PieceInput  # noqa: E402
+
+EPS = 1e-5
+
+
+def resnet50_layers():
+    """(in channels, out channels, kernel, stride) of ResNet-50's 53 convolutions, in graph order."""
+    layers = [(3, 64, 7, 2)]
+    c_in = 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for block in range(blocks):
+            s = stride if block == 0 else 1
+            layers += [(c_in, width, 1, 1), (width, width, 3, s), (width, width * 4, 1, 1)]
+            if block == 0:
+                layers.append((c_in, width * 4, 1, s))
+            c_in = width * 4
+    return layers
+
+
+def conv_bn_piece(index, c_in, c_out, kernel, stride, dtype, rng, extreme=True):
+    weight = rng.normal(0, (2.0 / (c_in * kernel * kernel)) ** 0.5, (c_out, c_in, kernel, kernel))
+    conv_bias = rng.normal(0, 0.1, c_out)
+    spread = np.sqrt((weight**2).sum(axis=(1, 2, 3)))  # std of the conv output on unit-normal inputs
+    if extreme:
+        scale = np.exp(rng.uniform(np.log(0.1), np.log(10.0), c_out)) * rng.choice([-1, 1], c_out)
+        bias = rng.normal(0, 1, c_out)
+        mean = conv_bias + rng.uniform(-5, 5, c_out) * spread
+        var = spread**2 * np.exp(rng.uniform(np.log(0.1), np.log(10.0), c_out))
+    else:  # trained-looking: BN roughly standardizes the conv output
+        scale, bias = rng.uniform(0.5, 1.5, c_out), rng.normal(0, 0.1, c_out)
+        mean, var = conv_bias + rng.normal(0, 0.1, c_out) * spread, spread**2 * rng.uniform(0.5, 1.5, c_out)
+    multiplier = scale / np.sqrt(var + EPS)
+    pads = [kernel // 2] * 4
+    stats = {"s": scale, "bb": bias, "m": mean, "v": var}
+    return Piece(
+        label=f"conv{index}",
+        inputs=[PieceInput("x", np.dtype(dtype), (None, c_in, None, None))],
+        outputs=["y"],
+        before=[
+            helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[stride] * 2, pads=pads),
+            helper.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["y"], epsilon=EPS),
+        ],
+        after=[helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride] * 2, pads=pads)],
+        constants_before={
+            "w": weight.astype(dtype),
+            "b": conv_bias.astype(dtype),
+            **{name: value.astype(dtype) for name, value in stats.items()},
+        },
+        constants_after={
+            "w": (weight * multiplier[:, None, None, None]).astype(dtype),
+            "b": ((conv_bias - mean) * multiplier + bias).astype(dtype),
+        },
+        channel_axes={"y": 1},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    parser.add_argument("--stats", default="extreme", choices=("extreme", "trained"), help="BN statistics")
+    args = parser.parse_args()
+    import onnxruntime
+
+    rng = np.random.default_rng(0)
+    pieces = [
+        conv_bn_piece(i, *layer, np.dtype(args.dtype), rng, extreme=args.stats == "extreme")
+        for i, layer in enumerate(resnet50_layers())
+    ]
+    constants = sum(a.nbytes for p in pieces for a in p.constants_before.values()) / 2**20
+
+    sessions = []
+    real = onnxruntime.InferenceSession
+
+    class Counting(real):
+        def __init__(self, *a, **k):
+            sessions.append(1)
+            super().__init__(*a, **k)
+
+    onnxruntime.InferenceSession = Counting
+    times, checks = [], []
+    for _ in range(args.repeats):
+        sessions.clear()
+        start = time.perf_counter()
+        checks = local.check_pieces(pieces, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        times.append(time.perf_counter() - start)
+    batched_sessions = len(sessions)
+
+    sessions.clear()
+    start = time.perf_counter()
+    for piece in pieces:
+        local.check_pieces([piece], opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    one_by_one = time.perf_counter() - start
+
+    worst = max(checks, key=lambda check: check.max_error)
+    print(f"{len(pieces)} Conv+BN pieces of ResNet-50 ({args.dtype}, {args.stats} BN statistics, "
+          f"{constants:.0f} MiB of constants before)")
+    print(f"  check_pieces: median {statistics.median(times):.2f} s, {batched_sessions} sessions")
+    print(f"  one piece per call: {one_by_one:.2f} s, {len(sessions)} sessions "
+          f"({one_by_one / statistics.median(times):.1f}x the batched time)")
+    print(f"  passed {sum(c.passed for c in checks)}/{len(checks)}; largest error of a correct fold "
+          f"{worst.max_error:.2e} ({worst.label}), tolerance {worst.tolerance:.0e} "
+          f"(margin {worst.tolerance / worst.max_error:.0f}x)")
+
+
+if __name__ == "__main__":
+    main()
