@@ -11,13 +11,15 @@ graph changes, so a refusal leaves it byte-identical.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import onnx
 from onnx import helper
 
+from .checking.folds import LocalChecker
 from .graph import (DEFAULT_DOMAINS, Edit, GraphIndex, ModelScope, NotConstant, function_types, node_label,
                     scope_types)
+from .graph.pieces import PieceBuilder
 from .report import BnDecision
 from .rules import PRODUCER_RULES, backward, decomposed, forward, standalone
 from .rules.base import BatchNorm, Refuse, read_batchnorm
@@ -33,9 +35,11 @@ VALIDATED_OPS = frozenset({"BatchNormalization", "Add", "Sub", "Mul", "Div", "De
 class Engine:
     """Folds one model in place and records a decision for every BN and decomposed-BN candidate."""
 
-    def __init__(self, model: onnx.ModelProto, options):
+    def __init__(self, model: onnx.ModelProto, options, excluded: Optional[Dict[tuple, str]] = None):
         self.model = model
         self.options = options
+        self.excluded = excluded or {}  # (scope path, output) -> why that fold is not made (it failed its check)
+        self.checker = LocalChecker(model) if options.local_check else None
         self.scope = ModelScope(model, fold_input_initializers=options.fold_input_initializers)
         self.types = scope_types(model)
         skipped = set(options.skip)
@@ -43,12 +47,21 @@ class Engine:
         self.skipped = skipped
         self.decisions: List[BnDecision] = []
         self.decomposed: List[BnDecision] = []
-        self.edits: List[Edit] = []
 
     def run(self) -> None:
         self.fold_graph(self.model.graph, None, "main", key=())
         for function in self.model.functions:
             self.fold_function(function)
+        if self.checker is not None:
+            self.checker.flush()
+
+    @property
+    def local_failures(self) -> Dict[tuple, str]:
+        return self.checker.failures if self.checker is not None else {}
+
+    @property
+    def local_summary(self) -> Optional[dict]:
+        return self.checker.summary() if self.checker is not None else None
 
     def fold_function(self, function: onnx.FunctionProto) -> None:
         """Fold inside a model-local function body, which every call site shares: only BNs whose weights and
@@ -86,8 +99,10 @@ class Engine:
                           folded=False)
 
     def _apply(self, decision: BnDecision, edit: Edit, rule: str, index: GraphIndex) -> None:
+        builder = PieceBuilder(decision.label, edit, index, edit.output_axes) if self.checker is not None else None
         index.editor.apply(edit)
-        self.edits.append(edit)
+        if builder is not None:
+            self.checker.add(builder.after(), decision, (index.path, decision.output))
         decision.folded, decision.reason, decision.rule = True, None, rule
         decision.into = ", ".join(node_label(node) for node in edit.into)
         decision.into_op = "+".join(node.op_type for node in edit.into)
@@ -96,6 +111,9 @@ class Engine:
 
     def fold_batchnorm(self, node: onnx.NodeProto, index: GraphIndex) -> BnDecision:
         decision = self._decision(node, index)
+        if (index.path, decision.output) in self.excluded:
+            decision.reason = self.excluded[(index.path, decision.output)]
+            return decision
         try:
             bn = read_batchnorm(node, index)
         except Refuse as why:
@@ -149,7 +167,9 @@ class Engine:
         decision = self._decision(node, index)
         decision.node = node_label(nodes[0])
         reasons: List[str] = []
-        if producer.op_type not in self.producers:
+        if (index.path, decision.output) in self.excluded:
+            reasons.append(self.excluded[(index.path, decision.output)])
+        elif producer.op_type not in self.producers:
             reasons.append(f"rule {PRODUCER_RULES[producer.op_type]!r} is skipped")
         else:
             edit = self._try(lambda: forward.plan(producer, nodes, index, nodes[-1], None, None), reasons,
@@ -159,5 +179,3 @@ class Engine:
         decision.reason = None if decision.folded else reasons[0]
         self.decomposed.append(decision)
 
-
-__all__ = ["Engine", "BatchNorm"]

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import onnx
 import onnx.inliner
@@ -28,11 +28,13 @@ class FoldOptions:
     """fold_input_initializers: treat initializers that are also graph inputs (IR >= 4) as constants.
     skip: rules (forward, backward, decomposed, standalone) or producers (conv, conv_transpose, gemm, matmul) not to
     use; see bnfold.rules.RULE_NAMES.
-    inline_functions: inline model-local functions first, so BNs fed by function inputs fold per call site."""
+    inline_functions: inline model-local functions first, so BNs fed by function inputs fold per call site.
+    local_check: check every fold on its own in ONNX Runtime and undo those that fail."""
 
     fold_input_initializers: bool = False
     skip: Tuple[str, ...] = ()
     inline_functions: bool = False
+    local_check: bool = True
 
     def __post_init__(self):
         unknown = sorted(set(self.skip) - set(RULE_NAMES))
@@ -58,6 +60,8 @@ def fold(
     skip: Union[str, Sequence[str]] = (),
     inline_functions: bool = False,
     inplace: bool = False,
+    local_check: bool = True,
+    _reload: Optional[Callable[[], onnx.ModelProto]] = None,
 ) -> Tuple[onnx.ModelProto, FoldReport]:
     """Fold every foldable eval-mode BatchNormalization; return the folded model and a report of each BN.
 
@@ -65,33 +69,62 @@ def fold(
     is returned: see bnfold.graphsurgeon for what that round trip keeps). `skip` is a rule name or a sequence of
     them. Every BN is either folded or listed in the report with the reason it stays; the graph's inputs, outputs,
     opsets and metadata are unchanged.
+
+    local_check: run every fold's replaced piece and its replacement on their own in ONNX Runtime (see
+    bnfold.checking.local); a fold that fails is not applied and its BN stays, with the reason. With inplace=True
+    the model is serialized once first, to fold again without the failing BNs should one fail.
     """
     options = FoldOptions(fold_input_initializers=as_flag(fold_input_initializers, "fold_input_initializers"),
-                          skip=as_names(skip, "skip"), inline_functions=as_flag(inline_functions, "inline_functions"))
+                          skip=as_names(skip, "skip"), inline_functions=as_flag(inline_functions, "inline_functions"),
+                          local_check=as_flag(local_check, "local_check"))
     if is_graphsurgeon_graph(model):
         return fold_graphsurgeon(model, skip=options.skip, fold_input_initializers=options.fold_input_initializers,
-                                 inline_functions=options.inline_functions)
+                                 inline_functions=options.inline_functions, local_check=options.local_check)
     if isinstance(model, (str, os.PathLike)):
-        model = load_model(model)
+        path = model
+        model, reload = load_model(path), (lambda: load_model(path))
     elif not isinstance(model, onnx.ModelProto):
         raise ArgumentTypeError("model", "expected an onnx.ModelProto, a path or an onnx_graphsurgeon.Graph, "
                                 f"got {type(model).__name__}")
     elif not inplace:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        model = copy
+        original, model = model, onnx.ModelProto()
+        model.CopyFrom(original)
+
+        def reload():
+            copy = onnx.ModelProto()
+            copy.CopyFrom(original)
+            return copy
+    else:
+        reload = _reload or _snapshot(model, options)
     started = time.perf_counter()
     report = FoldReport(ops_before=count_ops(model), initializer_bytes_before=tensor_bytes(model))
-    if options.inline_functions and model.functions:
-        model = onnx.inliner.inline_local_functions(model)
-    engine = Engine(model, options)
-    engine.run()
+    excluded: Dict[tuple, str] = {}
+    while True:
+        working = onnx.inliner.inline_local_functions(model) if options.inline_functions and model.functions \
+            else model
+        engine = Engine(working, options, excluded=excluded)
+        engine.run()
+        if not engine.local_failures:
+            break
+        # A fold failed its local check (a bnfold bug): fold again from the original, keeping those BNs.
+        excluded.update(engine.local_failures)
+        model = reload()
+    model = working
     report.decisions = engine.decisions
     report.decomposed = engine.decomposed
+    report.local_check = engine.local_summary
     report.ops_after = count_ops(model)
     report.initializer_bytes_after = tensor_bytes(model)
     report.elapsed_s = time.perf_counter() - started
     return model, report
+
+
+def _snapshot(model: onnx.ModelProto, options: FoldOptions) -> Callable[[], onnx.ModelProto]:
+    """A way back to the model as it was, for a second fold; serialized only when the local check may need it."""
+    if not options.local_check:
+        return lambda: model
+    data = model.SerializeToString()
+    return lambda: onnx.load_from_string(data)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -137,7 +170,8 @@ def fold_file(
         check_model(source)
     model = load_model(source)
     folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip,
-                          inline_functions=inline_functions, inplace=True)
+                          inline_functions=inline_functions, inplace=True, local_check=verify,
+                          _reload=lambda: load_model(source))
     report.source = str(source)
     report.destination = None if destination is None else str(destination)
     if verify and report.changed:

@@ -22,11 +22,18 @@ class BnDecision:
     reason: Optional[str] = None
     rounding_error: float = 0.0
     local_error: Optional[float] = None  # the local check's worst per-channel relative error
+    local_check: Optional[str] = None  # why the local check did not judge this fold, when it did not
 
     @property
     def into_weights(self) -> bool:
         """Folded into a neighbour's weights (not just replaced by Mul + Add)."""
         return self.folded and self.rule != "standalone"
+
+    def describe(self) -> str:
+        """'bn -> 'y' into Conv conv through Add [forward]', with the local check's error when it ran."""
+        through = f" through {', '.join(self.through)}" if self.through else ""
+        checked = f", local error {self.local_error:.2g}" if self.local_error is not None else ""
+        return f"{self.label} into {self.into_op} {self.into}{through} [{self.rule}{checked}]"
 
     @property
     def label(self) -> str:
@@ -38,6 +45,7 @@ class BnDecision:
 class FoldReport:
     decisions: List[BnDecision] = field(default_factory=list)  # one per BatchNormalization node
     decomposed: List[BnDecision] = field(default_factory=list)  # Mul/Add chains recognised as a BN
+    local_check: Optional[dict] = None  # what the local check covered (bnfold.checking.folds)
     ops_before: Dict[str, int] = field(default_factory=dict)
     ops_after: Dict[str, int] = field(default_factory=dict)
     initializer_bytes_before: int = 0
@@ -51,6 +59,14 @@ class FoldReport:
     @property
     def folded(self) -> List[BnDecision]:
         return [d for d in self.decisions if d.folded]
+
+    @property
+    def into_weights(self) -> List[BnDecision]:
+        return [d for d in self.decisions if d.into_weights]
+
+    @property
+    def standalone(self) -> List[BnDecision]:
+        return [d for d in self.decisions if d.folded and not d.into_weights]
 
     @property
     def kept(self) -> List[BnDecision]:
@@ -80,13 +96,19 @@ class FoldReport:
             "elapsed_s": round(self.elapsed_s, 6),
             "bn_total": len(self.decisions),
             "bn_folded": self.folded_count,
+            "bn_into_weights": len(self.into_weights),
+            "bn_standalone": len(self.standalone),
             "bn_kept": self.kept_count,
+            "decomposed_total": len(self.decomposed),
+            "decomposed_folded": sum(d.folded for d in self.decomposed),
             "max_rounding_error": self.max_rounding_error,
             "ops_before": dict(sorted(self.ops_before.items())),
             "ops_after": dict(sorted(self.ops_after.items())),
             "initializer_bytes_before": self.initializer_bytes_before,
             "initializer_bytes_after": self.initializer_bytes_after,
             "decisions": [asdict(d) for d in self.decisions],
+            "decomposed": [asdict(d) for d in self.decomposed],
+            "local_check": self.local_check,
         }
         if self.verification is not None:
             data["verification"] = self.verification.to_dict()
@@ -111,12 +133,30 @@ class FoldReport:
         lines.append(f"{'initializer size':{width}}  {_size(self.initializer_bytes_before):>10}  "
                      f"{_size(self.initializer_bytes_after):>10}")
         total = len(self.decisions)
-        lines.append(f"BatchNormalization: {self.folded_count} of {total} folded, {self.kept_count} kept"
-                     f"  ({self.elapsed_s:.2f} s)")
+        lines.append(f"BatchNormalization: {self.folded_count} of {total} folded ({len(self.into_weights)} into "
+                     f"weights, {len(self.standalone)} as Mul + Add), {self.kept_count} kept  ({self.elapsed_s:.2f} s)")
         for decision in self.folded if verbose else ():
-            lines.append(f"  folded {decision.label} into {decision.into_op} {decision.into} [{decision.rule}]")
+            lines.append(f"  folded {decision.describe()}")
         for decision in self.kept:
             lines.append(f"  kept   {decision.label}: {decision.reason}")
+        if self.decomposed:
+            done = [d for d in self.decomposed if d.folded]
+            lines.append(f"decomposed BN (Mul/Add chains after a producer): {len(done)} of {len(self.decomposed)} "
+                         "folded into weights")
+            for decision in (done if verbose else ()):
+                lines.append(f"  folded {decision.describe()}")
+            for decision in self.decomposed:
+                if not decision.folded:
+                    lines.append(f"  kept   {decision.label}: {decision.reason}")
+        if self.local_check and self.local_check.get("ran"):
+            worst = self.local_check.get("worst_error")
+            lines.append(f"local check: {self.local_check['checked']} fold(s) run on their own in ONNX Runtime, "
+                         f"worst per-channel error {worst:.2g}" if worst is not None else
+                         f"local check: {self.local_check['checked']} fold(s) run on their own in ONNX Runtime")
+            if self.local_check.get("skipped"):
+                lines[-1] += f"; {self.local_check['skipped']} skipped (ONNX Runtime cannot run the original piece)"
+        elif self.local_check:
+            lines.append(f"local check: not run ({self.local_check.get('why')})")
         if self.max_rounding_error:
             lines.append(f"largest weight change from rounding to the weight dtype: {self.max_rounding_error:.3g}")
         return "\n".join(lines)

@@ -38,6 +38,7 @@ class Edit:
     into: List[onnx.NodeProto] = field(default_factory=list)  # the nodes that absorbed the BN
     through: List[onnx.NodeProto] = field(default_factory=list)  # look-through nodes the fold crossed
     rounding_error: float = 0.0
+    output_axes: Dict[str, Optional[int]] = field(default_factory=dict)  # channel axis of what the fold outputs
 
     def set_constant(self, node: onnx.NodeProto, index: int, value: np.ndarray, hint: str) -> None:
         self.operations.append(("set_constant", node, index, value, hint))

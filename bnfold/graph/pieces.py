@@ -7,6 +7,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
+from onnx import helper
+
+from .index import NotConstant, attribute
 
 Dims = Tuple[Optional[int], ...]  # None where the size is not known
 
@@ -38,3 +41,127 @@ class Piece:
     constants_before: Dict[str, np.ndarray] = field(default_factory=dict)
     constants_after: Dict[str, np.ndarray] = field(default_factory=dict)
     channel_axes: Dict[str, Optional[int]] = field(default_factory=dict)
+
+
+def _involved(edit, index) -> List[onnx.NodeProto]:
+    """The existing nodes an edit reads, changes or removes, plus the constant-only nodes feeding them (a
+    DequantizeLinear whose scale absorbs the BN), in graph order."""
+    nodes = {}
+    for operation in edit.operations:
+        kind = operation[0]
+        if kind in ("set_constant", "remove", "bypass", "set_attribute"):
+            nodes[id(operation[1])] = operation[1]
+        elif kind == "rename":
+            producer = index.producer(operation[1])
+            if producer is not None:
+                nodes[id(producer)] = producer
+    for node in (*edit.into, *edit.through):
+        nodes[id(node)] = node
+    existing = {key: node for key, node in nodes.items() if key in index.editor.key and key not in
+                {id(n) for n in index.editor.inserted}}
+    pending = list(existing.values())
+    while pending:
+        for name in pending.pop().input:
+            producer = index.producer(name) if name else None
+            if producer is None or id(producer) in existing or index.is_constant(name):
+                continue
+            if all(not n or index.is_constant(n) or id(index.producer(n)) in existing for n in producer.input):
+                existing[id(producer)] = producer
+                pending.append(producer)
+    return sorted(existing.values(), key=lambda node: index.editor.key[id(node)])
+
+
+def _inputs_and_constants(nodes, index):
+    produced = {name for node in nodes for name in node.output if name}
+    inputs, constants = {}, {}
+    for node in nodes:
+        for name in node.input:
+            if not name or name in produced or name in inputs or name in constants:
+                continue
+            try:
+                constants[name] = index.constant(name)
+            except NotConstant:  # a run-time tensor: the piece reads it as an input
+                dims = index.dims(name)
+                if dims is None:
+                    dims = _dims_from_readers(name, nodes, index)
+                inputs[name] = PieceInput(name, index.dtype(name) or np.dtype(np.float32),
+                                          tuple(dims) if dims is not None else ())
+    return list(inputs.values()), constants
+
+
+def _dims_from_readers(name: str, nodes, index) -> Optional[List[Optional[int]]]:
+    """Dims of a run-time input that the model does not declare, as far as a Conv / ConvTranspose / Gemm / MatMul
+    reading it as its data input implies them (None where they do not say)."""
+    for node in nodes:
+        if not node.input or node.input[0] != name or node.op_type not in ("Conv", "ConvTranspose", "Gemm",
+                                                                           "MatMul"):
+            continue
+        try:
+            weight = index.constant(node.input[1])
+            group = int(attribute(node, "group", 1))
+        except (NotConstant, IndexError):
+            continue
+        if node.op_type == "Conv" and weight.ndim >= 3:
+            return [None, weight.shape[1] * group] + [None] * (weight.ndim - 2)
+        if node.op_type == "ConvTranspose" and weight.ndim >= 3:
+            return [None, weight.shape[0]] + [None] * (weight.ndim - 2)
+        if node.op_type == "Gemm" and weight.ndim == 2:
+            k = weight.shape[1] if attribute(node, "transB", 0) else weight.shape[0]
+            return [k, None] if attribute(node, "transA", 0) else [None, k]
+        if node.op_type == "MatMul" and weight.ndim == 2:
+            rank = index.rank(name) or 2
+            return [None] * (rank - 1) + [weight.shape[0]]
+    return None
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
+
+
+class PieceBuilder:
+    """Records one fold as a Piece: `before()` ahead of the edit, `after()` once it is applied."""
+
+    def __init__(self, label: str, edit, index, channel_axes: Dict[str, Optional[int]]):
+        self.label, self.edit, self.index = label, edit, index
+        self.nodes = _involved(edit, index)
+        ids = {id(node) for node in self.nodes}
+        self.inputs, self.constants = _inputs_and_constants(self.nodes, index)
+        self.outputs: List[str] = []
+        self.readers: Dict[str, tuple] = {}  # output -> (a reader outside the piece, its input position)
+        for node in self.nodes:
+            for name in node.output:
+                outside = [user for user in index.users(name) if id(user) not in ids]
+                if outside or index.is_graph_output(name):
+                    self.outputs.append(name)
+                    if outside and name in outside[0].input:
+                        self.readers[name] = (outside[0], list(outside[0].input).index(name))
+        self.before_nodes = [_copy(node) for node in self.nodes]
+        self.channel_axes = {name: channel_axes.get(name, 1) for name in self.outputs}
+
+    def after(self) -> Piece:
+        index = self.index
+        inserted = [node for operation in self.edit.operations if operation[0] == "insert_after"
+                    for node in operation[2]]
+        nodes = [node for node in self.nodes if not index.is_removed(node)] + inserted
+        nodes.sort(key=lambda node: index.editor.key[id(node)])
+        after_nodes = [_copy(node) for node in nodes]
+        for name in self.outputs:
+            reader = self.readers.get(name)
+            now = reader[0].input[reader[1]] if reader is not None else name
+            if now != name:  # the edit moved the readers to a new tensor: compare it under the old name
+                _rename_inside(after_nodes, name, f"{name}__before_edit")
+                after_nodes.append(helper.make_node("Identity", [now], [name]))
+        _, constants_after = _inputs_and_constants(nodes, index)
+        return Piece(self.label, self.inputs, self.outputs, self.before_nodes, after_nodes, self.constants,
+                     constants_after, self.channel_axes)
+
+
+def _rename_inside(nodes: List[onnx.NodeProto], old: str, new: str) -> None:
+    """Rename tensor `old` to `new` among a piece's own nodes (what they produce and read)."""
+    for node in nodes:
+        for field_ in (node.input, node.output):
+            for position, name in enumerate(field_):
+                if name == old:
+                    field_[position] = new

@@ -55,6 +55,7 @@ def plan(bn: BatchNorm, index: GraphIndex, allowed=tuple(PRODUCERS)) -> Optional
             raise Refuse(f"channel mismatch: {reader.op_type} {node_label(reader)!r} has {count} input channels, "
                          f"BN has {bn.channels}")
         entry.backward(reader, index, scale, shift, edit)
+        edit.output_axes[reader.output[0]] = -1 if reader.op_type == "MatMul" else 1
     for node in nodes:
         if node.op_type in AFFINE:
             edit.bypass(node, list(node.input).index(data_input(node, index)))

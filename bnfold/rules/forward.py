@@ -60,7 +60,7 @@ def plan(producer: onnx.NodeProto, nodes: List[onnx.NodeProto], index: GraphInde
         total_scale, total_shift = chain.scale * scale, chain.shift * scale + shift
     else:
         total_scale, total_shift = chain.scale, chain.shift
-    edit = Edit(into=[producer], through=list(nodes))
+    edit = Edit(into=[producer], through=list(nodes), output_axes={end.output[0]: channels.axis})
     inserted = entry.forward(producer, index, total_scale, total_shift, edit)
     kept = (inserted or producer).output[0]
     for node in nodes:

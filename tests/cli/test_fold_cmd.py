@@ -26,7 +26,7 @@ def test_fold_writes_verified_model_and_prints_summary(tmp_path):
     source = save(fixtures.conv_bn_bn(), tmp_path / "m.onnx")
     result = invoke(source, "-o", tmp_path / "out.onnx")
     assert result.exit_code == 0, result.output
-    assert "BatchNormalization: 2 of 2 folded, 0 kept" in result.output
+    assert "BatchNormalization: 2 of 2 folded (2 into weights, 0 as Mul + Add), 0 kept" in result.output
     assert "PASSED" in result.output
     folded = onnx.load(tmp_path / "out.onnx")
     assert [n.op_type for n in folded.graph.node] == ["Conv"]
@@ -93,11 +93,30 @@ def test_no_verify_does_not_import_onnxruntime(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_failed_verification_writes_nothing_and_exits_1(tmp_path, monkeypatch):
-    import bnfold.rules.producers as conv_rule
+def _wrong_bias_fold(monkeypatch):
+    import bnfold.rules.producers as producers
 
-    real_fold_bias = conv_rule.fold_bias
-    monkeypatch.setattr(conv_rule, "fold_bias", lambda *args: real_fold_bias(*args) + 0.5)  # a wrong fold
+    real_fold_bias = producers.fold_bias
+    monkeypatch.setattr(producers, "fold_bias", lambda *args: real_fold_bias(*args) + 0.5)  # a wrong fold
+
+
+def test_a_wrong_fold_is_caught_by_its_local_check_and_not_applied(tmp_path, monkeypatch):
+    _wrong_bias_fold(monkeypatch)
+    source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
+    result = invoke(source, "-o", tmp_path / "out.onnx")
+    assert result.exit_code == 0, result.output
+    assert "kept   bn -> 'y': local check failed: max rel error" in result.output
+    folded = onnx.load(tmp_path / "out.onnx")
+    assert "BatchNormalization" in [node.op_type for node in folded.graph.node]
+    assert_same_outputs(fixtures.conv_bn(), folded)
+
+
+def test_failed_verification_writes_nothing_and_exits_1(tmp_path, monkeypatch):
+    """A wrong fold that got past the local check (here: the check is made unavailable) fails end to end."""
+    import bnfold.checking.folds as folds
+
+    _wrong_bias_fold(monkeypatch)
+    monkeypatch.setattr(folds, "_onnxruntime_available", lambda: False)
     source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
     result = invoke(source, "-o", tmp_path / "out.onnx")
     assert result.exit_code == 1
