@@ -23,6 +23,7 @@ from .errors import (
     ModelLoadError,
     OutputError,
     ProviderError,
+    UnresolvedShapeError,
     UsageError,
     VerificationFailed,
 )
@@ -35,8 +36,8 @@ _LAZY = {
     "FoldOptions": ".folding",
     "FoldReport": ".report",
     "BnDecision": ".report",
-    "verify": ".verification",
-    "VerifyResult": ".verification",
+    "verify": ".checking.end_to_end",
+    "VerifyResult": ".checking.result",
     "bench": ".benchmark",
     "BenchResult": ".benchmark",
     "export": ".exporting",
@@ -47,7 +48,8 @@ _LAZY = {
 
 __all__ = sorted(
     [*_LAZY, "BnfoldError", "ExportError", "ExternalDataError", "InputFileError", "InvalidModelError",
-     "MissingDependencyError", "ModelLoadError", "OutputError", "ProviderError", "UsageError", "VerificationFailed"]
+     "MissingDependencyError", "ModelLoadError", "OutputError", "ProviderError", "UnresolvedShapeError", "UsageError",
+     "VerificationFailed"]
 )
 
 

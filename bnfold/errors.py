@@ -25,6 +25,10 @@ class UsageError(BnfoldError):
     """An option value or argument combination that cannot work (bad shape spec, missing -o, ...)."""
 
 
+class UnresolvedShapeError(UsageError):
+    """A dynamic input dim has no size the check could find (none given, none that lets the model run)."""
+
+
 class InputFileError(BnfoldError):
     """The input path is missing, a directory, or unreadable."""
 
