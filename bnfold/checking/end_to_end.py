@@ -276,10 +276,9 @@ def _locate_divergence(result: VerifyResult, shared, fold_labels) -> None:
     if not failing:
         return
     first = min(failing, key=lambda t: shared.order[t.name])
-    compared_ok = {t.name for t in tensors if t.passed}
     from .intermediates import divergence_source
 
     result.first_divergence = first.name
-    result.divergence_source = divergence_source(first.name, shared, compared_ok, fold_labels)
+    result.divergence_source = divergence_source(first.name, shared, fold_labels)
 
 

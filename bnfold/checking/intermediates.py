@@ -137,15 +137,15 @@ def remove_outputs(model: onnx.ModelProto, added: List[onnx.ValueInfoProto]) -> 
         del model.graph.output[len(model.graph.output) - len(added):]
 
 
-def divergence_source(name: str, shared: SharedTensors, compared_ok: Set[str],
-                      labels: Optional[Mapping[str, str]]) -> Optional[str]:
-    """The BN fold behind a diverging tensor: the tensor's own label, else the first labelled tensor or
-    BatchNormalization found walking up the reference from it through tensors not shown to agree."""
+def divergence_source(name: str, shared: SharedTensors, labels: Optional[Mapping[str, str]]) -> Optional[str]:
+    """The BN fold behind a diverging tensor: the tensor's own label, else the nearest labelled tensor or
+    BatchNormalization walking up the reference from it (a Relu after a BN can fail first: its channels' peaks,
+    and so its tolerances, are smaller than the BN output's)."""
     labels = labels or {}
     seen, frontier = set(), [name]
     while frontier:
         tensor = frontier.pop(0)
-        if tensor in seen or (tensor in compared_ok and tensor != name):
+        if tensor in seen:
             continue
         seen.add(tensor)
         if tensor in labels:
