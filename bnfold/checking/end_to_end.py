@@ -246,7 +246,7 @@ def _first_run(runner, specs, plan, provided, seed, branches):
     for shapes, chosen in plan.candidates():
         feeds = branch_variants(make_feeds(specs, shapes, provided, seed), branches)[0]
         try:
-            values = runner.run(feeds)
+            values = runner.run(feeds, quiet=bool(plan.groups))
         except InvalidModelError as error:
             if not chosen:
                 raise

@@ -12,9 +12,9 @@ import numpy as np
 class OutputComparison:
     """How one tensor (a graph output, or an intermediate both models share by name) compares, over all runs.
 
-    atol: the largest absolute tolerance used (with per-channel tolerances, the largest channel's).
-    per_channel: whether the default tolerance followed each channel's own scale (axis 1).
-    error_ratio: max |a-b| / (atol + rtol * |ref|) over elements, with each element's own tolerance; <= 1 passes.
+    per_channel: whether each channel's mean error was also checked against the channel's own scale (axis 1);
+      channels_outside counts the channels beyond it, channel_error_ratio is the worst mean error / tolerance.
+    error_ratio: max |a-b| / (atol + rtol * |ref|) over elements; <= 1 passes.
     min_atol: the smallest single atol that passes every element with the rtol used (max(|a-b| - rtol*|ref|), >= 0).
     min_rtol: the smallest rtol that passes every element with the atol used (max((|a-b| - atol) / |ref|));
       inf when an element beyond atol has a zero reference.
@@ -45,18 +45,25 @@ class OutputComparison:
     candidate_nan: int = 0
     candidate_inf: int = 0
     nonfinite_mismatched: int = 0
+    channels_outside: int = 0
+    channel_error_ratio: Optional[float] = None
     problem: Optional[str] = None
 
     @property
     def passed(self) -> bool:
-        return self.problem is None and self.mismatched == 0
+        return self.problem is None and self.mismatched == 0 and self.channels_outside == 0
 
     def merged(self, other: "OutputComparison") -> "OutputComparison":
         """This tensor's comparison over two runs: worst case of each metric, sums of the counts."""
         if self.problem or other.problem:
             return self if self.problem else other
-        if self.max_abs_error is None or other.max_abs_error is None:  # non-numeric values have counts only
-            return replace(self, elements=self.elements + other.elements, mismatched=self.mismatched + other.mismatched)
+        if self.max_abs_error is None or other.max_abs_error is None:
+            # Non-numeric values, and intermediates that passed a quick check, have counts only.
+            detailed = other if self.max_abs_error is None else self
+            return replace(detailed, elements=self.elements + other.elements,
+                           compared_elements=self.compared_elements + other.compared_elements,
+                           mismatched=self.mismatched + other.mismatched,
+                           channels_outside=self.channels_outside + other.channels_outside)
         compared = self.compared_elements + other.compared_elements
         mean = (
             (self.mean_abs_error * self.compared_elements + other.mean_abs_error * other.compared_elements) / compared
@@ -66,6 +73,9 @@ class OutputComparison:
         return replace(
             self,
             atol=max(self.atol, other.atol),
+            channels_outside=self.channels_outside + other.channels_outside,
+            channel_error_ratio=max(self.channel_error_ratio or 0.0, other.channel_error_ratio or 0.0)
+            if self.per_channel else None,
             elements=self.elements + other.elements,
             compared_elements=compared,
             mismatched=self.mismatched + other.mismatched,
@@ -231,18 +241,18 @@ def _format_number(value: Optional[float]) -> str:
 
 def _table(outputs: Sequence[OutputComparison], first_column: str) -> str:
     columns = [first_column, "shape", "dtype", "max abs", "max rel", "mean abs", "cosine", "outside tol",
-               "atol", "rtol", "min atol", "min rtol", "result"]
+               "channels out", "atol", "rtol", "min atol", "min rtol", "result"]
     rows = []
     for output in outputs:
         shape = shape_text(output.shape) if output.shape is not None else "-"
         cosine = "-" if output.cosine_similarity is None else f"{output.cosine_similarity:.8f}"
         outside = "-" if output.problem else f"{output.mismatched}/{output.elements}"
-        atol = _format_number(output.atol) + ("/ch" if output.per_channel else "")
+        channels = f"{output.channels_outside}/{output.shape[1]}" if output.per_channel and output.shape else "-"
         rows.append([
             output.name, shape, output.dtype or "-",
             _format_number(output.max_abs_error), _format_number(output.max_rel_error),
-            _format_number(output.mean_abs_error), cosine, outside,
-            atol, _format_number(output.rtol),
+            _format_number(output.mean_abs_error), cosine, outside, channels,
+            _format_number(output.atol), _format_number(output.rtol),
             _format_number(output.min_atol), _format_number(output.min_rtol),
             "ok" if output.passed else "FAIL",
         ])
@@ -260,6 +270,11 @@ def _output_notes(output: OutputComparison, candidate_label: str) -> List[str]:
             f"{output.name}: reference has {output.reference_nan} NaN and {output.reference_inf} inf values "
             f"(candidate: {output.candidate_nan} NaN, {output.candidate_inf} inf); "
             "matching NaN/inf positions count as equal"
+        )
+    if output.channels_outside:
+        notes.append(
+            f"{output.name}: {output.channels_outside} channel(s) have a mean error beyond their own scale "
+            f"(worst {output.channel_error_ratio:.3g}x its tolerance): a whole channel moved, as a wrong fold moves it"
         )
     if output.nonfinite_mismatched:
         notes.append(

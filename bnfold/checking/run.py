@@ -41,11 +41,12 @@ class Runner:
         except InvalidModelError as error:
             raise InvalidModelError(f"{label}: {error}") from None
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Outputs by name (the extra ones included); the model's label is in the error when ORT fails."""
+    def run(self, feeds: Mapping[str, np.ndarray], quiet: bool = False) -> Dict[str, np.ndarray]:
+        """Outputs by name (the extra ones included); the model's label is in the error when ORT fails.
+        quiet: a failure is not logged by ORT (a trial the caller expects may fail)."""
         from ..runtime import run
 
         try:
-            return run(self.session, dict(feeds))
+            return run(self.session, dict(feeds), quiet=quiet)
         except InvalidModelError as error:
             raise InvalidModelError(f"{self.label}: {error}") from None
