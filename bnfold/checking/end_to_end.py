@@ -189,6 +189,8 @@ def verify(
         shared = shared_tensors(reference_model, candidate_model)
     extra = shared.names if shared else None
     reference_runner = _runner(reference_model, reference_source, reference_label, ort_opt_level, extra)
+    if isinstance(reference, (str, os.PathLike)):
+        del reference_model  # loaded here, and ORT has its own copy: free its weights before the candidate's session
     shapes, notes, first_feeds, first_outputs = _first_run(reference_runner, reference_specs, plan, provided, seed,
                                                            branches)
     problems = _input_problems(reference_specs, graph_inputs(candidate_model), first_feeds)
@@ -203,8 +205,6 @@ def verify(
                 continue
             feed_sets.append((variant, reference_runner.run(variant)))
     del reference_runner
-    if isinstance(reference, (str, os.PathLike)) and shared is None:
-        del reference_model  # the ModelProto loaded here is not needed any more; free its weights before the next
 
     candidate_runner = _runner(candidate_model, candidate_source, candidate_label, ort_opt_level, extra)
     result = None
