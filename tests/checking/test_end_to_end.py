@@ -161,7 +161,6 @@ def test_api_arguments_accept_a_single_string_and_name_bad_parameters(tmp_path):
         bnfold.verify(model, model, atol="1e-3")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["text_recognizer_dynamic_width", "detector_dynamic_hw"])
 def test_dynamic_fixtures_fold_and_verify_with_no_flags(tmp_path, name):
     from click.testing import CliRunner
