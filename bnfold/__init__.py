@@ -24,6 +24,7 @@ from .errors import (
     ModelLoadError,
     OutputError,
     ProviderError,
+    UnresolvedShapeError,
     UsageError,
     VerificationFailed,
 )
@@ -36,8 +37,8 @@ _LAZY = {
     "FoldOptions": ".folding",
     "FoldReport": ".report",
     "BnDecision": ".report",
-    "verify": ".verification",
-    "VerifyResult": ".verification",
+    "verify": ".checking.end_to_end",
+    "VerifyResult": ".checking.result",
     "bench": ".benchmark",
     "BenchResult": ".benchmark",
     "export": ".exporting",
@@ -52,8 +53,9 @@ _LAZY = {
 }
 
 __all__ = sorted(
-    [*_LAZY, "ArgumentTypeError", "BnfoldError", "ExportError", "ExternalDataError", "InputFileError", "InvalidModelError",
-     "MissingDependencyError", "ModelLoadError", "OutputError", "ProviderError", "UsageError", "VerificationFailed"]
+    [*_LAZY, "ArgumentTypeError", "BnfoldError", "ExportError", "ExternalDataError", "InputFileError",
+     "InvalidModelError", "MissingDependencyError", "ModelLoadError", "OutputError", "ProviderError",
+     "UnresolvedShapeError", "UsageError", "VerificationFailed"]
 )
 
 

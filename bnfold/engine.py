@@ -22,7 +22,7 @@ from .graph import (DEFAULT_DOMAINS, Edit, GraphIndex, ModelScope, NotConstant, 
 from .graph.pieces import PieceBuilder
 from .report import BnDecision
 from .rules import PRODUCER_RULES, backward, decomposed, forward, standalone
-from .rules.base import BatchNorm, Refuse, read_batchnorm
+from .rules.base import Refuse, read_batchnorm
 from .rules.chain import walk_up
 from .rules.producers import PRODUCERS
 

@@ -33,6 +33,10 @@ class ArgumentTypeError(UsageError, TypeError):
         self.parameter = parameter
 
 
+class UnresolvedShapeError(UsageError):
+    """A dynamic input dim has no size the check could find (none given, none that lets the model run)."""
+
+
 class InputFileError(BnfoldError):
     """The input path is missing, a directory, or unreadable."""
 

@@ -43,7 +43,9 @@ from .saving import save_model
 from .errors import ExportError, InvalidModelError, MissingDependencyError, UsageError, VerificationFailed
 from .folding import count_ops, fold as fold_model
 from .report import FoldReport
-from .verification import Tolerance, VerifyResult, compare_outputs, run_model
+from .checking.compare import Tolerance, compare_outputs
+from .checking.result import VerifyResult
+from .checking.run import run_model
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "torchscript"  # keeps every BN on all zoo models at opset 17 and runs without repairs

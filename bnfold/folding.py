@@ -15,7 +15,8 @@ import onnx.inliner
 from .loading import check_model, load_model
 from .saving import save_model
 from .tensors import tensor_bytes
-from .errors import ArgumentTypeError, InvalidModelError, OutputError, UsageError, VerificationFailed
+from .errors import (ArgumentTypeError, InvalidModelError, OutputError, UnresolvedShapeError, UsageError,
+                     VerificationFailed)
 from .engine import Engine
 from .graph import DEFAULT_DOMAINS, subgraphs
 from .graphsurgeon import fold_graphsurgeon, is_graphsurgeon_graph
@@ -148,8 +149,13 @@ def fold_file(
     fold_input_initializers: bool = False,
     skip: Union[str, Sequence[str]] = (),
     inline_functions: bool = False,
+    require_end_to_end: bool = False,
 ) -> FoldReport:
     """Load, fold, verify (unless verify=False) and atomically write a model; return the report.
+
+    Verification compares outputs and shared intermediates (verify_options are bnfold.verify's keywords). When no
+    size of a dynamic input dim lets the original run, the check is skipped and the report says why
+    (report.verification_skipped), unless require_end_to_end, which raises UnresolvedShapeError instead.
 
     The input is never overwritten unless `destination` names it and overwrite=True. When verification fails the
     output is not written (unless force=True) and VerificationFailed is raised, carrying `.result` and `.report`.
@@ -175,14 +181,21 @@ def fold_file(
     report.source = str(source)
     report.destination = None if destination is None else str(destination)
     if verify and report.changed:
-        from .verification import verify as verify_models
+        from .checking.end_to_end import verify as verify_models
 
+        options = {"intermediates": True, **(verify_options or {})}
+        options.setdefault("fold_labels", {d.output: d.label for d in [*report.folded, *report.decomposed]
+                                           if d.folded and d.output})
         try:
             report.verification = verify_models(str(source), folded, candidate_label="folded model (in memory)",
-                                                **verify_options)
+                                                **options)
+        except UnresolvedShapeError as error:
+            if require_end_to_end:
+                raise UnresolvedShapeError(f"cannot verify the fold end to end: {error}") from None
+            report.verification_skipped = f"end-to-end check skipped: {error}"
         except (UsageError, InvalidModelError) as error:
             raise type(error)(f"cannot verify the fold: {error} (or skip the check with --no-verify)") from None
-        if not report.verification.passed and not force:
+        if report.verification is not None and not report.verification.passed and not force:
             report.elapsed_s = time.perf_counter() - started
             error = VerificationFailed("folded model differs from the original beyond tolerance; nothing written "
                                        "(--force writes it anyway)", report.verification)

@@ -159,12 +159,12 @@ def _read_arrays(path: Path) -> List[Tuple[Optional[str], np.ndarray]]:
 
 def random_array(dtype: np.dtype, shape: Tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """Seeded data of the input's dtype: normal floats, small non-negative integers, coin-flip booleans."""
-    dtype = np.dtype(dtype)
+    dtype = np.dtype(dtype)  # np.asarray: a rank-0 draw is a numpy scalar, which ONNX Runtime cannot take
     if dtype == np.bool_:
-        return rng.random(shape) < 0.5
+        return np.asarray(rng.random(shape) < 0.5)
     if np.issubdtype(dtype, np.integer):
-        return rng.integers(0, 8, size=shape).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
+        return np.asarray(rng.integers(0, 8, size=shape), dtype)
+    return np.asarray(rng.standard_normal(shape), dtype)
 
 
 def make_inputs(

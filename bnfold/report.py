@@ -54,7 +54,8 @@ class FoldReport:
     source: Optional[str] = None
     destination: Optional[str] = None
     written: bool = False
-    verification: Optional[object] = None  # a bnfold.verify.VerifyResult when the fold was verified
+    verification: Optional[object] = None  # a bnfold.VerifyResult when the fold was verified
+    verification_skipped: Optional[str] = None  # why the end-to-end check could not run, when it could not
 
     @property
     def folded(self) -> List[BnDecision]:
@@ -112,6 +113,8 @@ class FoldReport:
         }
         if self.verification is not None:
             data["verification"] = self.verification.to_dict()
+        if self.verification_skipped:
+            data["verification_skipped"] = self.verification_skipped
         return data
 
     def to_json(self, indent: int = 2) -> str:
@@ -159,6 +162,8 @@ class FoldReport:
             lines.append(f"local check: not run ({self.local_check.get('why')})")
         if self.max_rounding_error:
             lines.append(f"largest weight change from rounding to the weight dtype: {self.max_rounding_error:.3g}")
+        if self.verification_skipped:
+            lines.append(self.verification_skipped)
         return "\n".join(lines)
 
 

@@ -119,11 +119,16 @@ def make_session(
     return session
 
 
-def run(session, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Run a session and return its outputs by name; ORT's run failures become InvalidModelError."""
+def run(session, feeds: Dict[str, np.ndarray], quiet: bool = False) -> Dict[str, np.ndarray]:
+    """Run a session and return its outputs by name; ORT's run failures become InvalidModelError.
+    quiet: ORT does not log a failure to stderr (the caller handles it, as when trying input sizes)."""
     names = [output.name for output in session.get_outputs()]
+    options = None
+    if quiet:
+        options = import_onnxruntime().RunOptions()
+        options.log_severity_level = 4
     try:
-        return dict(zip(names, session.run(names, feeds)))
+        return dict(zip(names, session.run(names, feeds, options)))
     except Exception as error:  # ORT's exception types derive from Exception directly
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InvalidModelError(f"ONNX Runtime failed to run the model: {message}") from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .verification import verify
+from .checking.end_to_end import verify
 
 
 def assert_equivalent(model_a, model_b, **verify_kwargs):

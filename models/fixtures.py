@@ -518,6 +518,110 @@ def constant_node_weights(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def _conv_bn_layer(nodes, initializers, rng, x, name, c_in, c_out, *, kernel=3, stride=1, gain=1.0, relu=True,
+                   bn_scale=None, bn_bias=None):
+    """Append Conv(no bias) -> BN [-> Relu] to `nodes`; return the output name. `gain` scales gamma and beta, so
+    activations grow by about that factor per layer; bn_scale/bn_bias override gamma/beta per channel."""
+    weight = rng.normal(0, (2.0 / (c_in * kernel * kernel)) ** 0.5, (c_out, c_in, kernel, kernel))
+    initializers.append(numpy_helper.from_array(weight.astype(np.float32), f"{name}_w"))
+    parameters = bn_parameters(c_out, rng, name)
+    gamma, beta = (numpy_helper.to_array(t) * gain for t in parameters[:2])
+    gamma = gamma if bn_scale is None else bn_scale
+    beta = beta if bn_bias is None else bn_bias
+    parameters[:2] = [numpy_helper.from_array(np.asarray(gamma, np.float32), f"{name}_scale"),
+                      numpy_helper.from_array(np.asarray(beta, np.float32), f"{name}_bias")]
+    initializers.extend(parameters)
+    pad = kernel // 2
+    nodes.append(helper.make_node("Conv", [x, f"{name}_w"], [f"{name}_conv"], name=f"{name}_conv",
+                                  strides=[stride, stride], pads=[pad] * 4))
+    nodes.append(bn_node(f"{name}_conv", f"{name}_bn", name))
+    if not relu:
+        return f"{name}_bn"
+    nodes.append(helper.make_node("Relu", [f"{name}_bn"], [f"{name}_relu"], name=f"{name}_relu"))
+    return f"{name}_relu"
+
+
+def growing_activations_net(*, depth: int = 12, channels: int = 16, size: int = 16, gain: float = 2.5,
+                            seed: int = 0) -> onnx.ModelProto:
+    """A plain Conv -> BN -> Relu chain whose activations grow by ~`gain` per layer (peak ~1e5 at the default
+    depth), then GlobalAveragePool -> Flatten -> Gemm logits: the float32 rounding of a correct fold grows with
+    the activations, so a tolerance scaled by one peak hides a wrong late fold."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers = [], []
+    x, c_in = "x", 3
+    for layer in range(depth):
+        x = _conv_bn_layer(nodes, initializers, rng, x, f"l{layer}", c_in, channels, gain=gain)
+        c_in = channels
+    initializers.append(numpy_helper.from_array(rng.normal(0, 0.3, (10, channels)).astype(np.float32), "fc_w"))
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], name="flat"),
+              helper.make_node("Gemm", ["flat", "fc_w"], ["logits"], name="fc", transB=1)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10]),
+               helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", channels, size, size])]
+    return make_model(nodes, inputs, outputs, initializers)
+
+
+def mixed_scale_head(*, scores: int = 4, boxes: int = 4, size: int = 12, box_scale: float = 1e3,
+                     seed: int = 0) -> onnx.ModelProto:
+    """A detection head whose one output mixes scales: channels [0, scores) are scores (~1), the rest box
+    regressions (~box_scale), both from one Conv -> BN over a small Conv -> BN -> Relu backbone."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers = [], []
+    x = _conv_bn_layer(nodes, initializers, rng, "x", "stem", 3, 16)
+    x = _conv_bn_layer(nodes, initializers, rng, x, "body", 16, 16, stride=2)
+    channels = scores + boxes
+    parameters = bn_parameters(channels, rng, "unused")
+    gamma, beta = numpy_helper.to_array(parameters[0]).copy(), numpy_helper.to_array(parameters[1]).copy()
+    gamma[scores:] *= box_scale
+    beta[scores:] *= box_scale
+    _conv_bn_layer(nodes, initializers, rng, x, "head", 16, channels, kernel=1, relu=False, bn_scale=gamma,
+                   bn_bias=beta)
+    nodes.append(helper.make_node("Identity", ["head_bn"], ["pred"], name="pred"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])]
+    outputs = [helper.make_tensor_value_info("pred", TensorProto.FLOAT, ["N", channels, size // 2, size // 2])]
+    return make_model(nodes, inputs, outputs, initializers)
+
+
+def text_recognizer(*, height: int = 48, channels: int = 8, classes: int = 12, seed: int = 0) -> onnx.ModelProto:
+    """A text-recognition-style CNN on a `N x 3 x 48 x W` input (W dynamic): Conv -> BN -> Relu -> MaxPool twice,
+    ReduceMean over the height, Transpose and MatMul to per-column class scores `N x W/4 x classes`."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers = [], []
+    x = _conv_bn_layer(nodes, initializers, rng, "x", "c1", 3, channels)
+    nodes.append(helper.make_node("MaxPool", [x], ["p1"], name="p1", kernel_shape=[2, 2], strides=[2, 2]))
+    x = _conv_bn_layer(nodes, initializers, rng, "p1", "c2", channels, channels)
+    nodes.append(helper.make_node("MaxPool", [x], ["p2"], name="p2", kernel_shape=[2, 2], strides=[2, 2]))
+    nodes.append(helper.make_node("ReduceMean", ["p2"], ["columns"], name="height_mean", axes=[2], keepdims=0))
+    nodes.append(helper.make_node("Transpose", ["columns"], ["sequence"], name="to_sequence", perm=[0, 2, 1]))
+    initializers.append(numpy_helper.from_array(rng.normal(0, 0.5, (channels, classes)).astype(np.float32),
+                                                "classifier"))
+    nodes.append(helper.make_node("MatMul", ["sequence", "classifier"], ["scores"], name="classifier"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, height, "W"])]
+    outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", "T", classes])]
+    return make_model(nodes, inputs, outputs, initializers)
+
+
+def dynamic_detector(*, stages: int = 6, channels: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """A detector on an `N x 3 x H x W` input (both dynamic) with an FPN-style top-down merge: the deepest feature
+    (stride 2^stages) is upsampled x2 and concatenated with the one above it, so H and W must be multiples of 2^stages
+    (64 by default: 32 fails, as real detectors fail on sizes their strides do not divide)."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers = [], []
+    x, c_in, features = "x", 3, []
+    for stage in range(stages):
+        x = _conv_bn_layer(nodes, initializers, rng, x, f"s{stage}", c_in, channels, stride=2)
+        features.append(x)
+        c_in = channels
+    initializers.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "up_scales"))
+    nodes.append(helper.make_node("Resize", [features[-1], "", "up_scales"], ["up"], name="up", mode="nearest"))
+    nodes.append(helper.make_node("Concat", ["up", features[-2]], ["merged"], name="merge", axis=1))
+    _conv_bn_layer(nodes, initializers, rng, "merged", "head", 2 * channels, 6, kernel=1, relu=False)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])]
+    outputs = [helper.make_tensor_value_info("head_bn", TensorProto.FLOAT, ["N", 6, "h", "w"])]
+    return make_model(nodes, inputs, outputs, initializers)
+
+
 # The models `python models/fixtures.py` writes: name -> builder. Each exercises a rule or a refusal.
 SHIPPED: Dict[str, callable] = {
     "conv_bn": conv_bn,
@@ -543,6 +647,10 @@ SHIPPED: Dict[str, callable] = {
     "function_conv_bn": lambda: function_model(weights_inside=True),
     "constant_node_weights": constant_node_weights,
     "opset9_conv_bn": lambda: _at_opset(conv_bn(), 9),
+    "growing_activations_net": growing_activations_net,
+    "mixed_scale_head": mixed_scale_head,
+    "text_recognizer_dynamic_width": text_recognizer,
+    "detector_dynamic_hw": dynamic_detector,
 }
 
 

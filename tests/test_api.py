@@ -6,7 +6,7 @@ import sys
 
 def test_api_functions_stay_callable_after_every_submodule_is_imported():
     code = (
-        "import bnfold.folding, bnfold.verification, bnfold.benchmark, bnfold.exporting, bnfold.testing, bnfold.cli\n"
+        "import bnfold.folding, bnfold.checking.end_to_end, bnfold.benchmark, bnfold.exporting, bnfold.testing, bnfold.cli\n"
         "import bnfold\n"
         "for name in ('fold', 'fold_file', 'verify', 'bench', 'export'):\n"
         "    assert callable(getattr(bnfold, name)) and not isinstance(getattr(bnfold, name), type(bnfold)), name\n"

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from bnfold.errors import ExportError, MissingDependencyError, UsageError, VerificationFailed
-from bnfold.verification import run_model
+from bnfold.checking.run import run_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,11 +5,14 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from bnfold.errors import InputFileError, InvalidModelError, ModelLoadError, UsageError
 from verify_models import conv_bn_model, conv_bn_parameters, folded_model, make_model, two_output_model, unary_model
-from bnfold.verification import DEFAULT_TOLERANCES, VerifyResult, compare_outputs, default_tolerance, run_model, verify
+from bnfold.checking.compare import DEFAULT_TOLERANCES, compare_outputs, default_tolerance
+from bnfold.checking.end_to_end import verify
+from bnfold.checking.result import VerifyResult
+from bnfold.checking.run import run_model
 
 @pytest.fixture(scope="module")
 def params():
@@ -80,13 +83,49 @@ def test_dynamic_batch_from_input_shapes(params):
     assert verify(reference, candidate, input_shapes=["x:2x3x8x8"]).outputs[0].shape == (2, 4, 8, 8)
 
 
-def test_symbolic_non_batch_dim_needs_a_shape(params):
+def test_symbolic_non_batch_dims_are_chosen_and_reported(params):
     dims = ("N", 3, "H", "W")
     reference, candidate = conv_bn_model(params, input_dims=dims), folded_model(params, input_dims=dims)
-    with pytest.raises(UsageError, match=r"input 'x' dim 2 is dynamic \('H'\).*--input-shape"):
-        verify(reference, candidate)
+    result = verify(reference, candidate)
+    assert result.passed and result.input_shapes == {"x": (1, 3, 32, 32)}
+    assert "H=32, W=32" in result.summary() and "input shapes: x 1x3x32x32" in result.summary()
     result = verify(reference, candidate, input_shapes=["x:1x3x5x7"])
     assert result.passed and result.outputs[0].shape == (1, 4, 5, 7)
+    assert verify(reference, candidate, input_shapes="x:1x3x5x5").input_shapes == {"x": (1, 3, 5, 5)}
+
+
+def test_a_dim_param_shared_by_two_inputs_gets_one_size():
+    model = make_model(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "T"]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "T"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    assert verify(model, model, input_shapes=["a:1x7"]).input_shapes == {"a": (1, 7), "b": (1, 7)}
+    assert verify(model, model).input_shapes == {"a": (1, 32), "b": (1, 32)}
+
+
+def test_sizes_are_tried_until_the_original_runs():
+    from models import fixtures
+
+    model = fixtures.dynamic_detector()  # an FPN Add that needs H and W to be multiples of 64
+    result = verify(model, model)
+    assert result.passed and result.input_shapes == {"x": (1, 3, 64, 64)}
+    assert "H=64, W=64 (32 did not run)" in result.summary()
+
+
+def test_no_size_that_runs_raises_an_unresolved_shape_error_naming_the_option():
+    from bnfold.errors import UnresolvedShapeError
+
+    model = make_model(  # x must be 1x5 after a fixed Reshape: no trial size fits
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "L"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([5], np.int64), "shape")],
+    )
+    with pytest.raises(UnresolvedShapeError, match=r"dynamic dim\(s\) L .*--input-shape x:1xL"):
+        verify(model, model)
+    assert verify(model, model, input_shapes="x:1x5").passed
 
 
 def test_npz_inputs_are_used(tmp_path):

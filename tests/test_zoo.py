@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from bnfold.exporting import EXPORTERS, export  # noqa: E402 - after the torch check
 from bnfold.loading import load_model  # noqa: E402
-from bnfold.verification import run_model  # noqa: E402
+from bnfold.checking.run import run_model  # noqa: E402
 from models import zoo  # noqa: E402
 
 pytestmark = pytest.mark.torch

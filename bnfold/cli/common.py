@@ -12,7 +12,8 @@ input_shape_option = click.option(
     multiple=True,
     metavar="NAME:D0xD1x...",
     help="Concrete shape for an input with dynamic dims (repeatable). A bare D0xD1x... applies to a "
-    "single-input model. Default: batch 1 for a dynamic first dim; other dynamic dims must be given.",
+    "single-input model. Default: batch 1 for a dynamic first dim; other dynamic dims share the size of a dim "
+    "with the same name, else 32, 64, 128, 224, 320 are tried until the original model runs.",
 )
 inputs_option = click.option(
     "--inputs",

@@ -13,7 +13,8 @@ from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_o
 
 
 @click.command(cls=ToleranceCommand, epilog="Rules: see `bnfold rules`. Exit codes: 0 ok (kept BNs are listed), 1 verification failed, "
-               "2 bad usage, input or output, 3 internal error, 130 interrupted. With several models: the worst "
+               "2 bad usage, input or output (also: no input shape for the end-to-end check with --require-end-to-end), "
+               "3 internal error, 130 interrupted. A skipped end-to-end check is said and exits 0. With several models: the worst "
                "model's code (3 > 2 > 1 > 0).")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str),
@@ -25,6 +26,9 @@ from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_o
 @click.option("--overwrite", is_flag=True, help="Allow -o to name the input file itself.")
 @click.option("--dry-run", is_flag=True, help="Fold and report, but write nothing.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime equivalence check (onnxruntime is not imported).")
+@click.option("--require-end-to-end", is_flag=True,
+              help="Fail (exit 2, nothing written) when the end-to-end check cannot run because no size of a "
+                   "dynamic input dim lets the original model run; by default the fold is written and the skip said.")
 @click.option("--force", is_flag=True, help="Write the folded model even if verification fails (exit code stays 1).")
 @click.option("--no-check", is_flag=True, help="Do not run onnx.checker on the input.")
 @click.option("--fold-input-initializers", is_flag=True,
@@ -42,13 +46,16 @@ from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_o
 @json_target_option
 @click.option("-v", "--verbose", is_flag=True, help="Also list every folded BN.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def fold(models, output, jobs, overwrite, dry_run, no_verify, force, no_check, fold_input_initializers,
-         inline_functions, skip_rules, external_data, input_shapes, input_files, seed, atol, rtol, json_target,
-         verbose, quiet):
+def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end, force, no_check,
+         fold_input_initializers, inline_functions, skip_rules, external_data, input_shapes, input_files, seed, atol,
+         rtol, json_target, verbose, quiet):
     """Fold eval-mode BatchNormalization in MODEL into neighbouring weights and write it to OUTPUT.
 
     The folded model is checked against the original in ONNX Runtime (graph optimizations disabled) before it is
-    written; if they differ, nothing is written and the exit code is 1. The input is never overwritten unless -o
+    written: every output and every intermediate tensor both models share, each against a tolerance that follows
+    its own data (see `bnfold verify --help`); if they differ, nothing is written, the exit code is 1 and the first
+    diverging tensor and its BN are named. Dynamic input dims are chosen (batch 1, other sizes tried until the
+    original runs) and the shapes used are printed. The input is never overwritten unless -o
     names it and --overwrite is given. Writes are atomic (temporary file, fsync, rename).
 
     \b
@@ -59,7 +66,7 @@ def fold(models, output, jobs, overwrite, dry_run, no_verify, force, no_check, f
     fold_options = {
         "verify": not no_verify, "force": force, "overwrite": overwrite, "check": not no_check,
         "external_data": external_data, "fold_input_initializers": fold_input_initializers, "skip": skip_rules,
-        "inline_functions": inline_functions,
+        "inline_functions": inline_functions, "require_end_to_end": require_end_to_end,
         "verify_options": {"input_shapes": list(input_shapes) or None, "input_files": input_files, "seed": seed,
                            "atol": parse_tolerances(atol, "--atol"), "rtol": parse_tolerances(rtol, "--rtol")},
     }
@@ -97,6 +104,8 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
             _print(report, json_target, verbose, quiet)
         raise
     _print(report, json_target, verbose, quiet)
+    if quiet and report.verification_skipped:
+        click.echo(f"bnfold: warning: {report.verification_skipped}", err=True)
     if report.verification is not None and not report.verification.passed:
         click.echo("bnfold: error: verification FAILED; output written because of --force", err=True)
         click.get_current_context().exit(1)

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from bnfold.cli import cli
-from bnfold.verification import run_model
+from bnfold.checking.run import run_model
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch

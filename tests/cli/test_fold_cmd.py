@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 from click.testing import CliRunner
 
 from bnfold.cli import cli
@@ -126,16 +128,41 @@ def test_failed_verification_writes_nothing_and_exits_1(tmp_path, monkeypatch):
     assert forced.exit_code == 1 and (tmp_path / "out.onnx").exists()
 
 
-def test_dynamic_spatial_dims_need_a_shape_to_verify(tmp_path):
+def test_dynamic_spatial_dims_are_chosen_and_printed(tmp_path):
     model = fixtures.conv_bn()
     for axis, name in ((2, "H"), (3, "W")):
         model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
     source = save(model, tmp_path / "m.onnx")
-    refused = invoke(source, "-o", tmp_path / "out.onnx")
-    assert refused.exit_code == 2 and not (tmp_path / "out.onnx").exists()
-    assert "cannot verify the fold: input 'x' dim 2 is dynamic ('H')" in refused.output
-    assert "--no-verify" in refused.output
+    result = invoke(source, "-o", tmp_path / "out.onnx")
+    assert result.exit_code == 0 and (tmp_path / "out.onnx").exists(), result.output
+    assert "input shapes: x 1x4x32x32" in result.output and "H=32, W=32" in result.output
     assert invoke(source, "-o", tmp_path / "out.onnx", "--input-shape", "x:2x4x7x7", "-q").exit_code == 0
+
+
+def _unrunnable_dynamic_model():
+    """conv_bn whose output goes through a fixed Reshape: no trial size of the dynamic dims lets it run."""
+    model = fixtures.conv_bn()
+    for axis, name in ((2, "H"), (3, "W")):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, 8, 9, 9], np.int64), "fixed"))
+    model.graph.node.append(onnx.helper.make_node("Reshape", ["y", "fixed"], ["z"]))
+    model.graph.output[0].name = "z"
+    del model.graph.output[0].type.tensor_type.shape.dim[:]
+    return model
+
+
+def test_end_to_end_check_skipped_with_a_reason_unless_required(tmp_path):
+    source = save(_unrunnable_dynamic_model(), tmp_path / "m.onnx")
+    skipped = invoke(source, "-o", tmp_path / "out.onnx")
+    assert skipped.exit_code == 0 and (tmp_path / "out.onnx").exists(), skipped.output
+    assert "end-to-end check skipped: no size for the dynamic dim(s) H, W" in skipped.output
+    assert "--input-shape x:1x4xHxW" in skipped.output
+    quiet = invoke(source, "-o", tmp_path / "out2.onnx", "-q", "--json")
+    assert quiet.exit_code == 0 and "end-to-end check skipped" in quiet.stderr
+    required = invoke(source, "-o", tmp_path / "out3.onnx", "--require-end-to-end")
+    assert required.exit_code == 2 and not (tmp_path / "out3.onnx").exists()
+    assert "cannot verify the fold end to end" in required.stderr
+    assert invoke(source, "-o", tmp_path / "out4.onnx", "--input-shape", "x:1x4x9x9").exit_code == 0
 
 
 def test_fold_takes_per_output_tolerances_like_verify(tmp_path):

@@ -1,0 +1,401 @@
+"""Numerical comparison of two models' values (pure numpy): tolerances and metrics. No onnxruntime import.
+
+An element passes when |candidate - reference| <= atol + rtol * |reference|. A default atol (none given) follows
+the data: it is the dtype's base atol times max(1, peak |reference|) of the tensor, since the rounding of an exact
+refactoring grows with the magnitude of the values it comes from. By default each channel (axis 1 of a tensor of
+rank >= 2 with at least MIN_CHANNEL_ELEMENTS elements per channel) must also pass on its own: its mean
+|candidate - reference| must stay within CHANNEL_MEAN_FRACTION of the base atol times max(1, the channel's peak,
+the tensor's peak / CHANNEL_PEAK_FLOOR). A wrong fold moves a whole channel (a shift, a mean, a swapped pair), while rounding moves
+single elements, so one large channel (box regressions ~1e3) cannot hide a wrong small one (scores ~1). The floor
+keeps near-dead channels fed by large inputs (rounding of ~1e-3 of the tensor's peak) from failing a correct fold.
+An atol the caller gives is used as is, for every element, with no channel check.
+
+NaN in the same place on both sides, and the same infinity on both sides, count as equal; a NaN or infinity on
+one side only fails. A tensor with elements but nothing finite on both sides to compare fails: a check that
+compared nothing proves nothing. Sequences and maps (ZipMap's list of {label: probability}) must have the same
+structure and keys; the numbers inside are compared with the float tolerance.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import UsageError
+from .result import OutputComparison, VerifyResult, shape_text
+
+# (atol, rtol) by dtype, chosen from Conv+BN folds run in ONNX Runtime CPU with optimizations disabled.
+# float32: a correct fold of a 50-block residual net needs atol <= 6e-7 at rtol 1e-4 (a 16-layer plain chain: 3e-5),
+# and a correct fold of a 12-layer chain whose activations grow to ~1e6 stays within 1e-5 of each channel's peak,
+# while one folded weight off by 1e-3 moves the features by ~3e-3. float16: correct folds of shallow plain and
+# 50-block residual nets need up to 4e-3 at rtol 1e-2 (1 ulp at magnitude 8 is 8e-3); fp16 noise grows with depth
+# (a 16-layer plain chain needs 4e-2), so deep fp16 models may need --atol. float64: a correct fold is within
+# 3e-10, a fold computed in float32 is off by ~6e-7. Integers and booleans (argmax, masks) must match exactly.
+DEFAULT_TOLERANCES: Dict[str, Tuple[float, float]] = {
+    "float64": (1e-8, 1e-8),
+    "float32": (1e-4, 1e-4),
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (5e-2, 5e-2),
+    "exact": (0.0, 0.0),
+}
+# Float dtypes numpy does not class as np.floating (from ml_dtypes) share the bfloat16 row.
+_LOW_PRECISION_FLOATS = ("bfloat16", "float8", "float4")
+# Python floats inside sequences and maps (ZipMap) come from float32 tensors.
+_PYTHON_FLOAT_DTYPE = np.dtype(np.float32)
+
+Tolerance = Union[None, float, Mapping[Optional[str], float]]
+
+# A channel's mean error is compared when it has at least this many elements (at batch 1, a [1, C] tensor has one
+# per channel: its mean would be a single element's error, which the element rule already covers).
+MIN_CHANNEL_ELEMENTS = 8
+# A channel's scale is at least the tensor's peak over this. A float32 ResNet-50 (random weights, peak ~1e4) has
+# channels whose mean rounding error is 5e-5 of their own peak of ~1: scaling by their peak alone fails a correct
+# fold; at 1/100 of the tensor's peak the margin is > 100x, and a mean not subtracted on the score channels of a
+# head whose boxes reach 1e5 (1e-4 * 1e3 = 0.1 against errors ~1) is still caught.
+CHANNEL_PEAK_FLOOR = 100.0
+# Rounding averages out over a channel; a wrong fold's error does not. The worst channel mean error of correct
+# float32 folds, over that scale: 2.9e-6 on a random-weight ResNet-50 (activations ~1e4), <= 5e-7 on the repository's
+# models and a 12-layer chain growing to ~1e6; the mean not subtracted in layer 10 of that chain is 4e-5.
+CHANNEL_MEAN_FRACTION = 0.2
+
+
+def is_float(dtype: np.dtype) -> bool:
+    dtype = np.dtype(dtype)
+    return np.issubdtype(dtype, np.inexact) or dtype.name.startswith(_LOW_PRECISION_FLOATS)
+
+
+def default_tolerance(dtype: np.dtype) -> Tuple[float, float]:
+    """(atol, rtol) for a value of this dtype when the user gave none (before scaling by the data)."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        dtype = np.dtype(f"float{dtype.itemsize * 4}")
+    if dtype.name in DEFAULT_TOLERANCES:
+        return DEFAULT_TOLERANCES[dtype.name]
+    if is_float(dtype):
+        return DEFAULT_TOLERANCES["bfloat16"]
+    return DEFAULT_TOLERANCES["exact"]
+
+
+def output_peak(array: np.ndarray) -> float:
+    """max(1, largest finite |value|)."""
+    array = np.asarray(array)
+    if array.size == 0 or not is_float(array.dtype):
+        return 1.0
+    finite = np.abs(array[np.isfinite(array)].astype(np.float64))
+    return max(1.0, float(finite.max())) if finite.size else 1.0
+
+
+def channel_tolerance(reference: np.ndarray, base_atol: float) -> Optional[np.ndarray]:
+    """Per-channel tolerance of the mean error (see the module docstring), shaped [C]; None when the tensor has no
+    channel axis with enough elements per channel."""
+    reference = np.asarray(reference)
+    if reference.ndim < 2 or reference.size == 0 or not is_float(reference.dtype) \
+            or reference.size // reference.shape[1] < MIN_CHANNEL_ELEMENTS:
+        return None
+    axes = tuple(axis for axis in range(reference.ndim) if axis != 1)
+    peaks = np.abs(reference).max(axis=axes).astype(np.float64)
+    if not np.isfinite(peaks).all():
+        magnitude = np.abs(_as_comparable(reference))
+        peaks = np.where(np.isfinite(magnitude), magnitude, 0.0).max(axis=axes)
+    return CHANNEL_MEAN_FRACTION * base_atol * np.maximum(np.maximum(1.0, peaks), peaks.max() / CHANNEL_PEAK_FLOOR)
+
+
+def resolve_tolerance(value: Tolerance, name: str, dtype: np.dtype, which: int) -> float:
+    """The tolerance for one value: its own override, else the global value, else the dtype default (unscaled)."""
+    if isinstance(value, Mapping):
+        if name in value:
+            return float(value[name])
+        value = value.get(None)
+    if value is None:
+        return default_tolerance(dtype)[which]
+    return float(value)
+
+
+def is_default(value: Tolerance, name: str) -> bool:
+    if isinstance(value, Mapping):
+        return name not in value and value.get(None) is None
+    return value is None
+
+
+def check_tolerance(value: Tolerance, option: str, names: Sequence[str]) -> None:
+    """A per-name override must name an output; every value must be a non-negative number."""
+    if value is not None and not isinstance(value, (Mapping, int, float)):
+        raise UsageError(f"{option} must be a number or {{output name: number}}, got {type(value).__name__}")
+    overrides = value if isinstance(value, Mapping) else {None: value}
+    unknown = sorted(name for name in overrides if name is not None and name not in names)
+    if unknown:
+        raise UsageError(f"{option} names unknown output(s) {unknown}; the outputs are: {', '.join(names)}")
+    for name, number in overrides.items():
+        label = f" for {name!r}" if name is not None else ""
+        try:
+            valid = number is None or float(number) >= 0
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise UsageError(f"{option}{label} must be a non-negative number, got {number!r}")
+
+
+def _as_comparable(array: np.ndarray) -> np.ndarray:
+    """float64 (complex128 for complex) so integer differences cannot overflow and low-precision floats widen."""
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.complexfloating):
+        return array.astype(np.complex128)
+    return array.astype(np.float64)
+
+
+def compare_array(name: str, reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float,
+                  channel_atol: Optional[np.ndarray] = None) -> OutputComparison:
+    """Compare one tensor: structural checks first, then the element-wise metrics (see OutputComparison), and with
+    channel_atol ([C]) each channel's mean error along axis 1."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    comparison = OutputComparison(name, tuple(reference.shape), reference.dtype.name, float(atol), rtol,
+                                  per_channel=channel_atol is not None)
+    if reference.shape != candidate.shape:
+        comparison.problem = (
+            f"shape differs: reference {shape_text(reference.shape)}, candidate {shape_text(candidate.shape)}"
+        )
+        return comparison
+    if reference.dtype != candidate.dtype:
+        comparison.problem = f"dtype differs: reference {reference.dtype.name}, candidate {candidate.dtype.name}"
+        return comparison
+    comparison.elements = reference.size
+    if not (np.issubdtype(reference.dtype, np.number) or reference.dtype == np.bool_ or is_float(reference.dtype)):
+        # Strings and other non-numeric outputs (labels of classic-ML models) must match exactly.
+        comparison.mismatched = int((reference != candidate).sum())
+        return comparison
+    ref, cand = _as_comparable(reference).ravel(), _as_comparable(candidate).ravel()
+
+    ref_nan, cand_nan = np.isnan(ref), np.isnan(cand)
+    ref_inf, cand_inf = np.isinf(ref), np.isinf(cand)
+    comparison.reference_nan, comparison.candidate_nan = int(ref_nan.sum()), int(cand_nan.sum())
+    comparison.reference_inf, comparison.candidate_inf = int(ref_inf.sum()), int(cand_inf.sum())
+    finite = np.isfinite(ref) & np.isfinite(cand)
+    nonfinite_equal = (ref_nan & cand_nan) | (ref_inf & cand_inf & (ref == cand))
+    nonfinite_mismatched = int((~finite & ~nonfinite_equal).sum())
+    comparison.nonfinite_mismatched = nonfinite_mismatched
+
+    if channel_atol is not None:
+        channel_error = _channel_mean_error(reference.shape, ref, cand, finite)
+        comparison.channels_outside = int((channel_error > channel_atol).sum())
+        comparison.channel_error_ratio = _error_ratio(channel_error, channel_atol)
+    ref, cand = ref[finite], cand[finite]
+    comparison.compared_elements = ref.size
+    error = np.abs(cand - ref)
+    scale = np.abs(ref)
+    allowed = atol + rtol * scale
+    outside = error > allowed
+    comparison.mismatched = int(outside.sum()) + nonfinite_mismatched
+
+    nonzero = scale > 0
+    comparison.max_abs_error = float(error.max()) if error.size else 0.0
+    comparison.max_rel_error = float((error[nonzero] / scale[nonzero]).max()) if nonzero.any() else 0.0
+    comparison.mean_abs_error = float(error.mean()) if error.size else 0.0
+    comparison.cosine_similarity = _cosine(ref, cand)
+    comparison.error_ratio = _error_ratio(error, allowed)
+    comparison.min_atol = float(max(0.0, (error - rtol * scale).max())) if error.size else 0.0
+    beyond_atol = error > atol
+    if not beyond_atol.any():
+        comparison.min_rtol = 0.0
+    elif (scale[beyond_atol] == 0).any():
+        comparison.min_rtol = float("inf")
+    else:
+        comparison.min_rtol = float(((error[beyond_atol] - atol) / scale[beyond_atol]).max())
+    if nonfinite_mismatched:
+        comparison.max_abs_error = comparison.min_atol = comparison.min_rtol = float("inf")
+        comparison.error_ratio = float("inf")
+    elif comparison.elements and not comparison.compared_elements:
+        comparison.problem = (f"nothing finite to compare: all {comparison.elements} elements are NaN or inf on "
+                              "both sides, which proves nothing (feed real data with --inputs)")
+    return comparison
+
+
+def _channel_mean_error(shape, ref: np.ndarray, cand: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """Mean |cand - ref| of each channel (axis 1) over its finite elements."""
+    error = np.where(finite, np.abs(cand - ref), 0.0).reshape(shape)
+    counts = finite.reshape(shape)
+    axes = tuple(axis for axis in range(len(shape)) if axis != 1)
+    return error.sum(axis=axes) / np.maximum(1, counts.sum(axis=axes))
+
+
+def _error_ratio(error: np.ndarray, allowed) -> float:
+    if not error.size:
+        return 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(error == 0, 0.0, error / allowed)
+    return float(ratio.max())
+
+
+def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Cosine similarity of the flattened values; 1 when both are all zero, 0 when only one is."""
+    norms = np.linalg.norm(reference) * np.linalg.norm(candidate)
+    if norms == 0:
+        return 1.0 if not reference.any() and not candidate.any() else 0.0
+    return float(np.real(np.vdot(reference, candidate)) / norms)
+
+
+def compare_value(name: str, reference, candidate, atol: Tolerance, rtol: Tolerance) -> OutputComparison:
+    """Compare one tensor or one non-tensor value (sequence, map, sequence of maps) with the tolerance rule."""
+    if _is_tensor(reference) and _is_tensor(candidate):
+        reference, candidate = np.asarray(reference), np.asarray(candidate)
+        base_atol = resolve_tolerance(atol, name, reference.dtype, 0)
+        output_rtol = resolve_tolerance(rtol, name, reference.dtype, 1)
+        if not is_default(atol, name):
+            return compare_array(name, reference, candidate, base_atol, output_rtol)
+        return compare_array(name, reference, candidate, base_atol * output_peak(reference), output_rtol,
+                             channel_tolerance(reference, base_atol))
+    return _compare_structure(name, reference, candidate, atol, rtol)
+
+
+def _is_tensor(value) -> bool:
+    return isinstance(value, (np.ndarray, np.generic, int, float, bool))
+
+
+def _compare_structure(name: str, reference, candidate, atol: Tolerance, rtol: Tolerance) -> OutputComparison:
+    """Sequences and maps: same structure and keys, then every number inside compared as one float vector."""
+    reference_leaves, reference_shape = _flatten(reference)
+    candidate_leaves, candidate_shape = _flatten(candidate)
+    kind = type(reference).__name__
+    if reference_shape != candidate_shape:
+        comparison = OutputComparison(name, None, kind, 0.0, 0.0)
+        comparison.problem = "structure differs (sequence lengths, map keys or element types)"
+        return comparison
+    numbers = [leaf for leaf in reference_leaves if _is_number_leaf(leaf)]
+    dtypes = [np.asarray(leaf).dtype for leaf in numbers if isinstance(leaf, (np.ndarray, np.generic))]
+    dtype = dtypes[0] if dtypes else _PYTHON_FLOAT_DTYPE
+    numeric = all(_is_number_leaf(leaf) for leaf in reference_leaves)
+    if numeric and reference_leaves:
+        ref = np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in reference_leaves])
+        cand = np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in candidate_leaves])
+        base_atol = resolve_tolerance(atol, name, dtype, 0)
+        if is_default(atol, name):
+            base_atol *= output_peak(ref)
+        comparison = compare_array(name, ref, cand, base_atol, resolve_tolerance(rtol, name, dtype, 1))
+    else:
+        comparison = OutputComparison(name, None, kind, 0.0, 0.0, elements=len(reference_leaves))
+        comparison.mismatched = sum(not _leaf_equal(a, b) for a, b in zip(reference_leaves, candidate_leaves))
+    comparison.shape, comparison.dtype = None, f"{kind} of {len(reference_leaves)} values"
+    return comparison
+
+
+def _flatten(value) -> Tuple[List, tuple]:
+    """The leaves of nested lists/tuples/dicts in order, and a hashable outline (lengths, keys, leaf kinds)."""
+    leaves: List = []
+
+    def walk(item):
+        if isinstance(item, Mapping):
+            keys = sorted(item, key=repr)
+            return ("map", tuple((key, walk(item[key])) for key in keys))
+        if isinstance(item, (list, tuple)):
+            return ("seq", tuple(walk(element) for element in item))
+        leaves.append(item)
+        shape = tuple(np.shape(item))
+        return ("number" if _is_number_leaf(item) else "other", shape)
+
+    return leaves, walk(value)
+
+
+def _is_number_leaf(leaf) -> bool:
+    if isinstance(leaf, bool):
+        return False
+    if isinstance(leaf, (int, float)):
+        return True
+    if isinstance(leaf, (np.ndarray, np.generic)):
+        return is_float(np.asarray(leaf).dtype) or np.issubdtype(np.asarray(leaf).dtype, np.integer)
+    return False
+
+
+def _leaf_equal(a, b) -> bool:
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def compare_outputs(
+    reference: Mapping[str, object],
+    candidate: Mapping[str, object],
+    *,
+    atol: Tolerance = None,
+    rtol: Tolerance = None,
+    reference_label: str = "reference",
+    candidate_label: str = "candidate",
+) -> VerifyResult:
+    """Compare two sets of outputs by name. Never raises for a mismatch: see VerifyResult.passed.
+
+    atol/rtol: a float for every output, or {output name: float, None: global float}; unset values fall back
+    to DEFAULT_TOLERANCES by the reference output's dtype, scaled by the data (see the module docstring).
+    Raises UsageError for a tolerance naming no output.
+    """
+    only_in_reference = [name for name in reference if name not in candidate]
+    only_in_candidate = [name for name in candidate if name not in reference]
+    names = list(reference) + only_in_candidate
+    check_tolerance(atol, "atol", names)
+    check_tolerance(rtol, "rtol", names)
+    outputs = []
+    for name in names:
+        if name in only_in_reference or name in only_in_candidate:
+            source = reference if name in reference else candidate
+            value = source[name]
+            dtype = np.asarray(value).dtype if _is_tensor(value) else None
+            shape = tuple(np.shape(value)) if _is_tensor(value) else None
+            comparison = OutputComparison(name, shape, dtype.name if dtype is not None else type(value).__name__,
+                                          resolve_tolerance(atol, name, dtype or _PYTHON_FLOAT_DTYPE, 0),
+                                          resolve_tolerance(rtol, name, dtype or _PYTHON_FLOAT_DTYPE, 1))
+            if name in only_in_reference:
+                instead = f" (it has {only_in_candidate} instead)" if only_in_candidate else ""
+                comparison.problem = f"missing from {candidate_label}{instead}"
+            else:
+                comparison.problem = f"only in {candidate_label}, not in {reference_label}"
+            outputs.append(comparison)
+            continue
+        outputs.append(compare_value(name, reference[name], candidate[name], atol, rtol))
+    return VerifyResult(outputs, reference_label, candidate_label)
+
+
+def compare_intermediates(names: Sequence[str], reference: Mapping[str, np.ndarray],
+                          candidate: Mapping[str, np.ndarray], *, atol: Tolerance = None,
+                          rtol: Tolerance = None) -> List[OutputComparison]:
+    """Intermediate tensors, in the given (graph) order: a global atol/rtol the caller gave applies to them too
+    (per-output overrides do not), else each follows its own data. A tensor that passes a quick check in its own
+    dtype gets counts only; the full metrics (float64, several passes) are computed for the ones that fail."""
+    atol, rtol = _global(atol), _global(rtol)
+    comparisons = []
+    for name in names:
+        if name not in reference or name not in candidate:
+            continue
+        ref, cand = np.asarray(reference[name]), np.asarray(candidate[name])
+        quick = _quick_pass(ref, cand, atol, rtol)
+        if quick is None:
+            comparisons.append(compare_value(name, ref, cand, atol, rtol))
+        else:
+            quick.name = name
+            comparisons.append(quick)
+    return comparisons
+
+
+def _quick_pass(reference: np.ndarray, candidate: np.ndarray, atol: Optional[float],
+                rtol: Optional[float]) -> Optional[OutputComparison]:
+    """A counts-only comparison when every element and channel is clearly within tolerance, else None."""
+    if reference.shape != candidate.shape or reference.dtype != candidate.dtype or \
+            reference.dtype.kind != "f" or not reference.size:
+        return None
+    base_atol = default_tolerance(reference.dtype)[0] if atol is None else float(atol)
+    element_rtol = default_tolerance(reference.dtype)[1] if rtol is None else float(rtol)
+    magnitude = np.abs(reference)
+    peak = float(magnitude.max())
+    if not np.isfinite(peak):
+        return None
+    element_atol = base_atol * max(1.0, peak) if atol is None else base_atol
+    error = np.abs(candidate - reference)
+    if not (error <= element_atol + element_rtol * magnitude).all():  # NaN compares False: the full path says why
+        return None
+    channel_atol = channel_tolerance(reference, base_atol) if atol is None else None
+    if channel_atol is not None:
+        axes = tuple(axis for axis in range(reference.ndim) if axis != 1)
+        if not (error.mean(axis=axes, dtype=np.float64) <= channel_atol).all():
+            return None
+    return OutputComparison("", tuple(reference.shape), reference.dtype.name, element_atol, element_rtol,
+                            per_channel=channel_atol is not None, elements=reference.size,
+                            compared_elements=reference.size)
+
+
+def _global(value: Tolerance) -> Optional[float]:
+    return value.get(None) if isinstance(value, Mapping) else value

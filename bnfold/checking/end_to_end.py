@@ -1,0 +1,284 @@
+"""The end-to-end check: run the original and the folded model in ONNX Runtime on the same inputs and compare
+every output and every intermediate tensor both models share (see checking.intermediates), each with a tolerance
+that follows its own data (see checking.compare).
+
+    result = bnfold.verify("model.onnx", "folded.onnx")
+    assert result.passed, result.summary()
+
+Inputs are chosen without the user where the model leaves them open (see checking.feeds); when no size of a
+dynamic dim lets the original run, UnresolvedShapeError says so and how to give shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import InvalidModelError, UnresolvedShapeError, UsageError
+from .compare import Tolerance, check_tolerance, compare_intermediates, compare_outputs
+from .result import OutputComparison, VerifyResult, shape_text
+
+ModelLike = Union[str, "os.PathLike[str]", "onnx.ModelProto"]  # noqa: F821 - onnx is imported lazily
+ShapesArg = Union[None, str, Mapping[Optional[str], Sequence[int]], Sequence[str]]
+
+
+def _load(model: ModelLike, default_label: str):
+    """(ModelProto, what to give ORT, label): paths keep their path for ORT, so models over 2 GiB still load."""
+    from ..loading import load_model
+
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model), os.fspath(model), os.fspath(model)
+    if not hasattr(model, "graph"):
+        raise UsageError(f"{default_label} must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    return model, model, default_label
+
+
+def _input_problems(reference_specs, candidate_specs, feeds: Mapping[str, np.ndarray]) -> List[str]:
+    """Why the candidate cannot take the reference's inputs, if it cannot."""
+    candidate_by_name = {spec.name: spec for spec in candidate_specs}
+    reference_names = [spec.name for spec in reference_specs]
+    problems = []
+    if set(candidate_by_name) != set(reference_names):
+        problems.append(
+            f"inputs differ: reference has {reference_names}, candidate has {list(candidate_by_name)}"
+        )
+    for spec in reference_specs:
+        other = candidate_by_name.get(spec.name)
+        if other is None:
+            continue
+        if other.dtype != spec.dtype:
+            problems.append(
+                f"input {spec.name!r} dtype differs: reference {spec.dtype.name}, candidate {other.dtype.name}"
+            )
+        elif other.dims and not _fits(other.dims, feeds[spec.name].shape):
+            problems.append(
+                f"input {spec.name!r}: candidate declares shape {_dims_text(other.dims)}, "
+                f"which does not accept the reference's {shape_text(feeds[spec.name].shape)}"
+            )
+    return problems
+
+
+def _fits(dims, shape: Tuple[int, ...]) -> bool:
+    return len(dims) == len(shape) and all(not isinstance(d, int) or d == s for d, s in zip(dims, shape))
+
+
+def _dims_text(dims) -> str:
+    return "x".join(str(d) if d is not None else "?" for d in dims)
+
+
+def _check_provided(specs, provided: Mapping[str, np.ndarray]) -> None:
+    """User data must fit the model's declared input shapes; ORT's own message would not say which input."""
+    for spec in specs:
+        if spec.name in provided and spec.dims and not _fits(spec.dims, np.shape(provided[spec.name])):
+            raise UsageError(
+                f"data for input {spec.name!r} has shape {shape_text(np.shape(provided[spec.name]))}, "
+                f"but the model declares {_dims_text(spec.dims)}"
+            )
+
+
+def _shapes_argument(input_shapes: ShapesArg) -> Optional[Dict[Optional[str], Tuple[int, ...]]]:
+    """input_shapes as {name or None: dims}: a 'name:1x3x5x5' string, a list of them, or a mapping."""
+    from ..inputs import parse_shape_specs
+
+    if input_shapes is None:
+        return None
+    if isinstance(input_shapes, str):
+        input_shapes = [input_shapes]
+    if isinstance(input_shapes, Mapping):
+        shapes = {}
+        for name, dims in input_shapes.items():
+            if isinstance(dims, str) or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                                                for d in np.atleast_1d(np.asarray(dims, dtype=object))):
+                raise UsageError(f"input_shapes[{name!r}] must be a sequence of integers, got {dims!r}")
+            dims = tuple(int(d) for d in dims)
+            if any(d < 0 for d in dims):
+                raise UsageError(f"input_shapes[{name!r}] has a negative dimension: {dims}")
+            shapes[name] = dims
+        return shapes
+    if isinstance(input_shapes, (list, tuple)) and all(isinstance(text, str) for text in input_shapes):
+        return parse_shape_specs(input_shapes)
+    raise UsageError("input_shapes must be 'name:D0xD1x...', a list of such strings, or {name: shape}, "
+                     f"got {type(input_shapes).__name__}")
+
+
+def _files_argument(input_files) -> List[str]:
+    if input_files is None:
+        return []
+    if isinstance(input_files, (str, os.PathLike)):
+        return [os.fspath(input_files)]
+    if isinstance(input_files, (list, tuple)) and all(isinstance(f, (str, os.PathLike)) for f in input_files):
+        return [os.fspath(f) for f in input_files]
+    raise UsageError(f"input_files must be a path or a list of paths, got {type(input_files).__name__}")
+
+
+def _check_arguments(runs, seed, inputs) -> None:
+    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
+        raise UsageError(f"runs must be an integer of at least 1, got {runs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+    if inputs is not None and not isinstance(inputs, Mapping):
+        raise UsageError(f"inputs must be {{input name: array}}, got {type(inputs).__name__}")
+
+
+def verify(
+    reference: ModelLike,
+    candidate: ModelLike,
+    *,
+    input_shapes: ShapesArg = None,
+    inputs: Optional[Mapping[str, np.ndarray]] = None,
+    input_files: Union[str, "os.PathLike[str]", Sequence[str]] = (),
+    atol: Tolerance = None,
+    rtol: Tolerance = None,
+    runs: int = 1,
+    seed: int = 0,
+    ort_opt_level: str = "disable",
+    candidate_label: Optional[str] = None,
+    intermediates: bool = False,
+    fold_labels: Optional[Mapping[str, str]] = None,
+) -> VerifyResult:
+    """Run both models in ONNX Runtime CPU on the same inputs and compare every output by name.
+
+    Inputs not given (as arrays in `inputs` or files in `input_files`: .npz by input name, NAME:file.npy) are
+    seeded random data; run i uses seed + i. Dynamic dims: `input_shapes` ({name: shape}, "name:1x3x224x224"
+    or a list of such strings), else chosen as checking.feeds describes; the shapes used are in the result.
+    A bool input deciding an If runs both ways. When every input is given, one run is made.
+    intermediates: also compare every tensor both models share by name and meaning (checking.intermediates);
+    the first one outside tolerance is named, and, through `fold_labels` ({tensor: BN label}) or the
+    reference's BatchNormalization nodes, the BN fold behind it.
+    ORT graph optimizations are off by default: ORT would otherwise fuse Conv+BN in the reference itself.
+    Returns the result for mismatches; raises a BnfoldError for bad usage or a model that cannot be loaded or run
+    (UnresolvedShapeError when no size of a dynamic dim lets the reference run).
+    Models are labelled by their path, or "reference"/"candidate" (candidate_label overrides the latter).
+    """
+    from ..inputs import graph_inputs, load_input_files
+    from .feeds import branch_inputs, branch_variants, make_feeds, plan_shapes
+
+    _check_arguments(runs, seed, inputs)
+    input_shapes = _shapes_argument(input_shapes)
+    input_files = _files_argument(input_files)
+    reference_model, reference_source, reference_label = _load(reference, "reference")
+    candidate_model, candidate_source, candidate_label = _load(candidate, candidate_label or "candidate")
+    output_names = [value.name for value in reference_model.graph.output]
+    check_tolerance(atol, "atol", output_names + [v.name for v in candidate_model.graph.output])
+    check_tolerance(rtol, "rtol", output_names + [v.name for v in candidate_model.graph.output])
+    reference_specs = graph_inputs(reference_model)
+    provided = dict(load_input_files(input_files, reference_specs)) if input_files else {}
+    provided.update(inputs or {})
+    unknown = set(provided) - {spec.name for spec in reference_specs}
+    if unknown:
+        raise UsageError(
+            f"input data names unknown input(s) {sorted(unknown)}; the model's inputs are: "
+            f"{[spec.name for spec in reference_specs]}"
+        )
+    _check_provided(reference_specs, provided)
+    missing = [spec for spec in reference_specs if spec.name not in provided]
+    wanted = None
+    if input_shapes:
+        wanted = {name: shape for name, shape in input_shapes.items() if name not in provided}
+    plan = plan_shapes(reference_model, missing, wanted)
+    branches = [name for name in branch_inputs(reference_model, reference_specs) if name not in provided]
+    if not missing:
+        runs = 1
+
+    shared = None
+    if intermediates:
+        from .intermediates import shared_tensors
+
+        shared = shared_tensors(reference_model, candidate_model)
+    extra = shared.names if shared else None
+    reference_runner = _runner(reference_model, reference_source, reference_label, ort_opt_level, extra)
+    if isinstance(reference, (str, os.PathLike)):
+        del reference_model  # loaded here, and ORT has its own copy: free its weights before the candidate's session
+    shapes, notes, first_feeds, first_outputs = _first_run(reference_runner, reference_specs, plan, provided, seed,
+                                                           branches)
+    problems = _input_problems(reference_specs, graph_inputs(candidate_model), first_feeds)
+    if problems:
+        return VerifyResult([], reference_label, candidate_label, problems=problems)
+    feed_sets = [(first_feeds, first_outputs)]
+    for run_index in range(runs):
+        feeds = first_feeds if run_index == 0 else None
+        base = make_feeds(reference_specs, shapes, provided, seed + run_index) if feeds is None else feeds
+        for variant_index, variant in enumerate(branch_variants(base, branches)):
+            if run_index == 0 and variant_index == 0:
+                continue
+            feed_sets.append((variant, reference_runner.run(variant)))
+    del reference_runner
+
+    candidate_runner = _runner(candidate_model, candidate_source, candidate_label, ort_opt_level, extra)
+    result = None
+    for feeds, reference_values in feed_sets:
+        candidate_values = candidate_runner.run(feeds)
+        reference_outputs = {name: reference_values[name] for name in output_names if name in reference_values}
+        candidate_outputs = {name: value for name, value in candidate_values.items()
+                             if extra is None or name not in extra or name in output_names}
+        run_result = compare_outputs(reference_outputs, candidate_outputs, atol=atol, rtol=rtol,
+                                     reference_label=reference_label, candidate_label=candidate_label)
+        if shared is not None:
+            run_result.intermediates = compare_intermediates(list(shared.names), reference_values, candidate_values,
+                                                             atol=atol, rtol=rtol)
+        result = run_result if result is None else result.merged(run_result)
+    result.runs = runs
+    result.seed = None if not missing else seed
+    result.ort_opt_level = ort_opt_level
+    result.input_shapes = {spec.name: tuple(np.shape(first_feeds[spec.name])) for spec in reference_specs}
+    result.shape_notes = notes
+    result.branch_inputs = {name: [True, False] for name in branches}
+    result.intermediates_checked = shared is not None
+    if shared is not None:
+        _locate_divergence(result, shared, fold_labels)
+    return result
+
+
+def _runner(model, source, label, opt_level, extra):
+    from .run import Runner
+
+    return Runner(model, source, label, opt_level=opt_level, extra=extra)
+
+
+def _first_run(runner, specs, plan, provided, seed, branches):
+    """Find shapes the reference runs with (trying sizes for open dims); return them, notes, the feeds and the
+    reference's values for the first feed set."""
+    from .feeds import TRIAL_SIZES, branch_variants, make_feeds
+
+    failures = []
+    for shapes, chosen in plan.candidates():
+        feeds = branch_variants(make_feeds(specs, shapes, provided, seed), branches)[0]
+        try:
+            values = runner.run(feeds, quiet=bool(plan.groups))
+        except InvalidModelError as error:
+            if not chosen:
+                raise
+            failures.append((chosen, str(error)))
+            continue
+        notes = list(plan.notes)
+        if chosen:
+            tried = "" if not failures else \
+                f" ({', '.join(str(next(iter(c.values()))) for c, _ in failures)} did not run)"
+            notes.append("dynamic dims chosen: " + ", ".join(f"{group}={size}" for group, size in chosen.items())
+                         + tried + "; --input-shape sets them")
+        return shapes, notes, feeds, values
+    give = " ".join(f"--input-shape {name}:" + "x".join(d if isinstance(d, str) else str(d) for d in dims)
+                    for name, dims in plan.dims.items() if any(isinstance(d, str) for d in dims))
+    last_error = failures[-1][1] if failures else ""
+    raise UnresolvedShapeError(
+        f"no size for the dynamic dim(s) {', '.join(plan.groups)} lets the original model run (tried "
+        f"{', '.join(str(size) for size in TRIAL_SIZES)}; last error: {last_error}); "
+        f"give the shapes, e.g. {give}"
+    )
+
+
+def _locate_divergence(result: VerifyResult, shared, fold_labels) -> None:
+    """Name the first tensor outside tolerance in the reference's graph order, and the BN fold behind it."""
+    tensors = [*result.outputs, *result.intermediates]
+    failing = [t for t in tensors if not t.passed and t.name in shared.order]
+    if not failing:
+        return
+    first = min(failing, key=lambda t: shared.order[t.name])
+    from .intermediates import divergence_source
+
+    result.first_divergence = first.name
+    result.divergence_source = divergence_source(first.name, shared, fold_labels)
+
+

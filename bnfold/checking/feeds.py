@@ -1,0 +1,150 @@
+"""The inputs an end-to-end check runs on, chosen without the user where the model leaves them open.
+
+Dynamic dims: batch (axis 0) is 1; another dim takes its size from --input-shape, else from an input that shares
+its dim_param, else from a concrete size the model declares for the input in value_info, else sizes that suit an
+image or sequence (TRIAL_SIZES, multiples of 32 first) are tried until the original model runs. A bool input that
+decides an If runs both ways (True and False), so both branches are checked; integer inputs are small and
+non-negative (they are often indices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import UsageError
+from ..inputs import DEFAULT_BATCH, InputSpec, random_array, resolve_shapes
+
+TRIAL_SIZES = (32, 64, 128, 224, 320)
+
+# Ops through which a bool graph input still decides an If's branch.
+_CONDITION_PASS_THROUGH = ("Identity", "Not", "Cast", "Squeeze", "Reshape")
+
+
+@dataclass
+class ShapePlan:
+    """Per input, its dims: an int where known, else the name of a group searched over TRIAL_SIZES."""
+
+    dims: Dict[str, Tuple[object, ...]]
+    groups: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    def candidates(self) -> Iterator[Tuple[Dict[str, Tuple[int, ...]], Dict[str, int]]]:
+        """Concrete shapes to try, with the size each searched group got; one try when nothing is searched."""
+        sizes = TRIAL_SIZES if self.groups else (None,)
+        for size in sizes:
+            chosen = {group: size for group in self.groups}
+            yield {name: tuple(chosen.get(d, d) if isinstance(d, str) else d for d in dims)
+                   for name, dims in self.dims.items()}, chosen
+
+
+def plan_shapes(model, specs: Sequence[InputSpec],
+                overrides: Optional[Mapping[Optional[str], Tuple[int, ...]]]) -> ShapePlan:
+    """How each input in `specs` gets a concrete shape (see the module docstring); overrides are validated."""
+    overrides = dict(overrides or {})
+    if None in overrides:
+        if len(specs) != 1:
+            names = ", ".join(spec.name for spec in specs)
+            raise UsageError(f"a shape without an input name needs a single-input model; name one of: {names}")
+        overrides[specs[0].name] = overrides.pop(None)
+    unknown = set(overrides) - {spec.name for spec in specs}
+    if unknown:
+        names = ", ".join(spec.name for spec in specs)
+        raise UsageError(f"--input-shape names unknown input(s) {sorted(unknown)}; the model's inputs are: {names}")
+    given = resolve_shapes([spec for spec in specs if spec.name in overrides], overrides)
+    known: Dict[str, int] = {}
+    for spec in specs:
+        if spec.name in given:
+            for dim, size in zip(spec.dims, given[spec.name]):
+                if isinstance(dim, str):
+                    known.setdefault(dim, size)
+    hints = _declared_sizes(model)
+    plan = ShapePlan(dims={name: tuple(shape) for name, shape in given.items()})
+    for spec in specs:
+        if spec.name in given:
+            continue
+        dims = []
+        for axis, dim in enumerate(spec.dims):
+            if isinstance(dim, int):
+                dims.append(dim)
+            elif isinstance(dim, str) and dim in known:
+                dims.append(known[dim])
+            elif axis == 0:
+                dims.append(DEFAULT_BATCH)
+                if isinstance(dim, str):
+                    known[dim] = DEFAULT_BATCH
+            elif hints.get((spec.name, axis)):
+                dims.append(hints[(spec.name, axis)])
+                plan.notes.append(f"{spec.name} dim {axis} ({dim or '?'}) = {hints[(spec.name, axis)]}, "
+                                  "declared in value_info")
+            else:
+                group = dim if isinstance(dim, str) else f"{spec.name}[{axis}]"
+                if group not in plan.groups:
+                    plan.groups.append(group)
+                dims.append(group)
+        plan.dims[spec.name] = tuple(dims)
+    return plan
+
+
+def _declared_sizes(model) -> Dict[Tuple[str, int], int]:
+    """(input name, axis) -> size, where value_info declares a concrete size for a graph input's dim."""
+    inputs = {value.name for value in model.graph.input}
+    sizes = {}
+    for value in model.graph.value_info:
+        if value.name in inputs and value.type.HasField("tensor_type"):
+            for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+                if dim.HasField("dim_value") and dim.dim_value > 0:
+                    sizes[(value.name, axis)] = dim.dim_value
+    return sizes
+
+
+def branch_inputs(model, specs: Sequence[InputSpec]) -> List[str]:
+    """Bool graph inputs that decide an If (directly or through Identity/Not/Cast/...), in any graph."""
+    from ..graph import subgraphs
+
+    candidates = {spec.name for spec in specs if spec.dtype == np.bool_}
+    if not candidates:
+        return []
+    derived = {name: name for name in candidates}  # tensor -> the graph input it passes through from
+    found = set()
+
+    def visit(nodes) -> None:
+        for node in nodes:
+            if node.op_type in _CONDITION_PASS_THROUGH and node.input and node.input[0] in derived:
+                for output in node.output:
+                    derived[output] = derived[node.input[0]]
+            if node.op_type == "If" and node.input and node.input[0] in derived:
+                found.add(derived[node.input[0]])
+            for body in subgraphs(node):
+                visit(body.node)
+
+    visit(model.graph.node)
+    return [spec.name for spec in specs if spec.name in found]
+
+
+def make_feeds(specs: Sequence[InputSpec], shapes: Mapping[str, Tuple[int, ...]],
+               provided: Mapping[str, np.ndarray], seed: int) -> Dict[str, np.ndarray]:
+    """The user's arrays where given, seeded random data of the planned shape elsewhere."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        if spec.name in provided:
+            feeds[spec.name] = np.asarray(provided[spec.name]).astype(spec.dtype, copy=False)
+        else:
+            feeds[spec.name] = random_array(spec.dtype, shapes[spec.name], rng)
+    return feeds
+
+
+def branch_variants(feeds: Dict[str, np.ndarray], names: Sequence[str]) -> List[Dict[str, np.ndarray]]:
+    """The feeds with every If-deciding input all True, then all False (one variant when there is none)."""
+    if not names:
+        return [feeds]
+    variants = []
+    for value in (True, False):
+        variant = dict(feeds)
+        for name in names:
+            variant[name] = np.full(feeds[name].shape, value, np.bool_)
+        variants.append(variant)
+    return variants

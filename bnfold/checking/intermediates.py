@@ -1,0 +1,157 @@
+"""Which intermediate tensors two models share by name *and* meaning, so both can expose them for comparison.
+
+A fold rewrites a small region (producer [-> chain] -> BN, or BN -> consumer); tensors inside it keep their names
+but legitimately change value (a Conv's output now carries the BN's result). Everything else must keep its value.
+A tensor of the reference's main graph is compared when it also exists in the candidate's main graph and
+- its producer is unchanged (same op, attributes, inputs, outputs and constant input values in both models), or
+- a node that reads it is unchanged (that node would see a different value otherwise), or
+- it is the output of a BatchNormalization in the reference (a fold claims its result is kept),
+and it is a float tensor computed from data (not an initializer, graph input, Constant or a function of those).
+Pure onnx: no onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Set
+
+import numpy as np
+import onnx
+from onnx import helper
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                onnx.TensorProto.BFLOAT16}
+
+
+@dataclass
+class SharedTensors:
+    """names: compared intermediates in the reference's graph order, with their ONNX element type.
+    order: position of every main-graph tensor of the reference (outputs included), for "first in graph order".
+    producers: reference tensor -> (op_type, node name, its data inputs), to trace a divergence to a BN."""
+
+    names: Dict[str, int]
+    order: Dict[str, int]
+    producers: Dict[str, tuple]
+
+
+def shared_tensors(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> SharedTensors:
+    ref_graph, cand_graph = reference.graph, candidate.graph
+    ref_constants, cand_constants = _constants(ref_graph), _constants(cand_graph)
+    cand_producer = {output: node for node in cand_graph.node for output in node.output if output}
+    ref_init = {t.name: t for t in ref_graph.initializer}
+    cand_init = {t.name: t for t in cand_graph.initializer}
+    excluded = {v.name for v in ref_graph.input} | {v.name for v in ref_graph.output} | ref_constants
+
+    unchanged_cache: Dict[int, bool] = {}
+
+    def unchanged(node: onnx.NodeProto) -> bool:
+        key = id(node)
+        if key not in unchanged_cache:
+            other = cand_producer.get(node.output[0]) if node.output and node.output[0] else None
+            unchanged_cache[key] = other is not None and _same_node(node, other, ref_init, cand_init,
+                                                                    ref_constants, cand_constants)
+        return unchanged_cache[key]
+
+    readers: Dict[str, List[onnx.NodeProto]] = {}
+    for node in ref_graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    elem_types = _element_types(reference)
+    names, order, producers = {}, {}, {}
+    for node in ref_graph.node:
+        data_inputs = tuple(name for name in node.input if name and name not in ref_constants)
+        for output in node.output:
+            if not output:
+                continue
+            order.setdefault(output, len(order))
+            producers[output] = (node.op_type, node.name, data_inputs)
+            if output in excluded or output not in cand_producer or elem_types.get(output) not in _FLOAT_TYPES:
+                continue
+            if node.op_type == "BatchNormalization" or unchanged(node) or \
+                    any(unchanged(reader) for reader in readers.get(output, ())):
+                names[output] = elem_types[output]
+    return SharedTensors(names, order, producers)
+
+
+def _constants(graph: onnx.GraphProto) -> Set[str]:
+    """Initializers, Constant outputs, and outputs of nodes whose every input is one of those."""
+    constants = {t.name for t in graph.initializer}
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        if node.op_type == "Constant" or (inputs and all(name in constants for name in inputs)):
+            constants.update(name for name in node.output if name)
+    return constants
+
+
+def _same_node(a: onnx.NodeProto, b: onnx.NodeProto, a_init, b_init, a_constants, b_constants) -> bool:
+    if (a.op_type, a.domain, list(a.input), list(a.output)) != (b.op_type, b.domain, list(b.input), list(b.output)):
+        return False
+    if [attr.SerializeToString() for attr in a.attribute] != [attr.SerializeToString() for attr in b.attribute]:
+        return False
+    for name in a.input:
+        if name in a_init or name in b_init:
+            if name not in a_init or name not in b_init or not _same_tensor(a_init[name], b_init[name]):
+                return False
+        elif (name in a_constants) != (name in b_constants):
+            return False
+    return True
+
+
+def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
+    if a.data_type != b.data_type or list(a.dims) != list(b.dims):
+        return False
+    if a.HasField("raw_data") and b.HasField("raw_data"):
+        return a.raw_data == b.raw_data
+    from onnx import numpy_helper
+
+    return bool(np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b), equal_nan=True))
+
+
+def _element_types(model: onnx.ModelProto) -> Dict[str, int]:
+    """ONNX element type of every main-graph tensor: declared, else from shape inference on a weightless copy."""
+    from ..graph.types import skeleton
+
+    types = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False).graph
+    except Exception:  # best effort: a tensor without a known type is not compared
+        inferred = model.graph
+    for value in (*inferred.value_info, *inferred.output, *model.graph.value_info, *model.graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    return types
+
+
+def with_outputs(model: onnx.ModelProto, names: Mapping[str, int]) -> List[onnx.ValueInfoProto]:
+    """Append `names` as extra graph outputs of `model` (in place); return them, for remove_outputs."""
+    present = {value.name for value in model.graph.output}
+    added = [helper.make_tensor_value_info(name, elem_type, None)
+             for name, elem_type in names.items() if name not in present]
+    model.graph.output.extend(added)
+    return added
+
+
+def remove_outputs(model: onnx.ModelProto, added: List[onnx.ValueInfoProto]) -> None:
+    """Undo with_outputs."""
+    if added:
+        del model.graph.output[len(model.graph.output) - len(added):]
+
+
+def divergence_source(name: str, shared: SharedTensors, labels: Optional[Mapping[str, str]]) -> Optional[str]:
+    """The BN fold behind a diverging tensor: the tensor's own label, else the nearest labelled tensor or
+    BatchNormalization walking up the reference from it (a Relu after a BN can fail first: its channels' peaks,
+    and so its tolerances, are smaller than the BN output's)."""
+    labels = labels or {}
+    seen, frontier = set(), [name]
+    while frontier:
+        tensor = frontier.pop(0)
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in labels:
+            return labels[tensor]
+        op_type, node_name, inputs = shared.producers.get(tensor, (None, None, ()))
+        if op_type == "BatchNormalization":
+            return f"{node_name or '(unnamed)'} -> {tensor!r}"
+        frontier.extend(inputs)
+    return None
