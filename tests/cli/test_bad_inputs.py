@@ -412,7 +412,7 @@ def test_negative_seed_is_a_usage_error(good_model, out_dir, command):
 
 
 def test_negative_seed_in_the_api_is_a_usage_error(good_model):
-    with pytest.raises(bnfold.UsageError, match="seed: must be at least 0"):
+    with pytest.raises(bnfold.UsageError, match="seed must be a non-negative integer"):
         bnfold.verify(good_model[0], good_model[0], seed=-1)
 
 
