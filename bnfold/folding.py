@@ -13,7 +13,7 @@ import onnx
 import onnx.inliner
 from onnx import helper
 
-from .loading import check_model, load_model
+from .loading import load_checked_model, load_model
 from .saving import save_model
 from .tensors import tensor_bytes
 from .errors import InvalidModelError, OutputError, UsageError, VerificationFailed
@@ -237,10 +237,7 @@ def fold_file(
     if destination is not None and _same_file(source, Path(destination)) and not overwrite and not dry_run:
         raise OutputError(f"{destination} is the input file; pass --overwrite to replace it")
     started = time.perf_counter()
-    if check:
-        # Checked from the file before it is loaded: the checker's own copies of the model are then not added to ours.
-        check_model(source)
-    model = load_model(source)
+    model = load_checked_model(source, check=check)
     folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip,
                           inline_functions=inline_functions, inplace=True)
     report.source = str(source)
