@@ -11,7 +11,8 @@ so the ratio there is expected near 1). Both are the folded model's p50 latency 
 With --standalone it measures instead whether a BatchNormalization that nothing can absorb is better replaced by
 a Mul and an Add with [C, 1, 1] constants (what bnfold's standalone rule writes) or left as BN: BN after a Concat
 (DenseNet), after a MaxPool, after a residual Add, each at 1x64x56x56 and 1x256x14x14, and the repository's
-densenet_block.onnx folded with and without `--skip standalone`. The ratio is Mul+Add's p50 over BN's.
+densenet_block.onnx folded with and without `--skip standalone`. The ratio is Mul+Add's p50 over BN's,
+the median of --rounds short benches.
 
 The built model (when no zoo model exists) is a small ResNet: a Conv+BN+ReLU stem, basic blocks of two Conv+BN
 with identity or strided Conv+BN shortcuts, global average pooling and a Gemm head, input 1x3x112x112.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Optional
@@ -138,15 +140,19 @@ def standalone_main(args) -> int:
         if label.endswith(".onnx"):
             kept, _ = bnfold.fold(original, skip=["standalone"])
             candidates = [("BN", original), ("skip standalone", kept), ("Mul+Add", folded)]
-        result = bnfold.bench(candidates, providers=["cpu"], opt_levels=["disable", "all"], warmup=args.warmup,
-                              iterations=args.iterations, intra_op_threads=args.intra_op_threads)
-        for row in result.rows:
-            if row.ratio is not None and row.model != "BN":
-                rows.append((label, standalone, row.model, row.opt_level, row.ratio))
+        ratios = {}
+        for _ in range(args.rounds):  # short benches repeated: one slow spell of the machine cannot decide a ratio
+            result = bnfold.bench(candidates, providers=["cpu"], opt_levels=["disable", "all"], warmup=args.warmup,
+                                  iterations=args.iterations, intra_op_threads=args.intra_op_threads)
+            for row in result.rows:
+                if row.ratio is not None and row.model != "BN":
+                    ratios.setdefault((row.model, row.opt_level), []).append(row.ratio)
+        rows += [(label, standalone, model, level, values) for (model, level), values in ratios.items()]
         print(f"{label}: {standalone} BN became Mul+Add", flush=True)
-    print(f"\n{'case':28} {'standalone':>10} {'model':16} {'ORT opt':8} {'p50 / BN p50':>12}")
-    for label, standalone, model, level, ratio in rows:
-        print(f"{label:28} {standalone:>10} {model:16} {level:8} {ratio:12.3f}")
+    print(f"\n{'case':28} {'standalone':>10} {'model':16} {'ORT opt':8} {'p50 / BN p50':>12}  range over rounds")
+    for label, standalone, model, level, values in rows:
+        print(f"{label:28} {standalone:>10} {model:16} {level:8} {statistics.median(values):12.3f}  "
+              f"{min(values):.2f}-{max(values):.2f}")
     return 0
 
 
@@ -167,6 +173,7 @@ def main(argv=None) -> int:
     parser.add_argument("--intra-op-threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write bnfold bench's JSON here")
     parser.add_argument("--standalone", action="store_true", help="BN vs Mul + Add where nothing absorbs the BN")
+    parser.add_argument("--rounds", type=int, default=7, help="--standalone: benches per case; the median ratio")
     args = parser.parse_args(argv)
     if args.standalone:
         return standalone_main(args)
