@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import onnx
 import onnx.inliner
 
-from .loading import check_model, load_model
+from .loading import load_checked_model, load_model
 from .saving import save_model
 from .tensors import tensor_bytes
 from .errors import (ArgumentTypeError, InvalidModelError, OutputError, UnresolvedShapeError, UsageError,
@@ -171,10 +171,7 @@ def fold_file(
     if destination is not None and _same_file(source, Path(destination)) and not overwrite and not dry_run:
         raise OutputError(f"{destination} is the input file; pass --overwrite to replace it")
     started = time.perf_counter()
-    if check:
-        # Checked from the file before it is loaded: the checker's own copies of the model are then not added to ours.
-        check_model(source)
-    model = load_model(source)
+    model = load_checked_model(source, check=check)
     folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip,
                           inline_functions=inline_functions, inplace=True, local_check=verify,
                           _reload=lambda: load_model(source))
