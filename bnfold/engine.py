@@ -3,7 +3,7 @@ that scope; in each, every BatchNormalization and decomposed-BN candidate in gra
 
 1. forward: walk up through the look-through chain to a producer and fold into it;
 2. backward: walk down to the readers and fold into them;
-3. standalone: only where the walk up reached no producer and no reader can absorb it, Mul + Add.
+3. standalone (opt-in): only where the walk up reached no producer and no reader can absorb it, Mul + Add.
 
 A BN that none of these folds stays, with the first refusal's reason. Each fold is planned as an Edit before the
 graph changes, so a refusal leaves it byte-identical.
@@ -17,7 +17,7 @@ import onnx
 from onnx import helper
 
 from .checking.folds import LocalChecker
-from .graph import (DEFAULT_DOMAINS, Edit, GraphIndex, ModelScope, NotConstant, function_types, node_label,
+from .graph import (DEFAULT_DOMAINS, Edit, GraphIndex, ModelScope, NotConstant, function_types, is_op, node_label,
                     scope_types)
 from .graph.pieces import PieceBuilder
 from .report import BnDecision
@@ -35,12 +35,17 @@ VALIDATED_OPS = frozenset({"BatchNormalization", "Add", "Sub", "Mul", "Div", "De
 class Engine:
     """Folds one model in place and records a decision for every BN and decomposed-BN candidate."""
 
-    def __init__(self, model: onnx.ModelProto, options, excluded: Optional[Dict[tuple, str]] = None):
+    def __init__(self, model: onnx.ModelProto, options, excluded: Optional[Dict[tuple, str]] = None,
+                 model_bytes: Optional[int] = None):
         self.model = model
         self.options = options
         self.excluded = excluded or {}  # (scope path, output) -> why that fold is not made (it failed its check)
         self.checker = LocalChecker(model) if options.local_check else None
-        self.scope = ModelScope(model, fold_input_initializers=options.fold_input_initializers)
+        if model_bytes is None:
+            from .tensors import tensor_bytes
+
+            model_bytes = tensor_bytes(model)
+        self.scope = ModelScope(model, model_bytes=model_bytes, fold_input_initializers=options.fold_input_initializers)
         self.types = scope_types(model)
         skipped = set(options.skip)
         self.producers = tuple(op for op, name in PRODUCER_RULES.items() if name not in skipped)
@@ -121,6 +126,16 @@ class Engine:
             return decision
         reasons = []
         producer, nodes, stop = walk_up(bn.input, index)
+        if is_op(producer, ("Concat",)) and "forward" not in self.skipped:
+            concat_reasons: List[str] = []  # a Concat that cannot absorb the BN is no producer: it may fold otherwise
+            edit = self._try(lambda: forward.plan_concat(producer, nodes, index, bn, self.producers), concat_reasons,
+                             "forward")
+            if edit is not None:
+                self._apply(decision, edit, "forward", index)
+                return decision
+            stop += f" ({concat_reasons[0]})"
+        if not is_op(producer, PRODUCERS):
+            producer = None
         if producer is not None:
             if producer.op_type not in self.producers or "forward" in self.skipped:
                 which = "forward" if "forward" in self.skipped else PRODUCER_RULES[producer.op_type]
@@ -142,9 +157,12 @@ class Engine:
                 reasons.append(f"input {stop}; nothing to fold it into, and rule 'standalone' is skipped")
             else:
                 edit = self._try(lambda: standalone.plan(bn, index), reasons, "standalone")
-                if edit is not None:
+                if edit is not None and self.options.standalone:
                     self._apply(decision, edit, "standalone", index)
                     return decision
+                if edit is not None:
+                    reasons.insert(0, f"input {stop}; nothing to fold it into (--standalone would make it Mul + Add, "
+                                      "which ONNX Runtime runs 1.1-1.5x slower than BatchNormalization)")
         decision.reason = reasons[0] if reasons else f"input {stop}; nothing to fold it into"
         return decision
 

@@ -30,12 +30,15 @@ class FoldOptions:
     skip: rules (forward, backward, decomposed, standalone) or producers (conv, conv_transpose, gemm, matmul) not to
     use; see bnfold.rules.RULE_NAMES.
     inline_functions: inline model-local functions first, so BNs fed by function inputs fold per call site.
-    local_check: check every fold on its own in ONNX Runtime and undo those that fail."""
+    local_check: check every fold on its own in ONNX Runtime and undo those that fail.
+    standalone: replace a BN with nothing to fold into by Mul + Add (off by default: ONNX Runtime runs Mul + Add
+    1.1-1.5x slower than the BatchNormalization it replaces, measured by benchmarks/runtime_latency.py)."""
 
     fold_input_initializers: bool = False
     skip: Tuple[str, ...] = ()
     inline_functions: bool = False
     local_check: bool = True
+    standalone: bool = False
 
     def __post_init__(self):
         unknown = sorted(set(self.skip) - set(RULE_NAMES))
@@ -62,6 +65,7 @@ def fold(
     inline_functions: bool = False,
     inplace: bool = False,
     local_check: bool = True,
+    standalone: bool = False,
     _reload: Optional[Callable[[], onnx.ModelProto]] = None,
 ) -> Tuple[onnx.ModelProto, FoldReport]:
     """Fold every foldable eval-mode BatchNormalization; return the folded model and a report of each BN.
@@ -77,10 +81,11 @@ def fold(
     """
     options = FoldOptions(fold_input_initializers=as_flag(fold_input_initializers, "fold_input_initializers"),
                           skip=as_names(skip, "skip"), inline_functions=as_flag(inline_functions, "inline_functions"),
-                          local_check=as_flag(local_check, "local_check"))
+                          local_check=as_flag(local_check, "local_check"), standalone=as_flag(standalone, "standalone"))
     if is_graphsurgeon_graph(model):
         return fold_graphsurgeon(model, skip=options.skip, fold_input_initializers=options.fold_input_initializers,
-                                 inline_functions=options.inline_functions, local_check=options.local_check)
+                                 inline_functions=options.inline_functions, local_check=options.local_check,
+                                 standalone=options.standalone)
     if isinstance(model, (str, os.PathLike)):
         path = model
         model, reload = load_model(path), (lambda: load_model(path))
@@ -103,7 +108,7 @@ def fold(
     while True:
         working = onnx.inliner.inline_local_functions(model) if options.inline_functions and model.functions \
             else model
-        engine = Engine(working, options, excluded=excluded)
+        engine = Engine(working, options, excluded=excluded, model_bytes=report.initializer_bytes_before)
         engine.run()
         if not engine.local_failures:
             break
@@ -150,6 +155,7 @@ def fold_file(
     skip: Union[str, Sequence[str]] = (),
     inline_functions: bool = False,
     require_end_to_end: bool = False,
+    standalone: bool = False,
 ) -> FoldReport:
     """Load, fold, verify (unless verify=False) and atomically write a model; return the report.
 
@@ -173,7 +179,7 @@ def fold_file(
     started = time.perf_counter()
     model = load_checked_model(source, check=check)
     folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip,
-                          inline_functions=inline_functions, inplace=True, local_check=verify,
+                          inline_functions=inline_functions, inplace=True, local_check=verify, standalone=standalone,
                           _reload=lambda: load_model(source))
     report.source = str(source)
     report.destination = None if destination is None else str(destination)

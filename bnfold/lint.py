@@ -106,7 +106,7 @@ def check(path, *, check_model: bool = True, fold_input_initializers: bool = Fal
     model = load_model(source[0])
     others = list(_other_normalizations(model))
     _, report = fold(model, inplace=True, fold_input_initializers=fold_input_initializers, skip=skip,
-                     inline_functions=inline_functions, local_check=False)
+                     inline_functions=inline_functions, local_check=False, standalone=True)
     result = ModelCheck(source=source[0], other_normalizations=others)
     for decision in report.decisions:
         if not decision.folded:

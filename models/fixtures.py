@@ -621,6 +621,91 @@ def dynamic_detector(*, stages: int = 6, channels: int = 4, seed: int = 0) -> on
     outputs = [helper.make_tensor_value_info("head_bn", TensorProto.FLOAT, ["N", 6, "h", "w"])]
     return make_model(nodes, inputs, outputs, initializers)
 
+CHAIN_KINDS = ("convtranspose_identity_add", "conv_cast_mul_identity_add", "gemm_reshape_sub_div")
+
+
+def look_through_chain(kind: str, *, backward: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """A producer and a BN with a chain of look-through ops between them, as exporters leave them.
+
+    Forward (producer -> chain -> BN):
+      convtranspose_identity_add: ConvTranspose -> Identity -> Add(bias) -> Identity -> BN (paddle2onnx's PP-OCR)
+      conv_cast_mul_identity_add: Conv -> Cast -> Mul(scale) -> Identity -> Add(shift) -> BN
+      gemm_reshape_sub_div:       Gemm -> Reshape([0, C, 1, 1]) -> Sub(mean) -> Div(std) -> BN
+    backward=True mirrors each (BN -> chain reversed -> reader); the first mirror's reader is a 1x1 Conv, since a
+    ConvTranspose cannot absorb the shift the Add brings.
+    """
+    rng = np.random.default_rng(seed)
+    c = 6
+    per_channel = (1, c, 1, 1)
+    constants = {
+        "bias": rng.normal(0, 1, per_channel), "scale": rng.uniform(0.5, 2, (c, 1, 1)),
+        "shift": rng.normal(0, 1, per_channel), "mean": rng.normal(0, 1, per_channel),
+        "std": rng.uniform(0.5, 2, (c, 1, 1)),
+    }
+    initializers = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in constants.items()]
+    initializers += bn_parameters(c, rng, "bn")
+    chain = {
+        "convtranspose_identity_add": [("Identity", None), ("Add", "bias"), ("Identity", None)],
+        "conv_cast_mul_identity_add": [("Cast", None), ("Mul", "scale"), ("Identity", None), ("Add", "shift")],
+        "gemm_reshape_sub_div": [("Reshape", "to_4d"), ("Sub", "mean"), ("Div", "std")],
+    }[kind]
+    gemm = kind == "gemm_reshape_sub_div"
+    if backward:
+        chain = [(("Reshape", "to_2d") if op == "Reshape" else (op, constant)) for op, constant in reversed(chain)]
+    if gemm:
+        initializers.append(numpy_helper.from_array(np.array([0, c, 1, 1], np.int64), "to_4d"))
+        initializers.append(numpy_helper.from_array(np.array([0, c], np.int64), "to_2d"))
+    nodes = []
+    current = "p" if not backward else "b"
+    if backward:
+        x_shape = ["N", c, 1, 1] if gemm else ["N", c, 5, 5]
+        nodes.append(bn_node("x", "b", "bn"))
+    elif gemm:
+        initializers.append(numpy_helper.from_array(rng.normal(0, 0.5, (4, c)).astype(np.float32), "W"))
+        nodes.append(helper.make_node("Gemm", ["x", "W"], ["p"], name="producer"))
+        x_shape, y_shape = ["N", 4], ["N", c, 1, 1]
+    else:
+        op = "ConvTranspose" if kind.startswith("convtranspose") else "Conv"
+        shape = (4, c, 3, 3) if op == "ConvTranspose" else (c, 4, 3, 3)
+        initializers.append(numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), "W"))
+        nodes.append(helper.make_node(op, ["x", "W"], ["p"], name="producer", pads=[1, 1, 1, 1]))
+        x_shape, y_shape = ["N", 4, 5, 5], ["N", c, 5, 5]
+    for index, (op, constant) in enumerate(chain):
+        attributes = {"to": TensorProto.FLOAT} if op == "Cast" else {}
+        inputs = [current] + ([constant] if constant else [])
+        nodes.append(helper.make_node(op, inputs, [f"t{index}"], name=f"{op.lower()}{index}", **attributes))
+        current = f"t{index}"
+    if not backward:
+        nodes.append(bn_node(current, "y", "bn"))
+    elif gemm:
+        initializers.append(numpy_helper.from_array(rng.normal(0, 0.5, (c, 4)).astype(np.float32), "W"))
+        nodes.append(helper.make_node("Gemm", [current, "W"], ["y"], name="reader"))
+        y_shape = ["N", 4]
+    else:
+        initializers.append(numpy_helper.from_array(rng.normal(0, 0.5, (4, c, 1, 1)).astype(np.float32), "W"))
+        nodes.append(helper.make_node("Conv", [current, "W"], ["y"], name="reader"))
+        y_shape = ["N", 4, 5, 5]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], initializers)
+
+
+def mixed_kernel_concat_bn(*, kernels=(3, 5, 7), channels=(4, 3, 5), seed: int = 0) -> onnx.ModelProto:
+    """timm's MixedConv2d: parallel Convs with different kernels, each read only by one Concat along the channels,
+    then a BN: x -> {Conv k x k}* -> Concat(axis=1) -> BN -> y."""
+    rng = np.random.default_rng(seed)
+    initializers, nodes, parts = [], [], []
+    for index, (kernel, count) in enumerate(zip(kernels, channels)):
+        initializers.append(numpy_helper.from_array(
+            rng.normal(0, 0.5, (count, 4, kernel, kernel)).astype(np.float32), f"W{index}"))
+        nodes.append(helper.make_node("Conv", ["x", f"W{index}"], [f"c{index}"], name=f"conv{index}",
+                                      pads=[kernel // 2] * 4))
+        parts.append(f"c{index}")
+    total = sum(channels)
+    initializers += bn_parameters(total, rng, "bn")
+    nodes += [helper.make_node("Concat", parts, ["cat"], name="concat", axis=1), bn_node("cat", "y", "bn")]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 9, 9])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", total, 9, 9])], initializers)
+
 
 # The models `python models/fixtures.py` writes: name -> builder. Each exercises a rule or a refusal.
 SHIPPED: Dict[str, callable] = {
@@ -651,6 +736,10 @@ SHIPPED: Dict[str, callable] = {
     "mixed_scale_head": mixed_scale_head,
     "text_recognizer_dynamic_width": text_recognizer,
     "detector_dynamic_hw": dynamic_detector,
+    "mixed_kernel_concat_bn": mixed_kernel_concat_bn,
+    **{f"chain_{kind}": (lambda kind=kind: look_through_chain(kind)) for kind in CHAIN_KINDS},
+    **{f"chain_{kind}_backward": (lambda kind=kind: look_through_chain(kind, backward=True))
+       for kind in CHAIN_KINDS},
 }
 
 

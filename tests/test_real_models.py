@@ -17,7 +17,7 @@ def test_model_zoo_architecture_folds_every_bn_and_stays_equivalent(name):
     path = LIGHT_MODELS / f"{name}.onnx"
     if not path.exists():
         pytest.skip(f"this onnx release does not ship {path.name}")
-    folded, report = bnfold.fold(bnfold.load_model(path))
+    folded, report = bnfold.fold(bnfold.load_model(path), standalone=True)
     folded_count = report.folded_count + sum(d.folded for d in report.decomposed)
     assert folded_count == EXPECTED_FOLDS[name] and report.kept_count == 0, report.render()
     assert "BatchNormalization" not in {node.op_type for node in folded.graph.node}

@@ -10,6 +10,7 @@ exceeding it means "not a constant", never an out-of-memory kill.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -21,6 +22,7 @@ from .index import DEFAULT_DOMAINS, NotConstant, attribute, node_label
 # The budget for computed constants: this many times the model's own tensor bytes, and never less than the floor.
 BUDGET_MODEL_MULTIPLE = 2
 BUDGET_FLOOR_BYTES = 256 << 20
+RECENT_INITIALIZERS = 8
 
 # Cast targets evaluated here: plain numpy types whose conversion ONNX defines like numpy does.
 _CAST_TARGETS = {getattr(onnx.TensorProto, name) for name in (
@@ -219,6 +221,22 @@ class ConstantEvaluator:
         self.index = index
         self.cache: Dict[str, np.ndarray] = {}
         self.failures: Dict[str, str] = {}
+        # The last few initializers read: a fold reads a weight several times; all of them would be a model copy.
+        self.recent: "OrderedDict[str, np.ndarray]" = OrderedDict()
+
+    def forget(self, name: str) -> None:
+        """An edit rewrote initializer `name` in place."""
+        self.recent.pop(name, None)
+
+    def _initializer(self, name: str) -> np.ndarray:
+        value = self.recent.get(name)
+        if value is None:
+            value = tensor_value(self.index.initializers[name])
+            value.flags.writeable = False  # shared by every reader until it leaves the cache
+            self.recent[name] = value
+            if len(self.recent) > RECENT_INITIALIZERS:
+                self.recent.popitem(last=False)
+        return value
 
     def _leaf(self, name: str):
         """The value of `name` if it needs no evaluation here, the producing node if it does; or NotConstant."""
@@ -234,7 +252,7 @@ class ConstantEvaluator:
                 raise NotConstant(
                     f"{name!r} is an initializer that is also a graph input (an overridable default from IR 4 on); "
                     "pass --fold-input-initializers to treat such inputs as constants")
-            return tensor_value(index.initializers[name]), None
+            return self._initializer(name), None
         node = index.producer(name)
         if node is None:
             if name in index.input_names:

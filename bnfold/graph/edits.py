@@ -88,6 +88,7 @@ class Editor:
                    and len(ix.users(old)) == 1)
         if private:
             tensor.CopyFrom(numpy_helper.from_array(value, old))
+            ix.constants.forget(old)
             return
         name = ix.unique_name(hint)
         if ix.function:

@@ -9,6 +9,7 @@ read and is looked up in the parent scope (a function body has none: its free na
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import lru_cache
 from typing import Dict, Iterable, Iterator, List, Optional, Set
 
 import numpy as np
@@ -99,12 +100,19 @@ def node_label(node: onnx.NodeProto) -> str:
     return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
 
 
+@lru_cache(maxsize=None)
+def _schema(op_type: str, opset: int):
+    try:
+        return onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+
+
 def validate_node(node: onnx.NodeProto, opset: int) -> None:
     """Raise InvalidModelError when a node lacks a required input or output, or has an attribute of the wrong
     type: onnx.checker catches these, but users may skip it (--no-check) and rules index freely."""
-    try:
-        schema = onnx.defs.get_schema(node.op_type, opset, "")
-    except onnx.defs.SchemaError:
+    schema = _schema(node.op_type, opset)
+    if schema is None:
         return
     label = f"{node.op_type} node {node_label(node)!r}"
     if len(node.input) < schema.min_input or not all(node.input[:schema.min_input]):
@@ -260,15 +268,14 @@ class GraphIndex:
 class ModelScope:
     """What every scope of one model shares: IR version, default opset, the names in use, the constant budget."""
 
-    def __init__(self, model: onnx.ModelProto, *, fold_input_initializers: bool = False):
-        from ..tensors import tensor_bytes
+    def __init__(self, model: onnx.ModelProto, *, model_bytes: int, fold_input_initializers: bool = False):
         from .constants import ConstantBudget
 
         self.ir_version = model.ir_version
         self.opset = default_opset(model)
         self.names = all_names(model)
         self.fold_input_initializers = fold_input_initializers
-        self.budget = ConstantBudget.for_model_bytes(tensor_bytes(model))
+        self.budget = ConstantBudget.for_model_bytes(model_bytes)
 
 
 def default_opset(model: onnx.ModelProto) -> int:

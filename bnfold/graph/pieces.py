@@ -132,7 +132,8 @@ class PieceBuilder:
         self.readers: Dict[str, tuple] = {}  # output -> (a reader outside the piece, its input position)
         for node in self.nodes:
             for name in node.output:
-                outside = [user for user in index.users(name) if id(user) not in ids]
+                # Shape readers see only the shape, which a fold keeps: they are no reason to compare values.
+                outside = [user for user in index.value_readers(name) if id(user) not in ids]
                 if outside or index.is_graph_output(name):
                     self.outputs.append(name)
                     if outside and name in outside[0].input:

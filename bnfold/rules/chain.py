@@ -126,10 +126,11 @@ def data_input(node: onnx.NodeProto, index: GraphIndex) -> Optional[str]:
     return node.input[0] if node.input and node.input[0] else None
 
 
-def walk_up(name: str, index: GraphIndex, stop_at_producers=True) -> Tuple[Optional[onnx.NodeProto], List, str]:
-    """(producer, look-through nodes from it to `name` in data-flow order, why the walk stopped there).
+def walk_up(name: str, index: GraphIndex) -> Tuple[Optional[onnx.NodeProto], List, str]:
+    """(top, look-through nodes from it to `name` in data-flow order, why the walk stopped there).
 
-    The producer is None when the walk reached no op of the producer table; the reason then says what it reached.
+    `top` is the first node that is no look-through op: an op of the producer table, or another (a Concat, a Relu)
+    with the reason saying what it is; None at a graph input.
     """
     nodes: List[onnx.NodeProto] = []
     while True:
@@ -141,7 +142,7 @@ def walk_up(name: str, index: GraphIndex, stop_at_producers=True) -> Tuple[Optio
         if is_op(node, PRODUCERS):
             return node, nodes[::-1], ""
         if not is_op(node, LOOK_THROUGH) or data_input(node, index) is None:
-            return None, nodes[::-1], f"{name!r} comes from {node.op_type} node {node_label(node)!r}"
+            return node, nodes[::-1], f"{name!r} comes from {node.op_type} node {node_label(node)!r}"
         nodes.append(node)
         name = data_input(node, index)
 

@@ -29,7 +29,7 @@ def candidate(node: onnx.NodeProto, index: GraphIndex) -> Optional[Tuple[onnx.No
     if is_op(following, AFFINE + ("BatchNormalization",)) and data_input(following, index) == node.output[0]:
         return None  # the chain goes on
     producer, nodes, _ = walk_up(node.output[0], index)
-    if producer is None or not nodes:
+    if not is_op(producer, PRODUCERS) or not nodes:
         return None
     for node_before in nodes[:-1]:
         if len(index.value_readers(node_before.output[0])) != 1 or index.is_graph_output(node_before.output[0]):

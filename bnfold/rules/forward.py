@@ -13,14 +13,14 @@ from typing import List, Optional
 import numpy as np
 import onnx
 
-from ..graph import Edit, GraphIndex, node_label
-from .base import Refuse, require_exclusive
+from ..graph import Edit, GraphIndex, is_op, node_label
+from .base import Refuse, read_attribute, require_exclusive
 from .chain import AFFINE, Channels, data_input, require_single_readers, sizes_of, track
 from .producers import PRODUCERS, Producer
 
 NAME = "forward"
-DESCRIPTION = ("Conv / ConvTranspose / Gemm / MatMul -> [Identity, Cast, per-channel Add/Sub/Mul/Div, channel-keeping "
-               "Reshape/Flatten/(Un)Squeeze, spatial average]* -> BatchNormalization")
+DESCRIPTION = ("Conv / ConvTranspose / Gemm / MatMul (or a channel Concat of them) -> [Identity, Cast, per-channel "
+               "Add/Sub/Mul/Div, channel-keeping Reshape/Flatten/(Un)Squeeze, spatial average]* -> BatchNormalization")
 
 
 def producer_channels(producer: onnx.NodeProto, index: GraphIndex) -> Channels:
@@ -73,4 +73,54 @@ def plan(producer: onnx.NodeProto, nodes: List[onnx.NodeProto], index: GraphInde
     if scale is not None:
         edit.remove(end)
     edit.rename(kept, output)
+    return edit
+
+
+def plan_concat(concat: onnx.NodeProto, nodes: List[onnx.NodeProto], index: GraphIndex, bn, allowed) -> Edit:
+    """The fold of `Concat(producers, axis=channels) -> nodes -> BN` (timm's MixedConv2d): each producer absorbs
+    its own slice of the BN's map. Every Concat input must come straight from an op of the producer table, read
+    by the Concat alone."""
+    producers = [index.producer(name) for name in concat.input]
+    if len(set(concat.input)) != len(concat.input):
+        raise Refuse(f"Concat {node_label(concat)!r} reads one tensor twice")
+    for name, producer in zip(concat.input, producers):
+        if not is_op(producer, allowed):
+            what = f"{producer.op_type} node {node_label(producer)!r}" if producer is not None else "no node"
+            raise Refuse(f"Concat {node_label(concat)!r} input {name!r} comes from {what}, which cannot absorb a "
+                         "slice of the BN")
+        require_exclusive(index, name, concat, f"{producer.op_type} {node_label(producer)!r}")
+    require_exclusive(index, concat.output[0], nodes[0] if nodes else bn.node, f"Concat {node_label(concat)!r}")
+    require_single_readers(nodes + [bn.node], index)
+    parts = [producer_channels(producer, index) for producer in producers]
+    ranks = {len(part.dims) for part in parts if part.dims is not None}
+    if len(ranks) != 1 or len(ranks) == 1 and any(part.dims is None for part in parts):
+        raise Refuse(f"the ranks of Concat {node_label(concat)!r}'s inputs are unknown")
+    rank = ranks.pop()
+    axis = int(read_attribute(concat, "axis", 1))
+    axis = axis + rank if axis < 0 else axis
+    if any(part.axis != axis for part in parts):
+        raise Refuse(f"Concat {node_label(concat)!r} joins along axis {axis}, not along its inputs' channels")
+    count = sum(part.count for part in parts)
+    dims = sizes_of(index.dims(concat.output[0]), rank)
+    dims[axis] = type(dims[axis])(count)
+    channels, chain = track(nodes, index, Channels(count, dims, axis))
+    if channels.axis != 1:
+        raise Refuse(f"BN normalizes axis 1, but the Concat's channels arrive on axis {channels.axis}")
+    if bn.channels != count:
+        raise Refuse(f"channel mismatch: the Concat has {count} channels, BN has {bn.channels}")
+    scale, shift = chain.scale * bn.scale, chain.shift * bn.scale + bn.shift
+    edit = Edit(into=list(producers), through=[concat, *nodes], output_axes={bn.output: 1})
+    offset = 0
+    for producer, part in zip(producers, parts):
+        PRODUCERS[producer.op_type].forward(producer, index, scale[offset:offset + part.count],
+                                            shift[offset:offset + part.count], edit)
+        offset += part.count
+    kept = concat.output[0]
+    for node in nodes:
+        if node.op_type in AFFINE:
+            edit.bypass(node, list(node.input).index(data_input(node, index)))
+        else:
+            kept = node.output[0]
+    edit.remove(bn.node)
+    edit.rename(kept, bn.output)
     return edit

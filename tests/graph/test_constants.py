@@ -21,7 +21,7 @@ def _index(nodes, initializers=(), opset=17):
                                                                            TensorProto.FLOAT, None)],
                               list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    return model, GraphIndex(model.graph, model=ModelScope(model))
+    return model, GraphIndex(model.graph, model=ModelScope(model, model_bytes=0))
 
 
 def _reference(model, name):

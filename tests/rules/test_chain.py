@@ -1,0 +1,119 @@
+"""The chain walk: look-through ops between a producer and its BN (or a BN and its readers) compose into one
+per-channel map that the producer (or the readers) absorb, exactly; what may move elements between channels stops
+the walk with a reason. Sizes of views are tracked symbolically (rules.chain.Size)."""
+
+import numpy as np
+import pytest
+
+import bnfold
+from bnfold.engine import VALIDATED_OPS
+from bnfold.rules import chain
+from bnfold.rules.chain import Size
+from bnfold.rules.producers import PRODUCERS, Producer
+from models import fixtures
+from support import fold_and_compare, op_types
+
+
+@pytest.mark.parametrize("kind", fixtures.CHAIN_KINDS)
+def test_a_forward_chain_folds_into_the_producer(kind):
+    folded, report = fold_and_compare(fixtures.look_through_chain(kind), expect_folded=1)
+    decision = report.decisions[0]
+    assert decision.rule == "forward" and decision.into == "producer"
+    assert not {"BatchNormalization", "Add", "Sub", "Mul", "Div"} & set(op_types(folded))
+    assert decision.local_error is not None and decision.local_error < 1e-4
+
+
+@pytest.mark.parametrize("kind", fixtures.CHAIN_KINDS)
+def test_the_backward_mirror_folds_into_the_reader(kind):
+    folded, report = fold_and_compare(fixtures.look_through_chain(kind, backward=True), expect_folded=1)
+    decision = report.decisions[0]
+    assert decision.rule == "backward" and decision.into == "reader"
+    assert not {"BatchNormalization", "Add", "Sub", "Mul", "Div"} & set(op_types(folded))
+
+
+def test_sizes_multiply_and_divide_symbolically():
+    n, h = Size.unknown(), Size.unknown()
+    total = n * Size(8) * h * Size(5)
+    assert total.divided_by(n * Size(8)) == h * Size(5)
+    assert total.divided_by(Size(16)) is None  # 40 * n * h / 16 is not provably a whole size
+    assert Size(8) == 8 and not (h == 1)
+
+
+def test_every_op_a_rule_reads_is_validated_and_every_producer_is_complete():
+    """Adding a producer is one entry in the table: the engine validates its nodes, and the entry implements the
+    whole interface (a missing method would raise NotImplementedError mid-fold)."""
+    assert set(PRODUCERS) | set(chain.LOOK_THROUGH) <= VALIDATED_OPS
+    for entry in PRODUCERS.values():
+        for method in ("output_rank", "output_channels", "input_channels", "forward", "backward"):
+            assert getattr(type(entry), method) is not getattr(Producer, method), (entry.op_type, method)
+
+
+def test_a_reshape_with_dynamic_spatial_dims_is_proven_symbolically():
+    """Reshape(x, [0, C, -1]) keeps every element in its channel whatever H and W are."""
+    model = fixtures.conv_reshape_bn(target=(0, 8, -1))
+    for axis in (2, 3):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = f"S{axis}"
+    del model.graph.value_info[:]
+    folded, report = bnfold.fold(model)
+    assert report.folded_count == 1, report.render()
+    from support import assert_same_outputs
+
+    assert_same_outputs(model, folded)
+
+
+def test_token_matmul_through_a_batch_merging_reshape_folds_as_batchnorm1d():
+    """LeViT's LinearNorm: MatMul on [B, N, C] tokens -> Reshape [B*N, C] -> BatchNorm1d -> Reshape back. The BN's
+    channel is the MatMul's last axis; a Shape node reading the MatMul output reads no values."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    c = 6
+    initializers = [numpy_helper.from_array(rng.normal(size=(4, c)).astype(np.float32), "W"),
+                    numpy_helper.from_array(np.array([-1, c], np.int64), "flat"),
+                    *fixtures.bn_parameters(c, rng, "bn")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="linear"),
+             helper.make_node("Shape", ["m"], ["m_shape"]),
+             helper.make_node("Reshape", ["m", "flat"], ["f"], name="flatten_tokens"),
+             fixtures.bn_node("f", "n", "bn"),
+             helper.make_node("Reshape", ["n", "m_shape"], ["y"], name="unflatten")]
+    model = fixtures.make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 5, 4])],
+                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 5, c])], initializers)
+    folded, report = fold_and_compare(model, expect_folded=1)
+    assert report.decisions[0].rule == "forward" and "BatchNormalization" not in op_types(folded)
+
+
+def test_bn_before_global_pooling_and_flatten_folds_backward_into_the_head():
+    """ConvMixer's head: BN -> GlobalAveragePool -> Flatten -> Gemm. Averaging commutes with a per-channel map."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(6)
+    c = 6
+    initializers = [numpy_helper.from_array(rng.normal(size=(c, 3)).astype(np.float32), "W"),
+                    numpy_helper.from_array(rng.normal(size=3).astype(np.float32), "b"),
+                    *fixtures.bn_parameters(c, rng, "bn")]
+    nodes = [fixtures.bn_node("x", "n", "bn"),
+             helper.make_node("GlobalAveragePool", ["n"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "W", "b"], ["y"], name="head")]
+    model = fixtures.make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 7, 7])],
+                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializers)
+    folded, report = fold_and_compare(model, expect_folded=1)
+    assert report.decisions[0].rule == "backward" and op_types(folded) == ["GlobalAveragePool", "Flatten", "Gemm"]
+
+
+def test_bn_after_a_channel_concat_of_convs_folds_a_slice_into_each():
+    """timm's MixedConv2d (mixnet): no tool folds this BN; each Conv absorbs its own channels."""
+    folded, report = fold_and_compare(fixtures.mixed_kernel_concat_bn(), expect_folded=1)
+    assert op_types(folded) == ["Conv", "Conv", "Conv", "Concat"]
+    assert report.decisions[0].into == "conv0, conv1, conv2"
+
+
+def test_a_concat_with_an_input_no_conv_made_keeps_the_bn_with_the_reason():
+    from onnx import helper
+
+    model = fixtures.mixed_kernel_concat_bn()
+    model.graph.node.insert(1, helper.make_node("Relu", ["c0"], ["r0"], name="relu"))
+    model.graph.node[-2].input[0] = "r0"
+    folded, report = bnfold.fold(model)
+    assert report.folded_count == 0 and "comes from Relu node 'relu'" in report.kept[0].reason
+    assert folded.SerializeToString() == model.SerializeToString()
