@@ -342,3 +342,20 @@ def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = F
         # onnx's C++ side re-parses the model and refuses some protos Python's parser accepted.
         raise InvalidModelError(f"onnx.checker cannot read the model: {str(error).splitlines()[0]}") from None
 
+
+def check_model_file(path: PathLike) -> Tuple[Optional[onnx.ModelProto], List[str]]:
+    """check_model on a file, in place. A model the checker refuses because its nodes are out of topological order
+    (ONNX Runtime runs it) is loaded, sorted (bnfold.graph.order) and checked in memory: then (that model, the
+    graphs sorted); (None, []) when the file passed as it is. A cycle raises InvalidModelError naming its nodes."""
+    from .graph.order import sort_nodes
+
+    try:
+        check_model(path)
+        return None, []
+    except InvalidModelError:
+        model = load_model(path)
+        sorted_graphs = sort_nodes(model)
+        if not sorted_graphs:
+            raise
+    check_model(model)
+    return model, sorted_graphs
