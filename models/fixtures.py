@@ -622,7 +622,7 @@ def dynamic_detector(*, stages: int = 6, channels: int = 4, seed: int = 0) -> on
     return make_model(nodes, inputs, outputs, initializers)
 
 
-def exporter_initializer_inputs(*, layers: int = 4, channels: int = 8, size: int = 12,
+def exporter_initializer_inputs(*, layers: int = 4, channels: int = 16, size: int = 12,
                                 seed: int = 0) -> onnx.ModelProto:
     """A small conv net as PyTorch 1.x exporters wrote it by default (keep_initializers_as_inputs): IR 4, opset 9,
     every initializer also a graph input after the image. Conv -> BN -> Relu `layers` times, then
