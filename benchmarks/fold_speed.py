@@ -1,11 +1,14 @@
-"""Fold a ResNet-50-sized model (BN kept) with bnfold and with its peers, each as a whole process, in one run.
+"""Fold two models (BN kept) with bnfold and with its peers, each as a whole process, in one run.
 
-    python benchmarks/fold_speed.py [--repeats 3] [--keep DIR]
+    python benchmarks/fold_speed.py [--repeats 5] [--models resnet50,vgg11_bn] [--cache DIR]
 
-Peers (each skipped with a note when not installed): onnxoptimizer's fuse_bn_into_conv pass, onnxsim, onnxslim.
-Prints per tool the median wall time and peak RSS of the whole process (interpreter and imports included), the
-ratios against bnfold, and bnfold's peak memory against the model size. Also times `bnfold --help`.
-Machines are noisy: read the ratios, not the absolute figures.
+Models (built with random weights, cached in --cache so reruns start at once): ResNet-50-sized (98 MB, 53 BN) and
+VGG-11-BN-sized (507 MiB, 8 BN). Peers (each skipped with a note when not installed): ONNX Runtime's offline
+basic optimization (C++: a session with ORT_ENABLE_BASIC and optimized_model_filepath writes the fused model),
+onnxoptimizer's fuse_bn_into_conv pass, onnxsim, onnxslim, and `onnx.load` + `onnx.save` alone (the Python floor).
+Prints per model and tool the median wall time and peak RSS of the whole process (interpreter and imports
+included), ratios against bnfold, bnfold's peak memory above the interpreter against the model size, and the
+median of `bnfold --help`. Machines are noisy: read the ratios, not the absolute figures.
 """
 
 from __future__ import annotations
@@ -76,7 +79,60 @@ def resnet50(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def vgg11_bn(seed: int = 0) -> onnx.ModelProto:
+    """VGG-11-BN's topology (8 Conv+BN+ReLU, 5 MaxPool, three Gemm: ~132.9M parameters, 507 MiB), random weights."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers = [], []
+
+    def weight(name, shape, scale):
+        initializers.append(numpy_helper.from_array(
+            (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)), name))
+
+    x, c_in = "input", 3
+    for index, width in enumerate((64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")):
+        if width == "M":
+            nodes.append(helper.make_node("MaxPool", [x], [f"pool{index}"], kernel_shape=[2, 2], strides=[2, 2]))
+            x = f"pool{index}"
+            continue
+        name = f"l{index}"
+        weight(f"{name}_w", (width, c_in, 3, 3), (2.0 / (c_in * 9)) ** 0.5)
+        for role, value in (("scale", rng.uniform(0.5, 1.5, width)), ("bias", rng.normal(0, 0.1, width)),
+                            ("mean", rng.normal(0, 0.1, width)), ("var", rng.uniform(0.5, 1.5, width))):
+            initializers.append(numpy_helper.from_array(value.astype(np.float32), f"{name}_{role}"))
+        nodes.append(helper.make_node("Conv", [x, f"{name}_w"], [f"{name}_c"], name=f"{name}_conv", pads=[1] * 4))
+        nodes.append(helper.make_node("BatchNormalization", [f"{name}_c"] + [f"{name}_{r}" for r in
+                                      ("scale", "bias", "mean", "var")], [f"{name}_bn"], name=f"{name}_bn"))
+        nodes.append(helper.make_node("Relu", [f"{name}_bn"], [f"{name}_r"]))
+        x, c_in = f"{name}_r", width
+    nodes.append(helper.make_node("Flatten", [x], ["flat"]))
+    x = "flat"
+    for index, (k, n) in enumerate(((512 * 7 * 7, 4096), (4096, 4096), (4096, 1000))):
+        weight(f"fc{index}_w", (n, k), 0.01)
+        initializers.append(numpy_helper.from_array(np.zeros(n, np.float32), f"fc{index}_b"))
+        out = "logits" if n == 1000 else f"fc{index}"
+        nodes.append(helper.make_node("Gemm", [x, f"fc{index}_w", f"fc{index}_b"], [out], transB=1))
+        if n != 1000:
+            nodes.append(helper.make_node("Relu", [out], [out + "_r"]))
+            out += "_r"
+        x = out
+    graph = helper.make_graph(nodes, "vgg11_bn", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                 ["N", 3, 224, 224])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+MODELS = {"resnet50": (resnet50, 53), "vgg11_bn": (vgg11_bn, 8)}
+
+# Each peer is a Python snippet run as `python -c CODE SOURCE DESTINATION`.
 PEERS = {
+    "ORT basic (C++)": ("onnxruntime",
+                        "import onnxruntime as ort, sys; o = ort.SessionOptions(); "
+                        "o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC; "
+                        "o.optimized_model_filepath = sys.argv[2]; "
+                        "ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])"),
     "onnxoptimizer": ("onnxoptimizer",
                       "import onnx, onnxoptimizer, sys; m = onnx.load(sys.argv[1]); "
                       "onnx.save(onnxoptimizer.optimize(m, ['fuse_bn_into_conv']), sys.argv[2])"),
@@ -85,6 +141,8 @@ PEERS = {
                 "onnx.save(m, sys.argv[2])"),
     "onnxslim": ("onnxslim", "import onnxslim, sys; onnxslim.slim(sys.argv[1], sys.argv[2])"),
 }
+FLOOR = ("onnx.load + onnx.save", "import onnx, sys; onnx.save(onnx.load(sys.argv[1]), sys.argv[2])")
+REFERENCE = "bnfold --no-verify"
 
 
 def measure(command) -> tuple:
@@ -103,53 +161,83 @@ def installed(module: str) -> bool:
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
+def cached_model(name: str, cache: Path) -> Path:
+    """The model file, built on first use (in a child process: children start as copies of this process, and its
+    memory would count in theirs)."""
+    path = cache / f"{name}.onnx"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        subprocess.run([sys.executable, __file__, "--build", name, str(partial)], check=True)
+        os.replace(partial, path)
+    return path
+
+
+def tools_for(source: Path, workdir: Path, peers: dict) -> dict:
+    out = workdir / source.stem
+    tools = {
+        REFERENCE: [sys.executable, "-m", "bnfold", str(source), "-o", f"{out}.bnfold.onnx", "--no-verify", "-q"],
+        "bnfold (verified)": [sys.executable, "-m", "bnfold", str(source), "-o", f"{out}.bnfold_v.onnx", "-q"],
+    }
+    for name, (_, code) in peers.items():
+        tools[name] = [sys.executable, "-c", code, str(source), f"{out}.{name.split()[0]}.onnx"]
+    tools[FLOOR[0]] = [sys.executable, "-c", FLOOR[1], str(source), f"{out}.floor.onnx"]
+    return tools
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--keep", type=Path, help="directory to keep the model and outputs in")
-    parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bnfold-bench-models",
+                        help="where the generated models are kept between runs")
+    parser.add_argument("--no-verified", action="store_true", help="skip the verified bnfold run (faster)")
+    parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build:
-        onnx.save(resnet50(), args.build)
+        onnx.save(MODELS[args.build[0]][0](), args.build[1])
         return
-    workdir = Path(args.keep or tempfile.mkdtemp(prefix="bnfold-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    source = workdir / "resnet50_bn.onnx"
-    # Built in a child process: children start as copies of this process, and its memory would count in theirs.
-    subprocess.run([sys.executable, __file__, "--build", str(source)], check=True)
-    model_bytes = source.stat().st_size
-    print(f"model: {source} ({model_bytes / 2**20:.1f} MiB, 53 BatchNormalization)")
-
-    tools = {
-        "bnfold --no-verify": [sys.executable, "-m", "bnfold", str(source), "-o", str(workdir / "bnfold.onnx"),
-                               "--no-verify", "-q"],
-        "bnfold (verified)": [sys.executable, "-m", "bnfold", str(source), "-o", str(workdir / "bnfold_v.onnx"),
-                              "-q"],
-    }
+    peers = {}
     for name, (module, code) in PEERS.items():
         if installed(module):
-            tools[name] = [sys.executable, "-c", code, str(source), str(workdir / f"{name}.onnx")]
+            peers[name] = (module, code)
         else:
             print(f"{name}: not installed (pip install {module}), skipped")
+    workdir = Path(tempfile.mkdtemp(prefix="bnfold-bench-"))
     baseline = [sys.executable, "-c", "import onnx"]
-    results = {}
-    for name, command in {"python -c 'import onnx'": baseline, **tools}.items():
-        runs = [measure(command) for _ in range(args.repeats)]
-        results[name] = (statistics.median(r[0] for r in runs), max(r[1] for r in runs))
     help_times = [measure([sys.executable, "-m", "bnfold", "--help"])[0] for _ in range(5)]
-
-    reference_time, reference_memory = results["bnfold --no-verify"]
-    print(f"\n{'tool':28} {'median s':>9} {'peak MiB':>9} {'time / bnfold':>14} {'mem / bnfold':>13}")
-    for name, (elapsed, memory) in results.items():
-        print(f"{name:28} {elapsed:9.2f} {memory / 2**20:9.0f} {elapsed / reference_time:14.2f} "
-              f"{memory / reference_memory:13.2f}")
-    _, interpreter_memory = results["python -c 'import onnx'"]
-    print(f"\nbnfold --help: median {statistics.median(help_times):.3f} s (target < 0.3 s)")
-    print(f"bnfold peak memory above the interpreter with onnx imported: "
-          f"{(reference_memory - interpreter_memory) / model_bytes:.2f}x the model size (target < 2x)")
-    peers = [results[name][0] for name in PEERS if name in results]
-    if peers:
-        print(f"bnfold / fastest peer wall time: {reference_time / min(peers):.2f} (target <= 1)")
+    print(f"bnfold --help: median {statistics.median(help_times):.3f} s (target < 0.3 s)")
+    for model_name in args.models.split(","):
+        source = cached_model(model_name, args.cache)
+        model_bytes = source.stat().st_size
+        print(f"\nmodel: {source} ({model_bytes / 2**20:.1f} MiB, {MODELS[model_name][1]} BatchNormalization)")
+        tools = tools_for(source, workdir, peers)
+        if args.no_verified:
+            del tools["bnfold (verified)"]
+        commands = {"python -c 'import onnx'": baseline, **tools}
+        runs = {name: [] for name in commands}
+        for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every tool alike
+            for name, command in commands.items():
+                runs[name].append(measure(command))
+        for path in workdir.glob(f"{source.stem}.*"):
+            path.unlink()
+        results = {name: (statistics.median(r[0] for r in values), max(r[1] for r in values))
+                   for name, values in runs.items()}
+        reference_time, reference_memory = results[REFERENCE]
+        _, interpreter_memory = results["python -c 'import onnx'"]
+        print(f"{'tool':28} {'median s':>9} {'peak MiB':>9} {'time / bnfold':>14} {'mem / bnfold':>13} "
+              f"{'(mem-interp)/model':>19}")
+        for name, (elapsed, memory) in results.items():
+            print(f"{name:28} {elapsed:9.2f} {memory / 2**20:9.0f} {elapsed / reference_time:14.2f} "
+                  f"{memory / reference_memory:13.2f} {(memory - interpreter_memory) / model_bytes:19.2f}")
+        print(f"bnfold peak memory above the interpreter with onnx imported: "
+              f"{(reference_memory - interpreter_memory) / model_bytes:.2f}x the model size (target <= 2x)")
+        ort = "ORT basic (C++)"
+        if ort in results:
+            print(f"bnfold / {ort} wall time: {reference_time / results[ort][0]:.2f} (target <= 1)")
+        others = [results[name][0] for name in peers if name != ort]
+        if others:
+            print(f"bnfold / fastest Python peer wall time: {reference_time / min(others):.2f} (target <= 1)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,13 @@ so the ratio there is expected near 1). Both are the folded model's p50 latency 
 
     python benchmarks/runtime_latency.py                      # models/**/resnet*.onnx if present, else a built one
     python benchmarks/runtime_latency.py --model net.onnx --iterations 500 --json latency.json
+    python benchmarks/runtime_latency.py --standalone         # BN vs the Mul + Add that replaces a standalone BN
+
+With --standalone it measures instead whether a BatchNormalization that nothing can absorb is better replaced by
+a Mul and an Add with [C, 1, 1] constants (what bnfold's standalone rule writes) or left as BN: BN after a Concat
+(DenseNet), after a MaxPool, after a residual Add, each at 1x64x56x56 and 1x256x14x14, and the repository's
+densenet_block.onnx folded with and without `--skip standalone`. The ratio is Mul+Add's p50 over BN's,
+the median of --rounds short benches.
 
 The built model (when no zoo model exists) is a small ResNet: a Conv+BN+ReLU stem, basic blocks of two Conv+BN
 with identity or strided Conv+BN shortcuts, global average pooling and a Gemm head, input 1x3x112x112.
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Optional
@@ -95,6 +103,59 @@ def build_resnet_style(classes: int = 10) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
+def standalone_case(kind: str, channels: int, size: int, seed: int = 0) -> onnx.ModelProto:
+    """One BN that no rule folds into a weight: x -> PRODUCER -> BN -> Relu, where PRODUCER is a Concat of two halves
+    (DenseNet), a MaxPool 3x3/1 (padded), or a residual Add. Nothing else runs, so the BN's own cost is what shows
+    (densenet_block.onnx gives the effect inside a network)."""
+    rng = np.random.default_rng(seed)
+    half = channels // 2
+    inputs = {"concat": [("a", [1, half, size, size]), ("b", [1, channels - half, size, size])],
+              "maxpool": [("a", [1, channels, size, size])],
+              "residual_add": [("a", [1, channels, size, size]), ("b", [1, channels, size, size])]}[kind]
+    producer = {"concat": helper.make_node("Concat", ["a", "b"], ["x"], axis=1),
+                "maxpool": helper.make_node("MaxPool", ["a"], ["x"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                "residual_add": helper.make_node("Add", ["a", "b"], ["x"])}[kind]
+    params = {"gamma": rng.uniform(0.5, 1.5, channels), "beta": rng.normal(0, 0.1, channels),
+              "mean": rng.normal(0, 0.1, channels), "var": rng.uniform(0.5, 1.5, channels)}
+    nodes = [producer,
+             helper.make_node("BatchNormalization", ["x", "gamma", "beta", "mean", "var"], ["bn"], name="bn"),
+             helper.make_node("Relu", ["bn"], ["y"])]
+    graph = helper.make_graph(
+        nodes, f"{kind}_bn", [helper.make_tensor_value_info(name, TensorProto.FLOAT, dims) for name, dims in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, size, size])],
+        [numpy_helper.from_array(value.astype(np.float32), name) for name, value in params.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def standalone_main(args) -> int:
+    """BN against the Mul + Add bnfold writes for it, at ORT's disabled and default levels (see the docstring)."""
+    cases = [(f"{kind} {channels}x{size}x{size}", standalone_case(kind, channels, size))
+             for kind in ("concat", "maxpool", "residual_add") for channels, size in ((64, 56), (256, 14))]
+    densenet = load_model(REPO / "models" / "zoo" / "densenet_block.onnx")
+    rows = []
+    for label, original in cases + [("densenet_block.onnx", densenet)]:
+        folded, report = bnfold.fold(original)
+        standalone = sum(1 for decision in report.decisions if decision.rule == "standalone")
+        candidates = [("BN", original), ("Mul+Add", folded)]
+        if label.endswith(".onnx"):
+            kept, _ = bnfold.fold(original, skip=["standalone"])
+            candidates = [("BN", original), ("skip standalone", kept), ("Mul+Add", folded)]
+        ratios = {}
+        for _ in range(args.rounds):  # short benches repeated: one slow spell of the machine cannot decide a ratio
+            result = bnfold.bench(candidates, providers=["cpu"], opt_levels=["disable", "all"], warmup=args.warmup,
+                                  iterations=args.iterations, intra_op_threads=args.intra_op_threads)
+            for row in result.rows:
+                if row.ratio is not None and row.model != "BN":
+                    ratios.setdefault((row.model, row.opt_level), []).append(row.ratio)
+        rows += [(label, standalone, model, level, values) for (model, level), values in ratios.items()]
+        print(f"{label}: {standalone} BN became Mul+Add", flush=True)
+    print(f"\n{'case':28} {'standalone':>10} {'model':16} {'ORT opt':8} {'p50 / BN p50':>12}  range over rounds")
+    for label, standalone, model, level, values in rows:
+        print(f"{label:28} {standalone:>10} {model:16} {level:8} {statistics.median(values):12.3f}  "
+              f"{min(values):.2f}-{max(values):.2f}")
+    return 0
+
+
 def find_zoo_model() -> Optional[Path]:
     """The first models/**/resnet*.onnx that still has BatchNormalization nodes to fold."""
     for path in sorted((REPO / "models").glob("**/resnet*.onnx")):
@@ -111,7 +172,11 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--intra-op-threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write bnfold bench's JSON here")
+    parser.add_argument("--standalone", action="store_true", help="BN vs Mul + Add where nothing absorbs the BN")
+    parser.add_argument("--rounds", type=int, default=7, help="--standalone: benches per case; the median ratio")
     args = parser.parse_args(argv)
+    if args.standalone:
+        return standalone_main(args)
 
     path = args.model or find_zoo_model()
     original = load_model(path) if path else build_resnet_style()

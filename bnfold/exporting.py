@@ -194,24 +194,33 @@ class ExportResult:
 
 
 def _comparison_table(comparisons: Dict[str, VerifyResult]) -> str:
-    """One row per compared pair with its worst output's figures (VerifyResult.summary() has every output)."""
-    header = ["pair", "max abs", "max rel", "min cosine", "outside tol", "result"]
+    """One row per compared pair: its worst output's figures, and what decided the verdict: an element passes when
+    |err| <= atol + rtol*|ref|, so the pair passes when the smallest atol passing every element at the rtol used
+    ("atol needed") is within the atol allowed (VerifyResult.summary() has every output)."""
+    header = ["pair", "max abs", "min cosine", "atol needed / allowed (at rtol)", "outside tol", "result"]
     rows = []
     for name, comparison in comparisons.items():
         outputs = comparison.outputs
-        measured = [output for output in outputs if output.problem is None]
+        measured = [output for output in outputs if output.problem is None and output.min_atol is not None]
+        deciding = max(measured, key=_atol_used_share, default=None)
         rows.append([
             name,
             _worst(max, [output.max_abs_error for output in measured]),
-            _worst(max, [output.max_rel_error for output in measured]),
             _worst(min, [output.cosine_similarity for output in measured], "{:.8f}"),
-            f"{sum(output.mismatched for output in measured)}/{sum(output.elements for output in measured)}",
+            f"{deciding.min_atol:.2e} / {deciding.atol:.0e} (rtol {deciding.rtol:.0e})" if deciding else "-",
+            f"{sum(output.mismatched for output in outputs)}/{sum(output.elements for output in outputs)}",
             "ok" if comparison.passed else "FAIL",
         ])
     widths = [max(len(row[index]) for row in [header, *rows]) for index in range(len(header))]
     table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
     verdict = "PASSED" if all(row[-1] == "ok" for row in rows) else "FAILED"
-    return "\n".join(table + [f"{verdict}: {len(rows)} comparison(s) on the same inputs"])
+    return "\n".join(table + [f"{verdict}: {len(rows)} comparison(s) on the same inputs; an element passes when "
+                                "|err| <= atol + rtol*|ref|"])
+
+
+def _atol_used_share(output) -> float:
+    """How much of its atol an output needs (above 1: it fails); exact outputs (atol 0) by their needed atol."""
+    return output.min_atol / output.atol if output.atol else output.min_atol
 
 
 def _worst(pick, values, form: str = "{:.2e}") -> str:
@@ -265,6 +274,8 @@ def export(
     finally:
         for submodule, training in modes.items():
             submodule.train(training)
+    if dynamic_batch:
+        _check_dynamic_batch(exported, input_names, exporter, module_name)
     try:
         check_model(exported)
     except InvalidModelError as error:
@@ -400,6 +411,7 @@ def _export_dynamo(module, inputs, opset, input_names, output_names, dynamic_bat
     if dynamic_batch:
         batch = torch.export.Dim(BATCH_DIM)
         dynamic_shapes = tuple({0: batch} if tensor.dim() else None for tensor in inputs)
+        inputs = _batch_of_two(inputs, torch)
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
@@ -413,6 +425,29 @@ def _export_dynamo(module, inputs, opset, input_names, output_names, dynamic_bat
     if opset < DYNAMO_MIN_OPSET:
         model = _convert_opset(model, opset, type(module).__name__)
     return model
+
+
+def _batch_of_two(inputs, torch) -> tuple:
+    """The example inputs with a batch of 1 doubled: torch.export specialises a dim of size 1 to the constant 1, so
+    a batch-1 example would export a fixed batch however the dim is declared. The values do not matter here: the
+    comparison runs on the caller's own inputs."""
+    return tuple(torch.cat([tensor, tensor]) if tensor.dim() and tensor.shape[0] == 1 else tensor for tensor in inputs)
+
+
+def _check_dynamic_batch(model: onnx.ModelProto, input_names: Sequence[str], exporter: str, module_name: str) -> None:
+    """Refuse an export asked for with a dynamic batch whose inputs still have a fixed first dim."""
+    fixed = []
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
+        if value.name in input_names and len(dims) and dims[0].HasField("dim_value"):
+            shape = ", ".join(str(d.dim_value) if d.HasField("dim_value") else d.dim_param for d in dims)
+            fixed.append(f"{value.name!r} [{shape}]")
+    if fixed:
+        raise ExportError(
+            f"a dynamic batch was asked, but the {exporter} exporter fixed the batch of {module_name}'s input(s) "
+            f"{', '.join(fixed)} (its forward may depend on the batch size); export without --dynamic-batch, or "
+            "make the forward independent of the batch size"
+        )
 
 
 def _clean_dynamo_graph(model) -> None:

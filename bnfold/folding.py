@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import onnx
 import onnx.inliner
 
-from .loading import check_model_file, load_model
+from .loading import load_checked_model, load_model
 from .saving import save_model
 from .tensors import tensor_bytes
 from .errors import (ArgumentTypeError, InvalidModelError, OutputError, UnresolvedShapeError, UsageError,
@@ -183,17 +183,10 @@ def fold_file(
     if destination is not None and _same_file(source, Path(destination)) and not overwrite and not dry_run:
         raise OutputError(f"{destination} is the input file; pass --overwrite to replace it")
     started = time.perf_counter()
-    model, sorted_graphs = None, []
-    if check:
-        # Checked from the file before it is loaded: the checker's own copies of the model are then not added to ours.
-        # A model with nodes out of order is loaded, sorted and checked in memory (then `model` is that one).
-        model, sorted_graphs = check_model_file(source)
-    if model is None:
-        model = load_model(source)
+    model = load_checked_model(source, check=check)
     folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip,
                           inline_functions=inline_functions, inplace=True, local_check=verify,
                           _reload=lambda: load_model(source))
-    report.sorted_graphs = sorted_graphs or report.sorted_graphs
     report.source = str(source)
     report.destination = None if destination is None else str(destination)
     if verify and report.changed:

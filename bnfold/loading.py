@@ -12,7 +12,7 @@ import mmap
 import os
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import onnx
 from onnx import numpy_helper
@@ -73,15 +73,17 @@ def _string_fields(descriptor) -> List[Tuple[str, bool, bool]]:
     ]
 
 
-def _structure_problem(model: onnx.ModelProto) -> Optional[BnfoldError]:
+def _structure_problem(model: onnx.ModelProto, measured: Sequence[onnx.TensorProto] = ()) -> Optional[BnfoldError]:
     """The error for the first string field that is not UTF-8 (proto2 parsing accepts any bytes there) or tensor
     whose data does not match its shape and type (of an external tensor: its type and file name; its data is checked
-    once loaded), or None for a well-formed model."""
+    once loaded), or None for a well-formed model. `measured` tensors' data is known to match (see _parse_pieces):
+    they are not decoded again."""
+    measured_ids = {id(tensor) for tensor in measured}
     fields_by_type = {}
     pending = [model]
     while pending:
         message = pending.pop()
-        if isinstance(message, onnx.TensorProto):
+        if isinstance(message, onnx.TensorProto) and id(message) not in measured_ids:
             problem = _tensor_problem(message)
             if problem and is_external(message):
                 return ExternalDataError(problem)
@@ -191,18 +193,50 @@ def _readable_file(path: Path) -> None:
         raise ModelLoadError(f"{path}: file is empty")
 
 
+def _read_model(path: Path) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
+    """Parse a model file, well-formedness checked but external data not loaded; also return the tensors whose data
+    was measured against their dims and type while parsing (see _parse_pieces)."""
+    _readable_file(path)
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _parse_checked(data, str(path))
+    except OSError as error:
+        raise InputFileError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
 def load_model(path: PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
     """Read an ONNX model, raising a typed error for anything a user could have got wrong."""
     path = Path(path)
-    _readable_file(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise InputFileError(f"{path}: cannot read ({error.strerror or error})") from None
-    model = parse_model_bytes(data, source=str(path))
-    del data
+    model, _ = _read_model(path)
     if load_external_data:
         _load_external_data(model, path)
+    return model
+
+
+def load_checked_model(path: PathLike, *, check: bool = True) -> onnx.ModelProto:
+    """load_model, and (with check) check_model's verdict on it, reading and parsing the file once.
+
+    The checker sees the model's skeleton: tensors whose data the loader has measured against their dims and type
+    keep those but not their bytes, which the checker would only have measured again (see _checker_skeleton).
+    """
+    path = Path(path)
+    model, measured = _read_model(path)
+    if check:
+        from .graph.order import sort_nodes
+
+        if any(is_external(tensor) for tensor in iter_tensors(model)):
+            try:
+                check_model(path)  # the checker's own external-data rules need the files beside the model
+            except InvalidModelError:
+                # Refused for nodes out of order? The skeleton, sorted as fold() will sort the model, decides.
+                external = [tensor for tensor in iter_tensors(model) if is_external(tensor)]  # held: ids stay valid
+                skeleton = _checker_skeleton(model, {id(tensor) for tensor in external})
+                if not sort_nodes(skeleton):
+                    raise
+                check_model(skeleton)
+        else:
+            _check_skeleton(model, measured)
+    _load_external_data(model, path)
     return model
 
 
@@ -272,17 +306,140 @@ def parse_model_bytes(data: bytes, *, source: str = "<bytes>") -> onnx.ModelProt
     Beyond protobuf's own parsing: the model needs an IR version and a graph, every string must be UTF-8 and every
     tensor's data must match its shape and type (external tensors' data is checked by load_model once read).
     """
-    model = onnx.ModelProto()
+    return _parse_checked(data, source)[0]
+
+
+def _parse_checked(data, source: str) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
     try:
-        model.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as error:
-        raise ModelLoadError(f"{source}: not an ONNX model, or truncated (protobuf: {error})") from None
+        model, measured = _parse_pieces(data)
+    except (DecodeError, RuntimeError, ValueError):
+        # Protobuf's own parse, for its verdict and its words (the piecewise walk refuses some odd encodings it takes).
+        model, measured = onnx.ModelProto(), []
+        try:
+            with memoryview(data) as view:
+                model.ParseFromString(view)
+        except (DecodeError, RuntimeError, ValueError) as error:
+            raise ModelLoadError(f"{source}: not an ONNX model, or truncated (protobuf: {error})") from None
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise ModelLoadError(f"{source}: not an ONNX model (no IR version or no graph); is it truncated?")
-    problem = _structure_problem(model)
+    problem = _structure_problem(model, measured)
     if problem:
         raise type(problem)(f"{source}: {problem}")
-    return model
+    return model, measured
+
+
+# ModelProto.graph, GraphProto.initializer, and the TensorProto fields _raw_data_length reads.
+_GRAPH_FIELD, _INITIALIZER_FIELD, _RAW_DATA_FIELD = 7, 5, 9
+_OTHER_DATA_FIELDS = {3, 4, 5, 6, 7, 10, 11, 13, 14}  # segment, typed data, external data, data location
+# Fields are parsed in runs of about this many bytes; then the pages of the file they came from are released.
+_PIECE_BYTES = 1 << 20
+# Initializers from this size on are parsed one by one and their raw data measured on the wire.
+_MEASURED_BYTES = 4096
+# Element types whose raw data numpy_helper.to_array reads as itemsize bytes per element.
+_RAW_ITEMSIZE = {getattr(onnx.TensorProto, name): size for name, size in (
+    ("FLOAT", 4), ("UINT8", 1), ("INT8", 1), ("UINT16", 2), ("INT16", 2), ("INT32", 4), ("INT64", 8), ("BOOL", 1),
+    ("FLOAT16", 2), ("DOUBLE", 8), ("UINT32", 4), ("UINT64", 8), ("BFLOAT16", 2))}
+
+
+def _fields(data, start: int, end: int) -> Iterator[Tuple[int, int, int, int, int]]:
+    """(number, wire type, start, payload start, end) of each protobuf field encoded in data[start:end]."""
+    position = start
+    while position < end:
+        field_start = position
+        key, position = _varint(data, position)
+        wire_type = key & 7
+        payload = position
+        if wire_type == 0:
+            _, position = _varint(data, position)
+        elif wire_type == 1:
+            position += 8
+        elif wire_type == 2:
+            length, payload = _varint(data, position)
+            position = payload + length
+        elif wire_type == 5:
+            position += 4
+        else:
+            raise DecodeError(f"wire type {wire_type}")
+        if position > end:
+            raise DecodeError("field runs past the end of its message")
+        yield key >> 3, wire_type, field_start, payload, position
+
+
+def _parse_pieces(data) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
+    """Parse a serialized model field by field, as protobuf does (merging each field in order), so the source
+    buffer's pages can be released as soon as they are parsed: a memory-mapped file then never sits in memory beside
+    the whole parsed model. Return the model and the initializers whose raw data the wire shows to be exactly what
+    their dims and type need, the check numpy_helper.to_array would make by copying it."""
+    view = memoryview(data)
+    model = onnx.ModelProto()
+    measured = []
+    pending = []  # (target message, start, end) of a run of fields not yet parsed
+
+    def flush() -> None:
+        if pending:
+            target, start, end = pending[0][0], pending[0][1], pending[-1][2]
+            target.MergeFromString(view[start:end])
+            _release(data, start, end)
+            pending.clear()
+
+    def add(target, start: int, end: int) -> None:
+        if pending and (pending[0][0] is not target or pending[-1][2] != start or
+                        end - pending[0][1] > _PIECE_BYTES):
+            flush()
+        pending.append((target, start, end))
+
+    try:
+        for number, wire_type, start, payload, end in _fields(view, 0, len(view)):
+            if number != _GRAPH_FIELD or wire_type != 2:
+                add(model, start, end)
+                continue
+            flush()
+            graph = model.graph
+            graph.SetInParent()
+            for inner, inner_wire_type, inner_start, inner_payload, inner_end in _fields(view, payload, end):
+                if inner != _INITIALIZER_FIELD or inner_wire_type != 2 or inner_end - inner_start < _MEASURED_BYTES:
+                    add(graph, inner_start, inner_end)
+                    continue
+                flush()
+                tensor = graph.initializer.add()
+                tensor.MergeFromString(view[inner_payload:inner_end])
+                if _raw_data_matches(tensor, _raw_data_length(view, inner_payload, inner_end)):
+                    measured.append(tensor)
+                _release(data, inner_start, inner_end)
+            flush()
+        flush()
+    finally:
+        view.release()  # a memory map cannot close while a view of it lives (a traceback would keep this one)
+    return model, measured
+
+
+def _raw_data_length(data, start: int, end: int) -> Optional[int]:
+    """Length of the tensor's raw_data when it is its only data (no typed, segment or external data), else None."""
+    length = None
+    for number, wire_type, _, payload, field_end in _fields(data, start, end):
+        if number in _OTHER_DATA_FIELDS:
+            return None
+        if number == _RAW_DATA_FIELD and wire_type == 2:
+            length = field_end - payload
+    return length
+
+
+def _raw_data_matches(tensor: onnx.TensorProto, length: Optional[int]) -> bool:
+    itemsize = _RAW_ITEMSIZE.get(tensor.data_type)
+    if length is None or itemsize is None or any(dim < 0 for dim in tensor.dims):
+        return False
+    elements = 1
+    for dim in tensor.dims:
+        elements *= dim
+    return elements * itemsize == length
+
+
+def _release(data, start: int, end: int) -> None:
+    """Drop a memory map's pages in [start, end) from this process's memory (they stay in the page cache)."""
+    if isinstance(data, mmap.mmap):
+        first = start - start % mmap.PAGESIZE
+        if end - first >= mmap.PAGESIZE:
+            data.madvise(mmap.MADV_DONTNEED, first, end - first)
 
 
 # --- checking --------------------------------------------------------------------------------------------------
@@ -305,6 +462,78 @@ def _explain_external_data(path: Path) -> None:
     model = load_model(path, load_external_data=False)
     if any(is_external(tensor) for tensor in iter_tensors(model)):
         _check_external_data(model, path.parent)
+
+
+def _message_types_holding_tensors() -> frozenset:
+    """Full names of the message types that are, or can contain, a TensorProto."""
+    types, pending = {}, [onnx.ModelProto.DESCRIPTOR]
+    while pending:
+        descriptor = pending.pop()
+        if descriptor.full_name not in types:
+            types[descriptor.full_name] = descriptor
+            pending.extend(field.message_type for field in descriptor.fields if field.message_type is not None)
+    holders = {onnx.TensorProto.DESCRIPTOR.full_name}
+    while True:
+        grown = holders | {name for name, descriptor in types.items()
+                           if any(field.message_type is not None and field.message_type.full_name in holders
+                                  for field in descriptor.fields)}
+        if grown == holders:
+            return frozenset(holders)
+        holders = grown
+
+
+_TENSOR_HOLDERS = _message_types_holding_tensors()
+# An external-data location starting with '#' names in-memory data: the checker does not look for such a file.
+_SKELETON_LOCATION = "#bnfold-skeleton"
+
+
+def _stand_in(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """The tensor with every field but its raw data (or where its external data lives), marked as stored
+    elsewhere."""
+    stand_in = onnx.TensorProto()
+    for field in tensor.DESCRIPTOR.fields:
+        if field.name in ("raw_data", "external_data"):
+            continue
+        if _is_repeated(field):
+            getattr(stand_in, field.name).extend(getattr(tensor, field.name))
+        elif tensor.HasField(field.name):
+            setattr(stand_in, field.name, getattr(tensor, field.name))
+    stand_in.data_location = onnx.TensorProto.EXTERNAL
+    entry = stand_in.external_data.add()
+    entry.key, entry.value = "location", _SKELETON_LOCATION
+    return stand_in
+
+
+def _checker_skeleton(message, stand_ins: set):
+    """A copy of `message` in which the tensors whose ids are in `stand_ins` are replaced by their _stand_in."""
+    if isinstance(message, onnx.TensorProto):
+        return _stand_in(message) if id(message) in stand_ins else message
+    copy = type(message)()
+    for field, value in message.ListFields():
+        if field.message_type is not None and field.message_type.full_name in _TENSOR_HOLDERS:
+            if _is_repeated(field):
+                getattr(copy, field.name).extend(_checker_skeleton(element, stand_ins) for element in value)
+            else:
+                getattr(copy, field.name).CopyFrom(_checker_skeleton(value, stand_ins))
+        elif _is_repeated(field):
+            getattr(copy, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(copy, field.name).CopyFrom(value)
+        else:
+            setattr(copy, field.name, value)
+    return copy
+
+
+def _check_skeleton(model: onnx.ModelProto, measured: Sequence[onnx.TensorProto]) -> None:
+    """check_model's verdict on a model whose `measured` tensors hold exactly the raw data their dims and type
+    need: for such a tensor the checker finds nothing to refuse but the dims and type themselves, which the stand-in
+    keeps. The checker then neither serializes nor re-parses the weights. Nodes out of topological order are
+    sorted in the skeleton (fold() sorts the model itself and reports it); a cycle is refused here."""
+    from .graph.order import sort_nodes
+
+    skeleton = _checker_skeleton(model, {id(tensor) for tensor in measured})
+    sort_nodes(skeleton)
+    check_model(skeleton)
 
 
 def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = False) -> None:
@@ -341,21 +570,3 @@ def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = F
     except ValueError as error:
         # onnx's C++ side re-parses the model and refuses some protos Python's parser accepted.
         raise InvalidModelError(f"onnx.checker cannot read the model: {str(error).splitlines()[0]}") from None
-
-
-def check_model_file(path: PathLike) -> Tuple[Optional[onnx.ModelProto], List[str]]:
-    """check_model on a file, in place. A model the checker refuses because its nodes are out of topological order
-    (ONNX Runtime runs it) is loaded, sorted (bnfold.graph.order) and checked in memory: then (that model, the
-    graphs sorted); (None, []) when the file passed as it is. A cycle raises InvalidModelError naming its nodes."""
-    from .graph.order import sort_nodes
-
-    try:
-        check_model(path)
-        return None, []
-    except InvalidModelError:
-        model = load_model(path)
-        sorted_graphs = sort_nodes(model)
-        if not sorted_graphs:
-            raise
-    check_model(model)
-    return model, sorted_graphs

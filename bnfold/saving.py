@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from google.protobuf import unknown_fields
 from google.protobuf.message import EncodeError
 
@@ -33,6 +33,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 # Tensors at least this large move to the external data file when external data is written.
 EXTERNAL_DATA_MIN_BYTES = 1024
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Element types stored several to a byte: numpy's itemsize does not give their size.
+_PACKED_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2",
+                                                              "FLOAT6E2M3", "FLOAT6E3M2")
+                 if hasattr(onnx.TensorProto, name)}
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -147,9 +151,15 @@ def _externalize(model: onnx.ModelProto, data_name: str) -> Optional[list]:
     return chunks or None
 
 
-def _serialize(model: onnx.ModelProto, path: Path) -> Iterator[bytes]:
+class _SizeMismatch(Exception):
+    """A tensor's raw data is not the size its dims and type predict: serialize the slow, exact way instead."""
+
+
+def _serialize(model: onnx.ModelProto, path: Path, predict: bool = True) -> Iterator[bytes]:
     """model.SerializeToString(), byte for byte, in pieces: the graph's nodes and initializers one at a time, so
-    saving never holds a second copy of the weights (one serialized string would be two: upb's and Python's)."""
+    saving never holds a second copy of the weights (one serialized string would be two: upb's and Python's).
+    With `predict`, a large initializer's size is taken from its dims and type, as ByteSize() would encode the
+    whole tensor to find out; a tensor that does not match raises _SizeMismatch before its bytes are written."""
     if exceeds_protobuf_limit(model):
         raise OutputError(f"{path}: the model holds {tensor_bytes(model) / 2**30:.1f} GiB of tensors, above "
                           "protobuf's 2 GiB limit; write its weights as external data (--external-data)")
@@ -159,7 +169,7 @@ def _serialize(model: onnx.ModelProto, path: Path) -> Iterator[bytes]:
             return
         for field, value in model.ListFields():
             if field.name == "graph":
-                yield from _graph_pieces(field.number, value)
+                yield from _graph_pieces(field.number, value, predict)
             else:
                 yield _single_field(onnx.ModelProto(), field, value)
     except (EncodeError, ValueError) as error:
@@ -168,26 +178,77 @@ def _serialize(model: onnx.ModelProto, path: Path) -> Iterator[bytes]:
 
 # GraphProto fields serialized element by element; everything else is small.
 _STREAMED_GRAPH_FIELDS = ("node", "initializer")
+# Initializers from this size on are written as their other fields around their raw data.
+_SPLIT_TENSOR_BYTES = 4096
+_RAW_DATA_NUMBER = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+_OTHER_DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
+                      "external_data")
 
 
-def _graph_pieces(number: int, graph: onnx.GraphProto) -> Iterator[bytes]:
+def _split_tensor(tensor: onnx.TensorProto) -> Optional[Tuple[bytes, int, bytes]]:
+    """(encoded fields before raw_data with raw_data's tag and length, its predicted length, encoded fields after
+    it) for a large tensor whose only data is raw_data, else None. Protobuf encodes fields in number order, so
+    these pieces around the raw bytes are the tensor's own encoding, without a copy of the tensor to find its size."""
+    if tensor.data_type == onnx.TensorProto.STRING or not tensor.HasField("raw_data") or \
+            tensor.HasField("segment") or tensor.HasField("data_location") or \
+            any(len(getattr(tensor, name)) for name in _OTHER_DATA_FIELDS) or \
+            any(dim < 0 for dim in tensor.dims) or unknown_fields.UnknownFieldSet(tensor):
+        return None
+    try:
+        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except KeyError:
+        return None
+    if tensor.data_type in _PACKED_TYPES:
+        return None
+    length = itemsize
+    for dim in tensor.dims:
+        length *= dim
+    if length < _SPLIT_TENSOR_BYTES:
+        return None
+    before, after = onnx.TensorProto(), onnx.TensorProto()
+    for field in tensor.DESCRIPTOR.fields:
+        if field.number == _RAW_DATA_NUMBER:
+            continue
+        target = before if field.number < _RAW_DATA_NUMBER else after
+        if _is_repeated(field):
+            getattr(target, field.name).extend(getattr(tensor, field.name))
+        elif not tensor.HasField(field.name):
+            continue
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(getattr(tensor, field.name))
+        else:
+            setattr(target, field.name, getattr(tensor, field.name))
+    head = before.SerializeToString() + _varint_bytes(_RAW_DATA_NUMBER << 3 | 2) + _varint_bytes(length)
+    return head, length, after.SerializeToString()
+
+
+def _graph_pieces(number: int, graph: onnx.GraphProto, predict: bool) -> Iterator[bytes]:
     """The graph as field `number` of its parent: tag, length, then its fields in field-number order."""
     plan, size = [], 0
     for field, value in graph.ListFields():
         if field.name in _STREAMED_GRAPH_FIELDS:
             for element in value:
-                length = element.ByteSize()
+                split = _split_tensor(element) if predict and field.name == "initializer" else None
+                length = len(split[0]) + split[1] + len(split[2]) if split else element.ByteSize()
                 head = _varint_bytes(field.number << 3 | 2) + _varint_bytes(length)
-                plan.append((head, element))
+                plan.append((head, element, split))
                 size += len(head) + length
         else:
             encoded = _single_field(onnx.GraphProto(), field, value)
-            plan.append((encoded, None))
+            plan.append((encoded, None, None))
             size += len(encoded)
     yield _varint_bytes(number << 3 | 2) + _varint_bytes(size)
-    for head, element in plan:
+    for head, element, split in plan:
         yield head
-        if element is not None:
+        if split:
+            raw = element.raw_data
+            if len(raw) != split[1]:
+                raise _SizeMismatch(element.name)
+            yield split[0]
+            yield raw
+            del raw
+            yield split[2]
+        elif element is not None:
             yield element.SerializeToString()
 
 
@@ -268,16 +329,22 @@ def save_model(
     if external_data is None:
         external_data = exceeds_protobuf_limit(model)
     if not external_data:
-        _write_files_atomically([(path, _serialize(model, path))])
+        _write_with_model(model, path, [])
         return
     data_name = path.name + ".data"
     data_path = output_target(path.parent / data_name)
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
     chunks = _externalize(stripped, data_name)
-    files = [(data_path, chunks)] if chunks else []
-    files.append((path, _serialize(stripped, path)))
-    _write_files_atomically(files)
+    _write_with_model(stripped, path, [(data_path, chunks)] if chunks else [])
+
+
+def _write_with_model(model: onnx.ModelProto, path: Path, files: list) -> None:
+    """Write `files`, then the model, atomically; serialized the exact way should a tensor's size surprise."""
+    try:
+        _write_files_atomically([*files, (path, _serialize(model, path))])
+    except _SizeMismatch:
+        _write_files_atomically([*files, (path, _serialize(model, path, predict=False))])
 
 
 def save_text(text: str, path: PathLike) -> None:

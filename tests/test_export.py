@@ -86,10 +86,13 @@ def test_export_keeps_every_bn_and_unpacks_to_model_and_report(torch, zoo, expor
 
 @pytest.mark.torch
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
-def test_dynamic_batch_runs_at_batch_1_and_7(torch, zoo, exporter, tmp_path):
+@pytest.mark.parametrize("example_batch", [1, 2])
+def test_dynamic_batch_runs_at_batch_1_and_7(torch, zoo, exporter, example_batch, tmp_path):
+    """Also from a batch-1 example, which torch.export alone would fix as the batch."""
     module = zoo.mobilenet_style()
     path = tmp_path / "net.onnx"
-    bnfold_export(module, torch.randn(2, 3, 32, 32), path, fold=True, exporter=exporter, dynamic_batch=True)
+    bnfold_export(module, torch.randn(example_batch, 3, 32, 32), path, fold=True, exporter=exporter,
+                  dynamic_batch=True)
     model = onnx.load(path)
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     for batch in (1, 7):
@@ -97,6 +100,40 @@ def test_dynamic_batch_runs_at_batch_1_and_7(torch, zoo, exporter, tmp_path):
         (output,) = run_model(model, {"input": x.numpy()}).values()
         with torch.no_grad():
             np.testing.assert_allclose(output, module(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.torch
+def test_dynamic_batch_that_the_exporter_fixed_is_refused(torch, monkeypatch, tmp_path):
+    """A forward that branches on a batch of 1, traced from the batch-1 example as given: torch.export fixes the
+    batch at 1 (as with timm's efficientvit_m0). bnfold says so and writes nothing."""
+    import bnfold.exporting
+
+    class BatchOfOneBranch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(x * 2 if x.shape[0] == 1 else x * 3)
+
+    monkeypatch.setattr(bnfold.exporting, "_batch_of_two", lambda inputs, torch: inputs)
+    with pytest.raises(ExportError, match=r"fixed the batch of BatchOfOneBranch's input\(s\) 'input' \[1, 3, 8, 8\]"):
+        bnfold_export(BatchOfOneBranch(), torch.randn(1, 3, 8, 8), tmp_path / "net.onnx", exporter="dynamo",
+                      dynamic_batch=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.torch
+def test_comparison_table_shows_what_decided_the_verdict(torch, zoo):
+    """Each pair's row gives the atol its worst output needs at the rtol used, beside the atol allowed."""
+    result = bnfold_export(zoo.resnet_style(), torch.randn(2, 3, 32, 32), fold=True)
+    table = result.render()
+    for name, comparison in result.comparisons.items():
+        worst = max(comparison.outputs, key=lambda output: output.min_atol / output.atol)
+        assert worst.min_atol <= worst.atol
+        row = next(line for line in table.splitlines() if line.startswith(name))
+        assert f"{worst.min_atol:.2e} / {worst.atol:.0e} (rtol {worst.rtol:.0e})" in row and row.endswith("ok")
+    assert "max rel" not in table
 
 
 @pytest.mark.torch

@@ -132,6 +132,53 @@ def test_opset_newer_than_onnx_knows(tmp_path):
         loading.check_model(path)
 
 
+def test_piecewise_parse_equals_protobufs(tmp_path):
+    """The loader parses field by field from a memory map: the same model as one ParseFromString, also when the
+    graph field is split in two (protobuf merges them) and an initializer carries typed data instead of raw data."""
+    model = big_conv_bn()
+    typed = numpy_helper.from_array(np.arange(2048, dtype=np.float32), "typed")
+    typed.float_data.extend(np.frombuffer(typed.raw_data, np.float32).tolist())
+    typed.ClearField("raw_data")
+    model.graph.initializer.append(typed)
+    extra = onnx.ModelProto()
+    extra.graph.initializer.append(numpy_helper.from_array(np.ones((64, 64), np.float32), "late"))
+    data = model_bytes(model) + model_bytes(extra)
+    path = tmp_path / "split.onnx"
+    path.write_bytes(data)
+    expected = onnx.ModelProto()
+    expected.ParseFromString(data)
+    assert model_bytes(loading.load_model(path)) == model_bytes(expected)
+    assert model_bytes(loading.load_checked_model(path)) == model_bytes(expected)
+
+
+def test_checked_load_keeps_the_checkers_verdict(tmp_path):
+    """load_checked_model shows the checker a skeleton without large weights: graph errors are still found, and a
+    large tensor with too little data is refused (by the loader) as before."""
+    model = big_conv_bn()
+    model.graph.node[0].input[0] = "nowhere"
+    path = tmp_path / "bad_graph.onnx"
+    onnx.save(model, path)
+    with pytest.raises(InvalidModelError, match="nowhere"):
+        loading.load_checked_model(path)
+    model = big_conv_bn()
+    weight = model.graph.initializer[0]
+    weight.raw_data = weight.raw_data[:-4]
+    onnx.save(model, path)
+    with pytest.raises(ModelLoadError, match="does not hold valid data"):
+        loading.load_checked_model(path)
+
+
+def test_save_writes_a_tensor_whose_data_defies_its_dims_exactly(tmp_path):
+    """Saving predicts large tensors' sizes from dims and type; a tensor that does not match is written the exact
+    way, so the file is still the model's own encoding."""
+    model = big_conv_bn()
+    weight = model.graph.initializer[0]
+    weight.raw_data = weight.raw_data + b"\0" * 8
+    saving.save_model(model, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == model_bytes(model)
+    assert temporaries(tmp_path) == []
+
+
 def test_check_model_accepts_a_path(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(conv_bn(), path)

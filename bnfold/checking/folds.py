@@ -27,6 +27,11 @@ class LocalChecker:
     def add(self, piece: Piece, decision, key: tuple) -> None:
         if not self.available:
             return
+        if any(attr.ref_attr_name for node in piece.before for attr in node.attribute):
+            self.skipped += 1
+            decision.local_check = ("local check skipped: a node of the piece takes an attribute from its function's "
+                                    "call site")
+            return
         self.pending.append((piece, decision, key))
         self.pending_bytes += sum(_nbytes(value) for side in (piece.constants_before, piece.constants_after)
                                   for value in side.values())

@@ -8,7 +8,7 @@ import click
 
 from ..errors import VerificationFailed
 from ..runtime import OPT_LEVELS
-from ..checking.compare import DEFAULT_TOLERANCES
+from ..tolerances import DEFAULT_TOLERANCES
 from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_option, parse_tolerances,
                      rtol_option, seed_option)
 

@@ -49,8 +49,9 @@ def plan(producer: onnx.NodeProto, nodes: List[onnx.NodeProto], index: GraphInde
     channels, chain = track(nodes, index, producer_channels(producer, index))
     if scale is not None:
         if channels.axis is None:
-            raise Refuse(f"the rank of the {producer.op_type} output is unknown, so BN's channel axis cannot be "
-                         "matched to its channels")
+            conflict = index.type_conflict(producer.input[0]) or index.type_conflict(producer.output[0])
+            raise Refuse(conflict or f"the rank of the {producer.op_type} output is unknown, so BN's channel axis "
+                         "cannot be matched to its channels")
         if channels.axis != 1:
             raise Refuse(f"BN normalizes axis 1, but the {producer.op_type} output's channels arrive on axis "
                          f"{channels.axis} (rank {len(channels.dims)})")

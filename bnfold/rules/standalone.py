@@ -25,10 +25,12 @@ def rank_of(name: str, index: GraphIndex):
 
 
 def plan(bn: BatchNorm, index: GraphIndex) -> Edit:
+    conflict = index.type_conflict(bn.input) or index.type_conflict(bn.output)
+    if conflict:
+        raise Refuse(conflict)
     rank = rank_of(bn.input, index) or rank_of(bn.output, index)
     if rank is None:
-        conflict = index.type_conflict(bn.input) or index.type_conflict(bn.output)
-        raise Refuse(conflict or "rank of the BN input is unknown, so per-channel Mul/Add constants cannot be "
+        raise Refuse("rank of the BN input is unknown, so per-channel Mul/Add constants cannot be "
                      "shaped; run ONNX shape inference on the model first")
     if rank < 2:
         raise Refuse(f"BN input has rank {rank}; BatchNormalization needs [N, C, ...]")

@@ -96,20 +96,24 @@ def read_plain_weight(ctx: GraphIndex, node: onnx.NodeProto, index: int, role: s
 
 def _chain_to_dequantize(ctx: GraphIndex, name: str):
     """(DequantizeLinear, [Reshape nodes from it to `name`]) when `name` is reached only through PASS_THROUGH
-    ops, each read by nothing else; None when no DequantizeLinear is there."""
-    reshapes = []
-    while True:
+    ops, each read by nothing else; None when no DequantizeLinear is there (a cycle included)."""
+    names, seen = [], set()
+    while name not in seen:
+        seen.add(name)
         node = ctx.producer(name)
         if node is None or node.domain not in ("", "ai.onnx") or node.op_type not in ("DequantizeLinear",
                                                                                     *PASS_THROUGH):
             return None
-        if len(ctx.users(name)) != 1 or ctx.is_graph_output(name):
-            raise Refuse(f"quantized weight {name!r} is shared with another node; it cannot be rescaled for one")
+        names.append(name)
         if node.op_type == "DequantizeLinear":
-            return node, list(reversed(reshapes))
-        if node.op_type == "Reshape":
-            reshapes.append(node)
+            for passed in names:
+                if len(ctx.users(passed)) != 1 or ctx.is_graph_output(passed):
+                    raise Refuse(f"quantized weight {passed!r} is shared with another node; it cannot be "
+                                 "rescaled for one")
+            reshapes = [ctx.producer(passed) for passed in names[:-1]]
+            return node, [n for n in reversed(reshapes) if n.op_type == "Reshape"]
         name = node.input[0]
+    return None
 
 
 def _expand(parameter: np.ndarray, info: Dequantized) -> np.ndarray:

@@ -137,3 +137,14 @@ def test_a_cycle_is_an_error_naming_its_nodes(tmp_path):
     assert result.exit_code == 2
     assert "the graph has a cycle: Relu node 'back' -> Add node 'forth' -> Relu node 'back'" in result.output
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_an_unsorted_model_with_external_data_is_sorted_checked_and_folded(tmp_path):
+    model = onnx.load(FIXTURE)
+    source = tmp_path / "external.onnx"
+    onnx.save(model, source, save_as_external_data=True, location="external.data", size_threshold=0)
+    report = bnfold.fold_file(source, tmp_path / "out.onnx")
+    assert report.sorted_graphs == ["main"] and report.folded_count == 3 and report.verification.passed
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    assert_same_outputs(model, written)
