@@ -191,7 +191,6 @@ class FoldReport:
             lines.append(self.verification_skipped)
         return "\n".join(lines)
 
-
     def _model_lines(self) -> List[str]:
         """What the model itself made bnfold do or leave: said once, not per BN."""
         lines = []

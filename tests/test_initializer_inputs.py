@@ -4,7 +4,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
