@@ -19,7 +19,9 @@ from .errors import (ArgumentTypeError, InvalidModelError, OutputError, Unresolv
                      VerificationFailed)
 from .engine import Engine
 from .graph import DEFAULT_DOMAINS, subgraphs
+from .graph.order import sort_nodes
 from .graphsurgeon import fold_graphsurgeon, is_graphsurgeon_graph
+from .initializer_inputs import kept_for_them, removed_inputs, survey
 from .options import as_flag, as_mapping, as_names
 from .report import FoldReport
 from .rules import RULE_NAMES
@@ -72,8 +74,10 @@ def fold(
 
     `model` is a ModelProto (copied unless inplace=True), a path, or an onnx-graphsurgeon Graph (then a new Graph
     is returned: see bnfold.graphsurgeon for what that round trip keeps). `skip` is a rule name or a sequence of
-    them. Every BN is either folded or listed in the report with the reason it stays; the graph's inputs, outputs,
-    opsets and metadata are unchanged.
+    them. Every BN is either folded or listed in the report with the reason it stays; the graph's outputs, opsets
+    and metadata are unchanged, and so are its inputs, except that fold_input_initializers removes the initializer
+    inputs the fold left unread (report.removed_inputs). Nodes out of topological order are sorted first
+    (report.sorted_graphs); a cycle raises InvalidModelError.
 
     local_check: run every fold's replaced piece and its replacement on their own in ONNX Runtime (see
     bnfold.checking.local); a fold that fails is not applied and its BN stays, with the reason. With inplace=True
@@ -103,7 +107,11 @@ def fold(
     else:
         reload = _reload or _snapshot(model, options)
     started = time.perf_counter()
-    report = FoldReport(ops_before=count_ops(model), initializer_bytes_before=tensor_bytes(model))
+    sorted_graphs = sort_nodes(model)
+    report = FoldReport(ops_before=count_ops(model), initializer_bytes_before=tensor_bytes(model),
+                        initializer_inputs=survey(model, options.fold_input_initializers),
+                        sorted_graphs=sorted_graphs)
+    inputs_before = [value.name for value in model.graph.input]
     excluded: Dict[tuple, str] = {}
     while True:
         working = onnx.inliner.inline_local_functions(model) if options.inline_functions and model.functions \
@@ -115,9 +123,13 @@ def fold(
         # A fold failed its local check (a bnfold bug): fold again from the original, keeping those BNs.
         excluded.update(engine.local_failures)
         model = reload()
+        sort_nodes(model)
     model = working
     report.decisions = engine.decisions
     report.decomposed = engine.decomposed
+    if report.initializer_inputs is not None:
+        report.initializer_inputs.bn_kept = kept_for_them(report.decisions)
+    report.removed_inputs = removed_inputs(inputs_before, model)
     report.local_check = engine.local_summary
     report.ops_after = count_ops(model)
     report.initializer_bytes_after = tensor_bytes(model)

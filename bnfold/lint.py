@@ -96,14 +96,12 @@ def check(path, *, check_model: bool = True, fold_input_initializers: bool = Fal
     `violations` and `exit_code` (1 when a count is above its limit).
     """
     from .folding import fold
-    from .loading import check_model as run_checker, load_model
+    from .loading import load_checked_model
 
     source = as_paths(path, "path")
     if len(source) != 1:
         raise ArgumentTypeError("path", "expected one model path; call check once per model")
-    if check_model:
-        run_checker(source[0])
-    model = load_model(source[0])
+    model = load_checked_model(source[0], check=check_model)
     others = list(_other_normalizations(model))
     _, report = fold(model, inplace=True, fold_input_initializers=fold_input_initializers, skip=skip,
                      inline_functions=inline_functions, local_check=False, standalone=True)

@@ -222,8 +222,18 @@ def load_checked_model(path: PathLike, *, check: bool = True) -> onnx.ModelProto
     path = Path(path)
     model, measured = _read_model(path)
     if check:
+        from .graph.order import sort_nodes
+
         if any(is_external(tensor) for tensor in iter_tensors(model)):
-            check_model(path)  # the checker's own external-data rules need the files beside the model
+            try:
+                check_model(path)  # the checker's own external-data rules need the files beside the model
+            except InvalidModelError:
+                # Refused for nodes out of order? The skeleton, sorted as fold() will sort the model, decides.
+                external = [tensor for tensor in iter_tensors(model) if is_external(tensor)]  # held: ids stay valid
+                skeleton = _checker_skeleton(model, {id(tensor) for tensor in external})
+                if not sort_nodes(skeleton):
+                    raise
+                check_model(skeleton)
         else:
             _check_skeleton(model, measured)
     _load_external_data(model, path)
@@ -478,10 +488,11 @@ _SKELETON_LOCATION = "#bnfold-skeleton"
 
 
 def _stand_in(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    """The tensor with every field but its raw data, marked as stored elsewhere."""
+    """The tensor with every field but its raw data (or where its external data lives), marked as stored
+    elsewhere."""
     stand_in = onnx.TensorProto()
     for field in tensor.DESCRIPTOR.fields:
-        if field.name == "raw_data":
+        if field.name in ("raw_data", "external_data"):
             continue
         if _is_repeated(field):
             getattr(stand_in, field.name).extend(getattr(tensor, field.name))
@@ -516,8 +527,13 @@ def _checker_skeleton(message, stand_ins: set):
 def _check_skeleton(model: onnx.ModelProto, measured: Sequence[onnx.TensorProto]) -> None:
     """check_model's verdict on a model whose `measured` tensors hold exactly the raw data their dims and type
     need: for such a tensor the checker finds nothing to refuse but the dims and type themselves, which the stand-in
-    keeps. The checker then neither serializes nor re-parses the weights."""
-    check_model(_checker_skeleton(model, {id(tensor) for tensor in measured}))
+    keeps. The checker then neither serializes nor re-parses the weights. Nodes out of topological order are
+    sorted in the skeleton (fold() sorts the model itself and reports it); a cycle is refused here."""
+    from .graph.order import sort_nodes
+
+    skeleton = _checker_skeleton(model, {id(tensor) for tensor in measured})
+    sort_nodes(skeleton)
+    check_model(skeleton)
 
 
 def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = False) -> None:
@@ -554,4 +570,3 @@ def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = F
     except ValueError as error:
         # onnx's C++ side re-parses the model and refuses some protos Python's parser accepted.
         raise InvalidModelError(f"onnx.checker cannot read the model: {str(error).splitlines()[0]}") from None
-

@@ -42,6 +42,24 @@ class BnDecision:
 
 
 @dataclass
+class InitializerInputs:
+    """A model whose initializers are nearly all graph inputs too (IR >= 4), as old PyTorch exporters wrote them:
+    overridable defaults to ONNX, so their BNs stay unless --fold-input-initializers treats them as constants."""
+
+    initializers: int
+    listed_as_inputs: int
+    folded_as_constants: bool  # --fold-input-initializers was given
+    bn_kept: int = 0  # BNs kept because what they need is such an input
+
+    def describe(self) -> str:
+        share = f"{self.listed_as_inputs} of {self.initializers} initializers are also graph inputs"
+        if self.folded_as_constants:
+            return f"{share} (an old exporter's default); folded as constants (--fold-input-initializers)"
+        return (f"{share} (an old exporter's default; from IR 4 on overridable defaults): {self.bn_kept} BN kept "
+                "because of it; pass --fold-input-initializers to fold them as constants")
+
+
+@dataclass
 class FoldReport:
     decisions: List[BnDecision] = field(default_factory=list)  # one per BatchNormalization node
     decomposed: List[BnDecision] = field(default_factory=list)  # Mul/Add chains recognised as a BN
@@ -56,6 +74,9 @@ class FoldReport:
     written: bool = False
     verification: Optional[object] = None  # a bnfold.VerifyResult when the fold was verified
     verification_skipped: Optional[str] = None  # why the end-to-end check could not run, when it could not
+    initializer_inputs: Optional[InitializerInputs] = None  # set when nearly all initializers are graph inputs
+    removed_inputs: List[str] = field(default_factory=list)  # initializer inputs the fold left unread, removed
+    sorted_graphs: List[str] = field(default_factory=list)  # graphs whose nodes had to be sorted topologically
 
     @property
     def folded(self) -> List[BnDecision]:
@@ -110,6 +131,9 @@ class FoldReport:
             "decisions": [asdict(d) for d in self.decisions],
             "decomposed": [asdict(d) for d in self.decomposed],
             "local_check": self.local_check,
+            "initializer_inputs": asdict(self.initializer_inputs) if self.initializer_inputs else None,
+            "removed_inputs": list(self.removed_inputs),
+            "sorted_graphs": list(self.sorted_graphs),
         }
         if self.verification is not None:
             data["verification"] = self.verification.to_dict()
@@ -138,6 +162,7 @@ class FoldReport:
         total = len(self.decisions)
         lines.append(f"BatchNormalization: {self.folded_count} of {total} folded ({len(self.into_weights)} into "
                      f"weights, {len(self.standalone)} as Mul + Add), {self.kept_count} kept  ({self.elapsed_s:.2f} s)")
+        lines.extend(self._model_lines())
         for decision in self.folded if verbose else ():
             lines.append(f"  folded {decision.describe()}")
         for decision in self.kept:
@@ -165,6 +190,21 @@ class FoldReport:
         if self.verification_skipped:
             lines.append(self.verification_skipped)
         return "\n".join(lines)
+
+    def _model_lines(self) -> List[str]:
+        """What the model itself made bnfold do or leave: said once, not per BN."""
+        lines = []
+        if self.sorted_graphs:
+            where = ", ".join(self.sorted_graphs[:3]) + (f" and {len(self.sorted_graphs) - 3} more"
+                                                         if len(self.sorted_graphs) > 3 else "")
+            lines.append(f"nodes were not in topological order; sorted ({where})")
+        info = self.initializer_inputs
+        if info is not None and (info.bn_kept or info.folded_as_constants):
+            lines.append(info.describe())
+        if self.removed_inputs:
+            lines.append(f"graph inputs removed: {len(self.removed_inputs)} (initializers listed as inputs that "
+                         "the fold left unread; the other inputs are unchanged)")
+        return lines
 
 
 def _size(count: int) -> str:

@@ -94,7 +94,9 @@ def test_below_ir4_initializer_inputs_are_constants_and_new_ones_become_inputs_t
 def test_from_ir4_initializer_inputs_fold_only_on_request_and_user_inputs_stay():
     model = fixtures.initializer_as_input(ir_version=8)
     folded, report = fold_and_compare(model, expect_folded=1, fold_input_initializers=True)
-    assert [v.name for v in folded.graph.input] == [v.name for v in model.graph.input]
+    # The user-facing input stays; the initializer inputs the fold left unread (all of them here) are removed.
+    assert [v.name for v in folded.graph.input] == ["x"]
+    assert report.removed_inputs == [t.name for t in model.graph.initializer]
 
 
 def test_idempotent_and_deterministic():

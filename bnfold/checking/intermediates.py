@@ -109,11 +109,14 @@ def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
 
 def _element_types(model: onnx.ModelProto) -> Dict[str, int]:
     """ONNX element type of every main-graph tensor: declared, else from shape inference on a weightless copy."""
+    from ..graph.order import sort_nodes
     from ..graph.types import skeleton
 
     types = {}
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False).graph
+        copy = skeleton(model)
+        sort_nodes(copy)  # inference reads nodes in order: one out of order would leave the rest untyped
+        inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=False).graph
     except Exception:  # best effort: a tensor without a known type is not compared
         inferred = model.graph
     for value in (*inferred.value_info, *inferred.output, *model.graph.value_info, *model.graph.output):

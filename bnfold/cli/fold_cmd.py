@@ -32,7 +32,8 @@ from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_o
 @click.option("--force", is_flag=True, help="Write the folded model even if verification fails (exit code stays 1).")
 @click.option("--no-check", is_flag=True, help="Do not run onnx.checker on the input.")
 @click.option("--fold-input-initializers", is_flag=True,
-              help="Treat initializers that are also graph inputs (IR >= 4: overridable defaults) as constants.")
+              help="Treat initializers that are also graph inputs (IR >= 4: overridable defaults) as constants; "
+                   "those the fold leaves unread are removed, from the inputs too.")
 @click.option("--inline-functions", is_flag=True,
               help="Inline model-local functions first, so BNs fed by function inputs fold per call site.")
 @click.option("--standalone", is_flag=True,

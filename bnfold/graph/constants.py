@@ -24,6 +24,10 @@ BUDGET_MODEL_MULTIPLE = 2
 BUDGET_FLOOR_BYTES = 256 << 20
 RECENT_INITIALIZERS = 8
 
+# What the reason says when a value is refused because it is an initializer that is also a graph input: the report
+# counts the BNs kept for it (bnfold.initializer_inputs).
+INITIALIZER_INPUT = "is an initializer that is also a graph input"
+
 # Cast targets evaluated here: plain numpy types whose conversion ONNX defines like numpy does.
 _CAST_TARGETS = {getattr(onnx.TensorProto, name) for name in (
     "FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
@@ -250,7 +254,7 @@ class ConstantEvaluator:
         if name in index.initializers:
             if not self._initializer_is_constant(name):
                 raise NotConstant(
-                    f"{name!r} is an initializer that is also a graph input (an overridable default from IR 4 on); "
+                    f"{name!r} {INITIALIZER_INPUT} (an overridable default from IR 4 on); "
                     "pass --fold-input-initializers to treat such inputs as constants")
             return self._initializer(name), None
         node = index.producer(name)

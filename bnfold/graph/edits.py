@@ -198,7 +198,8 @@ class Editor:
             self._reorder_nodes()
         dead = self._dead_initializers()
         _keep_where(graph.initializer, lambda tensor: tensor.name not in dead)
-        if ix.model.ir_version < 4 and dead:
+        if dead:
+            # Below IR 4 every initializer is an input; from IR 4 on only --fold-input-initializers lets one die.
             _keep_where(graph.input, lambda value: value.name not in dead)
         stale = self.gone | dead
         if stale:
@@ -250,13 +251,15 @@ class Editor:
         return True
 
     def _dead_initializers(self) -> Set[str]:
-        """Initializers a fold touched that nothing reads any more; from IR 4 on, ones that are also graph inputs
-        stay (a user-facing input with a default)."""
+        """Initializers a fold touched that nothing reads any more. From IR 4 on, ones that are also graph inputs
+        stay (a user-facing input with a default), unless --fold-input-initializers made them constants of the main
+        graph: then they go, input and all (a subgraph's inputs are its caller's interface and always stay)."""
         ix = self.index
+        input_constants = ix.model.fold_input_initializers and ix.parent is None and not ix.function
         return {
             name for name in self.touched
             if name in ix.initializers and not ix.users(name) and not ix.is_graph_output(name)
-            and not (name in ix.input_names and ix.model.ir_version >= 4)
+            and not (name in ix.input_names and ix.model.ir_version >= 4 and not input_constants)
         }
 
 
