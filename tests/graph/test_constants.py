@@ -109,7 +109,7 @@ def test_a_weight_behind_thousands_of_nodes_folds_without_recursion():
 
 def test_a_cycle_feeding_a_weight_is_refused_by_the_evaluator_and_by_fold():
     model = _deep_chain_conv_bn(5, cycle=True)
-    index = GraphIndex(model.graph, model=ModelScope(model))
+    index = GraphIndex(model.graph, model=ModelScope(model, model_bytes=0))
     with pytest.raises(NotConstant, match="cycle"):
         index.constant("W_4")
     # fold() sorts the nodes first (bnfold.graph.order), and a cycle cannot be sorted: an invalid model.
