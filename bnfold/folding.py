@@ -113,6 +113,7 @@ def fold(
     model = working
     report.decisions = engine.decisions
     report.decomposed = engine.decomposed
+    report.merges = engine.merges
     report.local_check = engine.local_summary
     report.ops_after = count_ops(model)
     report.initializer_bytes_after = tensor_bytes(model)
