@@ -2,7 +2,8 @@
 MobileOne and other re-parameterizable blocks exported in their training structure).
 
 A branch is a Conv reading x (its BN already folded into it, as the engine visits the sum after the branches), or
-an identity: x itself, or a per-channel affine of x (the Mul + Add a standalone BN became, or the BN itself). The
+an identity: x itself; either may be followed by per-channel affine steps (the Mul + Add a standalone BN became, the
+BN itself, or an exporter's `0 + conv`), each read by the next only. The
 merged Conv is the earliest branch Conv with the summed kernel (rules.reparam); it takes over the sum's output name,
 so readers and graph outputs are unchanged, and a BN after the sum then folds into it as usual. Each branch's output
 must be read by the sum only.
@@ -17,8 +18,10 @@ import numpy as np
 import onnx
 
 from ..graph import Edit, GraphIndex, NotConstant, is_op, node_label
+from .affine import compose_affine
 from .base import Refuse, constant_input, read_attribute, read_batchnorm, require_exclusive, set_exact, tensor_hint
-from .reparam import ConvBranch, MergeError, identity_branch, merge
+from .chain import AFFINE, data_input
+from .reparam import ConvBranch, MergeError, affine_after, identity_branch, merge
 from .weights import read_plain_weight
 
 NAME = "merge_branches"
@@ -29,15 +32,19 @@ SUMS = ("Add", "Sum")
 
 
 @dataclass
-class Identity:
-    """An identity branch: x itself (no nodes), or x through a BN or per-channel Mul / Add nodes."""
+class Branch:
+    """One summed input: `conv` (None for an identity branch) reading `source`, then per-channel affine `steps` (BNs,
+    Mul / Add / Sub / Div by constants: a standalone BN's Mul + Add, an exporter's `0 + conv`), in data-flow order."""
 
-    nodes: List[onnx.NodeProto] = field(default_factory=list)
+    source: str
+    conv: Optional[onnx.NodeProto]
+    steps: List[onnx.NodeProto] = field(default_factory=list)
 
     def describe(self) -> str:
-        if not self.nodes:
-            return "identity"
-        return "identity through " + ", ".join(f"{n.op_type} {node_label(n)!r}" for n in self.nodes)
+        what = f"Conv {node_label(self.conv)!r}" if self.conv is not None else "identity"
+        if self.steps:
+            what += " through " + ", ".join(f"{step.op_type} {node_label(step)!r}" for step in self.steps)
+        return what
 
 
 @dataclass
@@ -46,38 +53,37 @@ class Branches:
 
     node: onnx.NodeProto
     source: str
-    convs: List[onnx.NodeProto]
-    identities: List[Identity]
+    branches: List[Branch]
+
+    @property
+    def convs(self) -> List[onnx.NodeProto]:
+        return [branch.conv for branch in self.branches if branch.conv is not None]
 
     def describe(self) -> List[str]:
-        return [f"Conv {node_label(conv)!r}" for conv in self.convs] + [i.describe() for i in self.identities]
+        return [branch.describe() for branch in self.branches]
 
 
-def _constant_operand(node: onnx.NodeProto, index: GraphIndex) -> Optional[int]:
-    """The position of the constant operand of a binary node whose other operand is not constant, else None."""
-    if len(node.input) != 2 or not all(node.input):
-        return None
-    constant = [index.is_constant(name) for name in node.input]
-    return constant.index(True) if constant.count(True) == 1 else None
+def _step_input(node: onnx.NodeProto, index: GraphIndex) -> Optional[str]:
+    """The data input of a per-channel affine step (an eval-mode BN, or Mul / Add / Sub / Div by a constant)."""
+    if is_op(node, ("BatchNormalization",)):
+        extra = [name for name in node.output[1:] if name]
+        return node.input[0] if node.input and node.input[0] and not extra else None
+    return data_input(node, index) if is_op(node, AFFINE) else None
 
 
-def _affine_nodes(name: str, index: GraphIndex) -> Optional[List[onnx.NodeProto]]:
-    """[Mul], [Add] or [Mul, Add] by constants ending at `name`, as a standalone BN becomes; None otherwise."""
-    node = index.producer(name)
-    if not is_op(node, ("Mul", "Add")) or _constant_operand(node, index) is None:
-        return None
-    nodes = [node]
-    if node.op_type == "Add":
-        before = index.producer(node.input[1 - _constant_operand(node, index)])
-        if is_op(before, ("Mul",)) and _constant_operand(before, index) is not None:
-            nodes.insert(0, before)
-    return nodes
-
-
-def _data_input(node: onnx.NodeProto, index: GraphIndex) -> str:
-    if node.op_type == "BatchNormalization":
-        return node.input[0]
-    return node.input[1 - _constant_operand(node, index)]
+def _branch(name: str, index: GraphIndex) -> Branch:
+    """Walk up from a summed input through affine steps, each read by the next only, to a Conv or the source."""
+    steps: List[onnx.NodeProto] = []
+    while True:
+        producer = index.producer(name)
+        if is_op(producer, ("Conv",)) and producer.input and producer.output[0] == name:
+            return Branch(producer.input[0], producer, steps)
+        exclusive = len(index.value_readers(name)) == 1 and not index.is_graph_output(name)
+        step_input = _step_input(producer, index) if producer is not None and exclusive else None
+        if step_input is None or producer.output[0] != name:
+            return Branch(name, None, steps)
+        steps.insert(0, producer)
+        name = step_input
 
 
 def candidate(node: onnx.NodeProto, index: GraphIndex) -> Optional[Branches]:
@@ -88,22 +94,11 @@ def candidate(node: onnx.NodeProto, index: GraphIndex) -> Optional[Branches]:
     inputs = list(node.input)
     if not all(inputs) or len(set(inputs)) != len(inputs) or any(index.is_constant(name) for name in inputs):
         return None
-    convs, identities, sources = [], [], set()
-    for name in inputs:
-        producer = index.producer(name)
-        if is_op(producer, ("Conv",)) and producer.input and producer.output[0] == name:
-            convs.append(producer)
-            sources.add(producer.input[0])
-            continue
-        if is_op(producer, ("BatchNormalization",)) and producer.output[0] == name and producer.input[0]:
-            nodes = [producer]
-        else:
-            nodes = _affine_nodes(name, index) or []
-        identities.append(Identity(nodes))
-        sources.add(_data_input(nodes[0], index) if nodes else name)
-    if not convs or len(sources) != 1:
+    branches = [_branch(name, index) for name in inputs]
+    sources = {branch.source for branch in branches}
+    if len(sources) != 1 or not any(branch.conv is not None for branch in branches):
         return None
-    return Branches(node, sources.pop(), convs, identities)
+    return Branches(node, sources.pop(), branches)
 
 
 def _pads(conv: onnx.NodeProto, kernel, strides, dilations) -> List[int]:
@@ -159,68 +154,71 @@ def _channel_vector(value: np.ndarray, channels: int, rank: int, node: onnx.Node
     return np.broadcast_to(value.reshape(-1), (channels,))
 
 
-def _identity_map(identity: Identity, index: GraphIndex, channels: int, rank: int):
-    """(scale, shift) per channel of an identity branch."""
+def _steps_map(steps: List[onnx.NodeProto], index: GraphIndex, channels: int, rank: int):
+    """(scale, shift) per channel of a branch's affine steps, composed in float64."""
     scale, shift = np.ones(channels), np.zeros(channels)
-    for node in identity.nodes:
-        if node.op_type == "BatchNormalization":
-            bn = read_batchnorm(node, index)
+    for step in steps:
+        if step.op_type == "BatchNormalization":
+            bn = read_batchnorm(step, index)
             if bn.channels != channels:
-                raise Refuse(f"BN {node_label(node)!r} has {bn.channels} channels; the Conv branches have {channels}")
-            scale, shift = bn.scale, bn.shift
+                raise Refuse(f"BN {node_label(step)!r} has {bn.channels} channels; the branches have {channels}")
+            scale, shift = scale * bn.scale, shift * bn.scale + bn.shift
             continue
+        data = list(step.input).index(data_input(step, index))
         try:
-            value = index.constant(node.input[_constant_operand(node, index)])
+            value = index.constant(step.input[1 - data])
         except NotConstant as why:
             raise Refuse(str(why)) from None
-        vector = _channel_vector(value, channels, rank, node)
-        if node.op_type == "Mul":
-            scale, shift = scale * vector, shift * vector
-        else:
-            shift = shift + vector
+        vector = _channel_vector(value, channels, rank, step)
+        scale, shift = compose_affine(scale, shift, step.op_type, vector, data_first=data == 0)
     return scale, shift
 
 
 def plan(branches: Branches, index: GraphIndex) -> Edit:
     """The merge of the branches into their earliest Conv; Refuse with the reason."""
     node = branches.node
+    for branch in branches.branches:
+        if branch.conv is not None:
+            reader = branch.steps[0] if branch.steps else node
+            require_exclusive(index, branch.conv.output[0], reader, f"Conv {node_label(branch.conv)!r}")
     convs = sorted(branches.convs, key=lambda conv: index.editor.key[id(conv)])
-    for conv in convs:
-        require_exclusive(index, conv.output[0], node, f"Conv {node_label(conv)!r}")
-    for identity in branches.identities:
-        for step, following in zip(identity.nodes, identity.nodes[1:] + [node]):
-            require_exclusive(index, step.output[0], following, f"{step.op_type} {node_label(step)!r}")
     dtypes = {index.dtype(conv.input[1]) for conv in convs}
     if len(dtypes) > 1:
         raise Refuse(f"Conv branches have weight dtypes {sorted(str(d) for d in dtypes)}")
-    conv_branches = [_conv_branch(conv, index) for conv in convs]
-    channels, rank = conv_branches[0].out_channels, conv_branches[0].weight.ndim
-    if branches.identities and conv_branches[0].in_channels != channels:
+    parts = {id(conv): _conv_branch(conv, index) for conv in convs}
+    first = parts[id(convs[0])]
+    channels, rank = first.out_channels, first.weight.ndim
+    if any(branch.conv is None for branch in branches.branches) and first.in_channels != channels:
         raise Refuse(f"an identity branch needs as many input as output channels; the Conv branches map "
-                     f"{conv_branches[0].in_channels} to {channels}")
-    identity_branches = [identity_branch(*_identity_map(identity, index, channels, rank), rank - 2)
-                         for identity in branches.identities]
+                     f"{first.in_channels} to {channels}")
+    summed = []
+    for branch in branches.branches:
+        scale, shift = _steps_map(branch.steps, index, channels, rank)
+        if branch.conv is None:
+            summed.append(identity_branch(scale, shift, rank - 2))
+        else:
+            summed.append(affine_after(parts[id(branch.conv)], scale, shift))
     try:
-        merged = merge(conv_branches + identity_branches)
+        merged = merge(summed)
     except MergeError as why:
         raise Refuse(str(why)) from None
-    first = convs[0]
-    weight_dtype = index.dtype(first.input[1])
-    bias_dtype = index.dtype(first.input[2]) if len(first.input) > 2 and first.input[2] else weight_dtype
-    edit = Edit(into=[first], output_axes={node.output[0]: 1})
-    set_exact(edit, first, 1, merged.weight, weight_dtype, tensor_hint(first, 1, "merged"))
-    set_exact(edit, first, 2, merged.bias, bias_dtype, tensor_hint(first, 2, "merged"))
-    if read_attribute(first, "auto_pad", None) is not None:
-        edit.set_attribute(first, "auto_pad", "NOTSET")
-    edit.set_attribute(first, "pads", list(merged.pads))
-    edit.set_attribute(first, "kernel_shape", list(merged.kernel))
-    edit.set_attribute(first, "dilations", list(merged.dilations))
-    edit.set_attribute(first, "group", merged.group)
-    for other in convs[1:]:
-        edit.remove(other)
-    for identity in branches.identities:
-        for step in identity.nodes:
+    into = convs[0]
+    weight_dtype = index.dtype(into.input[1])
+    bias_dtype = index.dtype(into.input[2]) if len(into.input) > 2 and into.input[2] else weight_dtype
+    edit = Edit(into=[into], output_axes={node.output[0]: 1})
+    set_exact(edit, into, 1, merged.weight, weight_dtype, tensor_hint(into, 1, "merged"))
+    set_exact(edit, into, 2, merged.bias, bias_dtype, tensor_hint(into, 2, "merged"))
+    if read_attribute(into, "auto_pad", None) is not None:
+        edit.set_attribute(into, "auto_pad", "NOTSET")
+    edit.set_attribute(into, "pads", list(merged.pads))
+    edit.set_attribute(into, "kernel_shape", list(merged.kernel))
+    edit.set_attribute(into, "dilations", list(merged.dilations))
+    edit.set_attribute(into, "group", merged.group)
+    for conv in convs[1:]:
+        edit.remove(conv)
+    for branch in branches.branches:
+        for step in branch.steps:
             edit.remove(step)
     edit.remove(node)
-    edit.rename(first.output[0], node.output[0])
+    edit.rename(into.output[0], node.output[0])
     return edit

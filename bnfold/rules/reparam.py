@@ -7,7 +7,8 @@ branch has the same stride, produces the same number of outputs for every input 
 pad_begin + pad_end - dilation * (k - 1)), and samples a window that lies inside the largest branch's window at a
 whole number of taps: its kernel is then zero-padded to that window, its groups expanded to the smallest group
 count in block-diagonal form, and kernels and biases summed. An identity branch, or a per-channel affine of the
-input x * scale + shift, is the depthwise 1x1 convolution with weight `scale` and bias `shift`.
+input x * scale + shift, is the depthwise 1x1 convolution with weight `scale` and bias `shift`; a per-channel
+affine map after a branch scales its kernels and maps its bias.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ def identity_branch(scale: np.ndarray, shift: np.ndarray, spatial_rank: int) -> 
     channels = scale.size
     return ConvBranch(scale.reshape((channels, 1) + (1,) * spatial_rank), shift, channels,
                       (1,) * spatial_rank, (1,) * spatial_rank, (0,) * (2 * spatial_rank))
+
+
+def affine_after(branch: ConvBranch, scale: np.ndarray, shift: np.ndarray) -> ConvBranch:
+    """The branch followed by y * scale + shift per output channel: its kernels scaled, its bias mapped."""
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+    weight = branch.weight * scale.reshape((-1,) + (1,) * (branch.weight.ndim - 1))
+    bias = np.asarray(branch.bias, dtype=np.float64).reshape(-1) * scale + np.asarray(shift, dtype=np.float64)
+    return ConvBranch(weight, bias, branch.group, branch.strides, branch.dilations, branch.pads)
 
 
 def embed_kernel(weight: np.ndarray, kernel: Sequence[int], offsets: Sequence[int]) -> np.ndarray:
