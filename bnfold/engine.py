@@ -192,7 +192,18 @@ class Engine:
             self.checker.add(builder.after(), merge, (index.path, merge.output))
         merge.merged, merge.into, merge.rounding_error = True, node_label(into), edit.rounding_error
         merge.kernel, merge.group = list(attribute(into, "kernel_shape")), int(attribute(into, "group"))
+        self._absorbed_batchnorms(branches, index, merge)
         return True
+
+    def _absorbed_batchnorms(self, branches, index: GraphIndex, merge: BranchMerge) -> None:
+        """A BN no rule could fold (an identity BN of a tensor other nodes read) that a merge absorbed is folded."""
+        merged = {(index.path, step.output[0]) for branch in branches.branches for step in branch.steps
+                  if step.op_type == "BatchNormalization"}
+        for decision in self.decisions:
+            if not decision.folded and (decision.graph, decision.output) in merged:
+                decision.folded, decision.reason, decision.rule = True, None, "merge_branches"
+                decision.into, decision.into_op = merge.into, "Conv"
+                decision.local_error = merge.local_error
 
     def fold_decomposed(self, node: onnx.NodeProto, index: GraphIndex) -> None:
         try:

@@ -72,15 +72,18 @@ def _step_input(node: onnx.NodeProto, index: GraphIndex) -> Optional[str]:
 
 
 def _branch(name: str, index: GraphIndex) -> Branch:
-    """Walk up from a summed input through affine steps, each read by the next only, to a Conv or the source."""
+    """Walk up from a summed input through affine steps, each read by the next only, to a Conv read by them only
+    (a branch Conv), or to the source: a tensor other nodes read too, or that no Conv or affine step produces."""
     steps: List[onnx.NodeProto] = []
     while True:
         producer = index.producer(name)
-        if is_op(producer, ("Conv",)) and producer.input and producer.output[0] == name:
+        if producer is None or producer.output[0] != name or len(index.value_readers(name)) != 1 or \
+                index.is_graph_output(name):
+            return Branch(name, None, steps)  # what other nodes read too is the branch's source
+        if is_op(producer, ("Conv",)) and producer.input:
             return Branch(producer.input[0], producer, steps)
-        exclusive = len(index.value_readers(name)) == 1 and not index.is_graph_output(name)
-        step_input = _step_input(producer, index) if producer is not None and exclusive else None
-        if step_input is None or producer.output[0] != name:
+        step_input = _step_input(producer, index)
+        if step_input is None:
             return Branch(name, None, steps)
         steps.insert(0, producer)
         name = step_input

@@ -52,6 +52,7 @@ def test_an_identity_bn_left_as_bn_is_merged_itself():
     folded, report = merged_model(fixtures.repvgg_block(), skip="standalone")
     assert op_types(folded) == ["Conv", "Relu"]
     assert "identity through BatchNormalization 'block_id'" in report.merges[1].branches
+    assert report.kept == [] and report.decisions[-1].rule == "merge_branches"
 
 
 def test_a_bn_after_the_sum_folds_into_the_merged_conv():
@@ -96,12 +97,29 @@ def test_mismatched_geometry_is_refused_with_the_reason(builder, reason):
     assert f"kept   block_add0 -> 'block_add0': {reason}" in report.render()
 
 
-def test_a_branch_read_elsewhere_is_refused():
+def test_a_conv_read_elsewhere_is_no_branch():
+    """The 1x1 Conv's output is also a graph output: it is the source of nothing merged, and stays."""
     model = fixtures.repvgg_block()
     model.graph.output.append(helper.make_tensor_value_info("block_b1_bn", onnx.TensorProto.FLOAT, None))
     folded, report = fold_and_compare(model, check=False)
-    assert "block_b1_bn" in report.merges[0].reason and not report.merges[0].merged
-    assert op_types(folded).count("Conv") == 2
+    assert report.merges == [] and op_types(folded).count("Conv") == 2
+
+
+def test_a_conv_before_the_shared_tensor_is_not_taken_for_a_branch():
+    """RepGhost: x1 = Conv+BN, read by a depthwise Conv+BN and by an identity BN that are summed. The identity BN
+    cannot fold into the first Conv (x1 has other readers) and stays; the sum merges it as x1's identity branch."""
+    rng = np.random.default_rng(0)
+    nodes, initializers = [], []
+    x1 = fixtures._conv_bn_layer(nodes, initializers, rng, "x", "primary", 4, 8, relu=False)
+    total = fixtures._branch_block(nodes, initializers, rng, x1, "cheap", 8, [{"kernel": 3, "group": 8}])
+    nodes.append(helper.make_node("Concat", [x1, total], ["y"], name="concat", axis=1))
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 6, 6])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 16, 6, 6])
+    folded, report = merged_model(fixtures.make_model(nodes, [x], [y], initializers))
+    assert op_types(folded) == ["Conv", "Conv", "Concat"]
+    assert report.merges[0].branches == ["Conv 'cheap_b0_conv'", "identity through BatchNormalization 'cheap_id'"]
+    (identity,) = [d for d in report.decisions if d.node == "cheap_id"]
+    assert identity.folded and identity.rule == "merge_branches" and report.kept == []
 
 
 def residual_block():
