@@ -7,6 +7,10 @@ that scope; in each, every BatchNormalization and decomposed-BN candidate in gra
 
 A BN that none of these folds stays, with the first refusal's reason. Each fold is planned as an Edit before the
 graph changes, so a refusal leaves it byte-identical.
+
+Every Add / Sum is offered to merge_branches: parallel branches of one tensor (RepVGG, MobileOne) become one Conv.
+Branch BNs come before their sum in graph order, so they are folded into their Convs (or became Mul + Add) by then,
+and a BN after the sum folds into the merged Conv when it is visited.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ import onnx
 from onnx import helper
 
 from .checking.folds import LocalChecker
-from .graph import (DEFAULT_DOMAINS, Edit, GraphIndex, ModelScope, NotConstant, function_types, is_op, node_label,
-                    scope_types)
+from .graph import (DEFAULT_DOMAINS, Edit, GraphIndex, ModelScope, NotConstant, attribute, function_types,
+                    is_op, node_label, scope_types)
 from .graph.pieces import PieceBuilder
-from .report import BnDecision
-from .rules import PRODUCER_RULES, backward, decomposed, forward, standalone
+from .report import BnDecision, BranchMerge
+from .rules import PRODUCER_RULES, backward, decomposed, forward, merge_branches, standalone
 from .rules.base import Refuse, read_batchnorm
 from .rules.chain import walk_up
 from .rules.producers import PRODUCERS
@@ -52,6 +56,7 @@ class Engine:
         self.skipped = skipped
         self.decisions: List[BnDecision] = []
         self.decomposed: List[BnDecision] = []
+        self.merges: List[BranchMerge] = []
 
     def run(self) -> None:
         self.fold_graph(self.model.graph, None, "main", key=())
@@ -88,8 +93,12 @@ class Engine:
             if not index.is_removed(node) and node.domain in DEFAULT_DOMAINS:
                 if node.op_type == "BatchNormalization":
                     self.decisions.append(self.fold_batchnorm(node, index))
-                elif "decomposed" not in self.skipped and node.op_type in ("Add", "Sub", "Mul", "Div"):
-                    self.fold_decomposed(node, index)
+                else:
+                    merged = (node.op_type in merge_branches.SUMS and "merge_branches" not in self.skipped
+                              and self.merge_branches(node, index))
+                    if not merged and "decomposed" not in self.skipped and node.op_type in ("Add", "Sub", "Mul",
+                                                                                            "Div"):
+                        self.fold_decomposed(node, index)
             for attr in node.attribute:
                 bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
                 for number, body in enumerate(bodies):
@@ -173,6 +182,46 @@ class Engine:
         except (Refuse, NotConstant) as why:
             reasons.append(f"{why} [{rule}]")
             return None
+
+    def merge_branches(self, node: onnx.NodeProto, index: GraphIndex) -> bool:
+        """Merge the parallel branches an Add / Sum sums into one Conv; whether it did. A sum of anything else
+        (a residual connection, a bias) is no candidate and is not reported."""
+        try:
+            branches = merge_branches.candidate(node, index)
+        except (Refuse, NotConstant):
+            return False
+        if branches is None:
+            return False
+        merge = BranchMerge(node=node_label(node), output=node.output[0], graph=index.path,
+                            branches=branches.describe())
+        self.merges.append(merge)
+        if (index.path, merge.output) in self.excluded:
+            merge.reason = self.excluded[(index.path, merge.output)]
+            return False
+        try:
+            edit = merge_branches.plan(branches, index)
+        except (Refuse, NotConstant) as why:
+            merge.reason = str(why)
+            return False
+        into = edit.into[0]
+        builder = PieceBuilder(merge.label, edit, index, edit.output_axes) if self.checker is not None else None
+        index.editor.apply(edit)
+        if builder is not None:
+            self.checker.add(builder.after(), merge, (index.path, merge.output))
+        merge.merged, merge.into, merge.rounding_error = True, node_label(into), edit.rounding_error
+        merge.kernel, merge.group = list(attribute(into, "kernel_shape")), int(attribute(into, "group"))
+        self._absorbed_batchnorms(branches, index, merge)
+        return True
+
+    def _absorbed_batchnorms(self, branches, index: GraphIndex, merge: BranchMerge) -> None:
+        """A BN no rule could fold (an identity BN of a tensor other nodes read) that a merge absorbed is folded."""
+        merged = {(index.path, step.output[0]) for branch in branches.branches for step in branch.steps
+                  if step.op_type == "BatchNormalization"}
+        for decision in self.decisions:
+            if not decision.folded and (decision.graph, decision.output) in merged:
+                decision.folded, decision.reason, decision.rule = True, None, "merge_branches"
+                decision.into, decision.into_op = merge.into, "Conv"
+                decision.local_error = merge.local_error
 
     def fold_decomposed(self, node: onnx.NodeProto, index: GraphIndex) -> None:
         try:

@@ -130,6 +130,7 @@ def fold(
     if report.initializer_inputs is not None:
         report.initializer_inputs.bn_kept = kept_for_them(report.decisions)
     report.removed_inputs = removed_inputs(inputs_before, model)
+    report.merges = engine.merges
     report.local_check = engine.local_summary
     report.ops_after = count_ops(model)
     report.initializer_bytes_after = tensor_bytes(model)

@@ -60,9 +60,40 @@ class InitializerInputs:
 
 
 @dataclass
+class BranchMerge:
+    """One Add / Sum whose inputs are parallel branches of one tensor: merged into the Conv `into`, or kept for
+    `reason` (the branches matched, but cannot be summed into one Conv exactly)."""
+
+    node: str
+    output: str
+    graph: str
+    branches: List[str]  # what each summed input was: "Conv 'name'", "identity through BatchNormalization 'bn'"...
+    merged: bool = False
+    into: Optional[str] = None
+    kernel: List[int] = field(default_factory=list)  # the merged Conv's kernel and groups
+    group: Optional[int] = None
+    reason: Optional[str] = None
+    rounding_error: float = 0.0
+    local_error: Optional[float] = None
+    local_check: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        where = "" if self.graph == "main" else f" in {self.graph}"
+        return f"{self.node or '(unnamed)'} -> {self.output!r}{where}"
+
+    def describe(self) -> str:
+        checked = f", local error {self.local_error:.2g}" if self.local_error is not None else ""
+        kernel = "x".join(map(str, self.kernel))
+        return (f"{self.label}: {' + '.join(self.branches)} into Conv {self.into} ({kernel}, group {self.group}"
+                f"{checked})")
+
+
+@dataclass
 class FoldReport:
     decisions: List[BnDecision] = field(default_factory=list)  # one per BatchNormalization node
     decomposed: List[BnDecision] = field(default_factory=list)  # Mul/Add chains recognised as a BN
+    merges: List[BranchMerge] = field(default_factory=list)  # Add / Sum of parallel branches (rules.merge_branches)
     local_check: Optional[dict] = None  # what the local check covered (bnfold.checking.folds)
     ops_before: Dict[str, int] = field(default_factory=dict)
     ops_after: Dict[str, int] = field(default_factory=dict)
@@ -103,8 +134,12 @@ class FoldReport:
         return len(self.kept)
 
     @property
+    def merged(self) -> List[BranchMerge]:
+        return [m for m in self.merges if m.merged]
+
+    @property
     def changed(self) -> bool:
-        return self.folded_count > 0
+        return self.folded_count > 0 or bool(self.merged)
 
     @property
     def max_rounding_error(self) -> float:
@@ -123,6 +158,8 @@ class FoldReport:
             "bn_kept": self.kept_count,
             "decomposed_total": len(self.decomposed),
             "decomposed_folded": sum(d.folded for d in self.decomposed),
+            "merges_total": len(self.merges),
+            "merges_done": len(self.merged),
             "max_rounding_error": self.max_rounding_error,
             "ops_before": dict(sorted(self.ops_before.items())),
             "ops_after": dict(sorted(self.ops_after.items())),
@@ -130,6 +167,7 @@ class FoldReport:
             "initializer_bytes_after": self.initializer_bytes_after,
             "decisions": [asdict(d) for d in self.decisions],
             "decomposed": [asdict(d) for d in self.decomposed],
+            "merges": [asdict(m) for m in self.merges],
             "local_check": self.local_check,
             "initializer_inputs": asdict(self.initializer_inputs) if self.initializer_inputs else None,
             "removed_inputs": list(self.removed_inputs),
@@ -176,6 +214,14 @@ class FoldReport:
             for decision in self.decomposed:
                 if not decision.folded:
                     lines.append(f"  kept   {decision.label}: {decision.reason}")
+        if self.merges:
+            lines.append(f"parallel branches (RepVGG-style Add / Sum of one input): {len(self.merged)} of "
+                         f"{len(self.merges)} merged into one Conv")
+            for merge in (self.merged if verbose else ()):
+                lines.append(f"  merged {merge.describe()}")
+            for merge in self.merges:
+                if not merge.merged:
+                    lines.append(f"  kept   {merge.label}: {merge.reason}")
         if self.local_check and self.local_check.get("ran"):
             worst = self.local_check.get("worst_error")
             lines.append(f"local check: {self.local_check['checked']} fold(s) run on their own in ONNX Runtime, "

@@ -758,6 +758,97 @@ def unsorted_graph(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def _branch_block(nodes, initializers, rng, x, name, channels, specs, *, identity="bn", sum_op="Add"):
+    """Append parallel branches of `x`, each Conv(no bias) -> BN from a spec dict (kernel, stride, pads, group,
+    dilation, c_out), plus an identity branch ("bn": BN(x); "affine": Mul + Add by per-channel constants; "plain":
+    x itself; None: none), summed by a chain of Adds or one Sum; return the sum's name."""
+    outputs = []
+    for number, spec in enumerate(specs):
+        kernel, group = spec.get("kernel", 3), spec.get("group", 1)
+        c_out = spec.get("c_out", channels)
+        branch = f"{name}_b{number}"
+        weight = rng.normal(0, 0.5, (c_out, channels // group, kernel, kernel)).astype(np.float32)
+        initializers.append(numpy_helper.from_array(weight, f"{branch}_w"))
+        pads = spec.get("pads", [kernel // 2] * 4)
+        nodes.append(helper.make_node("Conv", [x, f"{branch}_w"], [f"{branch}_conv"], name=f"{branch}_conv",
+                                      strides=[spec.get("stride", 1)] * 2, pads=pads, group=group,
+                                      dilations=[spec.get("dilation", 1)] * 2))
+        nodes.append(bn_node(f"{branch}_conv", f"{branch}_bn", f"{branch}_bn"))
+        initializers.extend(bn_parameters(c_out, rng, f"{branch}_bn"))
+        outputs.append(f"{branch}_bn")
+    if identity == "bn":
+        nodes.append(bn_node(x, f"{name}_id", f"{name}_id"))
+        initializers.extend(bn_parameters(channels, rng, f"{name}_id"))
+        outputs.append(f"{name}_id")
+    elif identity == "affine":
+        for op, values in (("Mul", rng.uniform(0.5, 2.0, channels)), ("Add", rng.normal(0, 1, channels))):
+            initializers.append(numpy_helper.from_array(values.reshape(channels, 1, 1).astype(np.float32),
+                                                        f"{name}_id_{op.lower()}_c"))
+            source = x if op == "Mul" else f"{name}_id_mul"
+            nodes.append(helper.make_node(op, [source, f"{name}_id_{op.lower()}_c"], [f"{name}_id_{op.lower()}"],
+                                          name=f"{name}_id_{op.lower()}"))
+        outputs.append(f"{name}_id_add")
+    elif identity == "plain":
+        outputs.append(x)
+    if sum_op == "Sum":
+        nodes.append(helper.make_node("Sum", outputs, [f"{name}_sum"], name=f"{name}_sum"))
+        return f"{name}_sum"
+    total = outputs[0]
+    for number, output in enumerate(outputs[1:]):
+        nodes.append(helper.make_node("Add", [total, output], [f"{name}_add{number}"], name=f"{name}_add{number}"))
+        total = f"{name}_add{number}"
+    return total
+
+
+def branch_block(specs=({"kernel": 3}, {"kernel": 1}), *, channels: int = 8, size: int = 9, identity="bn",
+                 sum_op: str = "Add", post_bn: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """x -> parallel branches (see _branch_block) -> sum [-> BN] -> Relu -> y: one re-parameterizable block."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers = [], []
+    total = _branch_block(nodes, initializers, rng, "x", "block", channels, specs, identity=identity, sum_op=sum_op)
+    if post_bn:
+        nodes.append(bn_node(total, "post_bn", "post_bn"))
+        initializers.extend(bn_parameters(specs[0].get("c_out", channels), rng, "post_bn"))
+        total = "post_bn"
+    nodes.append(helper.make_node("Relu", [total], ["y"], name="relu"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, size, size])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    return _with_inferred_output(make_model(nodes, inputs, outputs, initializers))
+
+
+def repvgg_block(seed: int = 0) -> onnx.ModelProto:
+    """RepVGG: Conv3x3+BN + Conv1x1+BN + BN(x), summed by two Adds, then Relu; the train-time structure."""
+    return branch_block(({"kernel": 3}, {"kernel": 1}), identity="bn", seed=seed)
+
+
+def mobileone_block(*, channels: int = 8, k: int = 3, size: int = 9, seed: int = 0) -> onnx.ModelProto:
+    """MobileOne: a depthwise stage (k parallel depthwise 3x3 Conv+BN, a depthwise 1x1 Conv+BN and BN(x), one Sum)
+    -> Relu -> a pointwise stage (k parallel 1x1 Conv+BN and BN(x), Adds) -> Relu."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers = [], []
+    depthwise = [{"kernel": 3, "group": channels}] * k + [{"kernel": 1, "group": channels}]
+    x = _branch_block(nodes, initializers, rng, "x", "dw", channels, depthwise, sum_op="Sum")
+    nodes.append(helper.make_node("Relu", [x], ["dw_relu"], name="dw_relu"))
+    x = _branch_block(nodes, initializers, rng, "dw_relu", "pw", channels, [{"kernel": 1}] * k)
+    nodes.append(helper.make_node("Relu", [x], ["y"], name="pw_relu"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, size, size])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    return _with_inferred_output(make_model(nodes, inputs, outputs, initializers))
+
+
+def refuse_branch_stride(seed: int = 0) -> onnx.ModelProto:
+    """Conv3x3 (stride 1, no padding) + Conv1x1 (stride 2): on a 4x4 input both give 2x2, but they sample different
+    positions, so no one Conv computes the sum."""
+    return branch_block(({"kernel": 3, "pads": [0] * 4}, {"kernel": 1, "stride": 2}), identity=None, size=4,
+                        seed=seed)
+
+
+def refuse_branch_padding(seed: int = 0) -> onnx.ModelProto:
+    """Two 3x3 Conv branches, one centred (pads 1) and one shifted (pads 2 before, 0 after): same output size, but
+    their windows together span 4 taps, more than the largest kernel."""
+    return branch_block(({"kernel": 3}, {"kernel": 3, "pads": [2, 2, 0, 0]}), identity=None, seed=seed)
+
+
 # The models `python models/fixtures.py` writes: name -> builder. Each exercises a rule or a refusal.
 SHIPPED: Dict[str, callable] = {
     "conv_bn": conv_bn,
@@ -793,6 +884,10 @@ SHIPPED: Dict[str, callable] = {
     **{f"chain_{kind}": (lambda kind=kind: look_through_chain(kind)) for kind in CHAIN_KINDS},
     **{f"chain_{kind}_backward": (lambda kind=kind: look_through_chain(kind, backward=True))
        for kind in CHAIN_KINDS},
+    "repvgg_block": repvgg_block,
+    "mobileone_block": mobileone_block,
+    "refuse_branch_stride": refuse_branch_stride,
+    "refuse_branch_padding": refuse_branch_padding,
 }
 
 # Models onnx.checker refuses on purpose (ONNX Runtime runs them): bnfold repairs them before its own check.

@@ -252,6 +252,75 @@ class TwoBranch(nn.Module):
         return torch.relu(left + right + stem)
 
 
+class RepVGGBlock(nn.Module):
+    """RepVGG's training structure: Conv3x3+BN + Conv1x1+BN (+ BN(x) when the shape is kept), summed, ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.dense = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
+        self.pointwise = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
+        self.identity = nn.BatchNorm2d(cout) if stride == 1 and cin == cout else None
+
+    def forward(self, x):
+        out = self.dense(x) + self.pointwise(x)
+        if self.identity is not None:
+            out = out + self.identity(x)
+        return torch.relu(out)
+
+
+class RepVGGStyle(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(RepVGGBlock(3, 16, 2), RepVGGBlock(16, 16), RepVGGBlock(16, 32, 2),
+                                      RepVGGBlock(32, 32))
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.head(torch.flatten(x, 1))
+
+
+class MobileOneBlock(nn.Module):
+    """MobileOne's training structure: k parallel kxk Conv+BN, a 1x1 Conv+BN "scale" branch when k > 1, and BN(x)
+    when the shape is kept, summed, ReLU. `groups=channels` is the depthwise stage, groups=1 the pointwise one."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, branches: int = 3):
+        super().__init__()
+
+        def conv_bn(size: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, size, stride, size // 2, groups=groups, bias=False),
+                                 nn.BatchNorm2d(cout))
+
+        self.convs = nn.ModuleList(conv_bn(kernel) for _ in range(branches))
+        self.scale = conv_bn(1) if kernel > 1 else None
+        self.identity = nn.BatchNorm2d(cout) if stride == 1 and cin == cout else None
+
+    def forward(self, x):
+        out = self.scale(x) if self.scale is not None else 0
+        if self.identity is not None:
+            out = out + self.identity(x)
+        for conv in self.convs:
+            out = out + conv(x)
+        return torch.relu(out)
+
+
+class MobileOneStyle(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            MobileOneBlock(3, 16, 3, stride=2, branches=1),
+            MobileOneBlock(16, 16, 3, groups=16),  # depthwise
+            MobileOneBlock(16, 16, 1),  # pointwise, with identity
+            MobileOneBlock(16, 16, 3, stride=2, groups=16),
+            MobileOneBlock(16, 24, 1),  # pointwise, no identity
+        )
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.head(torch.flatten(x, 1))
+
+
 def resnet_style() -> nn.Module:
     """ResNet-style classifier: Conv+BN stem and residual blocks with Conv+BN shortcuts."""
     return _build(ResNetStyle)
@@ -292,6 +361,16 @@ def two_branch() -> nn.Module:
     return _build(TwoBranch)
 
 
+def repvgg_style() -> nn.Module:
+    """RepVGG-style classifier in its training structure: parallel 3x3, 1x1 and identity-BN branches per block."""
+    return _build(RepVGGStyle)
+
+
+def mobileone_style() -> nn.Module:
+    """MobileOne-style classifier in its training structure: parallel depthwise and pointwise branches."""
+    return _build(MobileOneStyle)
+
+
 FACTORIES = {
     "resnet_style": resnet_style,
     "mobilenet_style": mobilenet_style,
@@ -301,6 +380,8 @@ FACTORIES = {
     "conv3d_net": conv3d_net,
     "densenet_block": densenet_block,
     "two_branch": two_branch,
+    "repvgg_style": repvgg_style,
+    "mobileone_style": mobileone_style,
 }
 
 INPUT_SHAPES = {
@@ -312,4 +393,6 @@ INPUT_SHAPES = {
     "conv3d_net": (2, 2, 6, 12, 12),
     "densenet_block": (2, 8, 12, 12),
     "two_branch": (2, 3, 16, 16),
+    "repvgg_style": (2, 3, 32, 32),
+    "mobileone_style": (2, 3, 32, 32),
 }

@@ -32,7 +32,7 @@ def batchnorm_layers(module):
 def test_zoo_covers_the_issue_architectures():
     assert set(zoo.FACTORIES) == set(zoo.INPUT_SHAPES) == {
         "resnet_style", "mobilenet_style", "convtranspose_decoder", "mlp_bn1d", "audio_conv1d", "conv3d_net",
-        "densenet_block", "two_branch",
+        "densenet_block", "two_branch", "repvgg_style", "mobileone_style",
     }
 
 
@@ -95,3 +95,24 @@ def test_stored_zoo_files_keep_every_bn_and_match_the_current_zoo(name):
     with torch.no_grad():
         expected = module(x).numpy()
     np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name, blocks", [("repvgg_style", 4), ("mobileone_style", 5)])
+def test_reparameterizable_blocks_become_one_conv_each_and_match_torch(name, blocks, exporter, tmp_path):
+    """The training structure (parallel Conv+BN branches and identity BNs) exported, folded and merged: one Conv
+    per block, no BN or per-channel Mul / Add left, and the same outputs as the PyTorch module."""
+    module = zoo.FACTORIES[name]()
+    result = export(module, example_input(name), tmp_path / f"{name}.onnx", fold=True, exporter=exporter)
+    assert result.passed, result.render()
+    ops = [node.op_type for node in result.model.graph.node if node.op_type != "Constant"]
+    assert ops.count("Conv") == blocks
+    assert not {"BatchNormalization", "Mul", "Add", "Sum"} & set(ops), ops
+    report = result.fold_report
+    assert report.merges and all(merge.merged for merge in report.merges)
+    x = example_input(name, seed=1)
+    (output,) = run_model(result.model, {result.model.graph.input[0].name: x.numpy()}).values()
+    with torch.no_grad():
+        expected = module(x).numpy()
+    np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-4)

@@ -57,8 +57,10 @@ def _involved(edit, index) -> List[onnx.NodeProto]:
                 nodes[id(producer)] = producer
     for node in (*edit.into, *edit.through):
         nodes[id(node)] = node
-    existing = {key: node for key, node in nodes.items() if key in index.editor.key and key not in
-                {id(n) for n in index.editor.inserted}}
+    # Nodes an earlier fold inserted (a standalone BN's Mul + Add, which a branch merge removes) are part of the
+    # graph now; only this edit's own new nodes are not there yet.
+    new = {id(node) for operation in edit.operations if operation[0] == "insert_after" for node in operation[2]}
+    existing = {key: node for key, node in nodes.items() if key in index.editor.key and key not in new}
     pending = list(existing.values())
     while pending:
         for name in pending.pop().input:
