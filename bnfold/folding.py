@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import onnx
 import onnx.inliner
@@ -25,6 +25,9 @@ from .initializer_inputs import kept_for_them, removed_inputs, survey
 from .options import as_flag, as_mapping, as_names
 from .report import FoldReport
 from .rules import RULE_NAMES
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon
 
 @dataclass(frozen=True)
 class FoldOptions:

@@ -64,10 +64,9 @@ def parse_shape_specs(texts: Iterable[str]) -> Dict[Optional[str], Tuple[int, ..
     return dict(parse_shape_spec(text) for text in texts)
 
 
-def resolve_shapes(
-    specs: Sequence[InputSpec], overrides: Optional[Mapping[Optional[str], Tuple[int, ...]]] = None
-) -> Dict[str, Tuple[int, ...]]:
-    """A concrete shape per input: the user's override, else the declared dims with batch 1 for a free first dim."""
+def named_overrides(specs: Sequence[InputSpec], overrides: Optional[Mapping[Optional[str], Tuple[int, ...]]]
+                    ) -> Dict[str, Tuple[int, ...]]:
+    """--input-shape values by input name: an unnamed one names the single input; unknown names are refused."""
     overrides = dict(overrides or {})
     if None in overrides:
         if len(specs) != 1:
@@ -78,6 +77,14 @@ def resolve_shapes(
     if unknown:
         names = ", ".join(spec.name for spec in specs)
         raise UsageError(f"--input-shape names unknown input(s) {sorted(unknown)}; the model's inputs are: {names}")
+    return overrides
+
+
+def resolve_shapes(
+    specs: Sequence[InputSpec], overrides: Optional[Mapping[Optional[str], Tuple[int, ...]]] = None
+) -> Dict[str, Tuple[int, ...]]:
+    """A concrete shape per input: the user's override, else the declared dims with batch 1 for a free first dim."""
+    overrides = named_overrides(specs, overrides)
     shapes = {}
     for spec in specs:
         if spec.name in overrides:

@@ -12,15 +12,18 @@ dynamic dim lets the original run, UnresolvedShapeError says so and how to give 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import InvalidModelError, UnresolvedShapeError, UsageError
 from .compare import Tolerance, check_tolerance, compare_intermediates, compare_outputs
-from .result import OutputComparison, VerifyResult, shape_text
+from .result import VerifyResult, shape_text
 
-ModelLike = Union[str, "os.PathLike[str]", "onnx.ModelProto"]  # noqa: F821 - onnx is imported lazily
+if TYPE_CHECKING:  # onnx is imported lazily
+    import onnx
+
+ModelLike = Union[str, "os.PathLike[str]", "onnx.ModelProto"]
 ShapesArg = Union[None, str, Mapping[Optional[str], Sequence[int]], Sequence[str]]
 
 

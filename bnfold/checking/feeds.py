@@ -14,8 +14,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import UsageError
-from ..inputs import DEFAULT_BATCH, InputSpec, random_array, resolve_shapes
+from ..inputs import DEFAULT_BATCH, InputSpec, named_overrides, random_array, resolve_shapes
 
 TRIAL_SIZES = (32, 64, 128, 224, 320)
 
@@ -43,16 +42,7 @@ class ShapePlan:
 def plan_shapes(model, specs: Sequence[InputSpec],
                 overrides: Optional[Mapping[Optional[str], Tuple[int, ...]]]) -> ShapePlan:
     """How each input in `specs` gets a concrete shape (see the module docstring); overrides are validated."""
-    overrides = dict(overrides or {})
-    if None in overrides:
-        if len(specs) != 1:
-            names = ", ".join(spec.name for spec in specs)
-            raise UsageError(f"a shape without an input name needs a single-input model; name one of: {names}")
-        overrides[specs[0].name] = overrides.pop(None)
-    unknown = set(overrides) - {spec.name for spec in specs}
-    if unknown:
-        names = ", ".join(spec.name for spec in specs)
-        raise UsageError(f"--input-shape names unknown input(s) {sorted(unknown)}; the model's inputs are: {names}")
+    overrides = named_overrides(specs, overrides)
     given = resolve_shapes([spec for spec in specs if spec.name in overrides], overrides)
     known: Dict[str, int] = {}
     for spec in specs:

@@ -3,6 +3,7 @@ constants they hold stay bounded), each verdict written into its fold's decision
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -71,8 +72,4 @@ def _nbytes(value) -> int:
 
 
 def _onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("onnxruntime") is not None

@@ -11,7 +11,8 @@ from typing import Optional
 
 from ..graph import Edit, GraphIndex, is_op, node_label
 from .base import BatchNorm, Refuse
-from .chain import AFFINE, Channels, data_input, sizes_of, track, walk_down
+from .chain import AFFINE, data_input, track, walk_down
+from .views import Channels, sizes_of
 from .producers import PRODUCERS
 
 NAME = "backward"

@@ -15,7 +15,8 @@ import onnx
 
 from ..graph import Edit, GraphIndex, is_op, node_label
 from .base import Refuse, read_attribute, require_exclusive
-from .chain import AFFINE, Channels, data_input, require_single_readers, sizes_of, track
+from .chain import AFFINE, data_input, require_single_readers, track
+from .views import Channels, sizes_of
 from .producers import PRODUCERS, Producer
 
 NAME = "forward"

@@ -1,6 +1,6 @@
 """The chain walk: look-through ops between a producer and its BN (or a BN and its readers) compose into one
 per-channel map that the producer (or the readers) absorb, exactly; what may move elements between channels stops
-the walk with a reason. Sizes of views are tracked symbolically (rules.chain.Size)."""
+the walk with a reason. Sizes of views are tracked symbolically (rules.views.Size)."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ import pytest
 import bnfold
 from bnfold.engine import VALIDATED_OPS
 from bnfold.rules import chain
-from bnfold.rules.chain import Size
+from bnfold.rules.views import Size
 from bnfold.rules.producers import PRODUCERS, Producer
 from models import fixtures
 from support import fold_and_compare, op_types

@@ -27,7 +27,7 @@ def test_repvgg_block_becomes_one_conv():
     assert weight.shape == (8, 8, 3, 3) and weight.dtype == np.float32
     assert conv.output[0] == folded.graph.node[1].input[0] == "block_add1"  # the sum's name, taken over
     assert [m.kernel for m in report.merges] == [[3, 3], [3, 3]]
-    assert "identity through Mul" in report.merges[1].branches[1]
+    assert "identity through BatchNormalization" in report.merges[1].branches[1]  # kept: Mul + Add is opt-in
     assert "2 of 2 merged into one Conv" in report.render()
     assert report.to_dict()["merges_done"] == 2 and report.to_dict()["merges"][0]["into"] == "block_b0_conv"
 

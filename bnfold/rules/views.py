@@ -1,0 +1,188 @@
+"""How views and averages move a tensor's channels, for the chain walk (rules.chain).
+
+A view (Reshape, Flatten, Squeeze, Unsqueeze) keeps every element in its channel exactly when the channel count and
+the number of elements after the channel axis ("inner size") are the same before and after it: an element's
+channel is (offset // inner) % C. Dims are products of known sizes and unknown symbols (Size), so a Reshape of a
+tensor with dynamic dims is still proven where the symbols cancel. A spatial average keeps the channel axis.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import onnx
+
+from ..graph import GraphIndex, NotConstant, node_label
+from .base import Refuse, read_attribute
+
+_symbols = itertools.count()
+
+
+class Size:
+    """A dimension or a product of dimensions: a known integer factor times unknown symbols."""
+
+    __slots__ = ("known", "symbols")
+
+    def __init__(self, known: int = 1, symbols: Tuple[int, ...] = ()):
+        self.known = known
+        self.symbols = tuple(sorted(symbols))
+
+    @classmethod
+    def unknown(cls) -> "Size":
+        return cls(1, (next(_symbols),))
+
+    def __mul__(self, other: "Size") -> "Size":
+        return Size(self.known * other.known, self.symbols + other.symbols)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, int):
+            return not self.symbols and self.known == other
+        return isinstance(other, Size) and self.known == other.known and self.symbols == other.symbols
+
+    def __hash__(self):
+        return hash((self.known, self.symbols))
+
+    def divided_by(self, other: "Size") -> Optional["Size"]:
+        """The exact quotient, or None when it is not provably one."""
+        remaining = list(self.symbols)
+        for symbol in other.symbols:
+            if symbol not in remaining:
+                return None
+            remaining.remove(symbol)
+        if other.known == 0 or self.known % other.known:
+            return None
+        return Size(self.known // other.known, tuple(remaining))
+
+    def __repr__(self):
+        return "x".join([str(self.known)] * (self.known != 1 or not self.symbols) + ["?"] * len(self.symbols))
+
+
+def product(sizes) -> Size:
+    total = Size()
+    for size in sizes:
+        total = total * size
+    return total
+
+
+def sizes_of(dims: Optional[List[Optional[int]]], rank: Optional[int]) -> Optional[List[Size]]:
+    """Sizes for declared dims (unknown ones become symbols); None when not even the rank is known."""
+    if dims is not None and (rank is None or len(dims) == rank):
+        return [Size(d) if d is not None and d > 0 else Size.unknown() for d in dims]
+    return [Size.unknown() for _ in range(rank)] if rank is not None else None
+
+
+@dataclass
+class Channels:
+    """Where the channels are in one tensor of the chain: its dims (None when its rank is unknown) and axis."""
+
+    count: int
+    dims: Optional[List[Size]]
+    axis: Optional[int]
+
+    def inner(self) -> Optional[Size]:
+        return None if self.dims is None else product(self.dims[self.axis + 1:])
+
+
+def _axes(node: onnx.NodeProto, index: GraphIndex) -> Optional[List[int]]:
+    """Squeeze / Unsqueeze / ReduceMean axes: the attribute (older opsets) or the constant second input."""
+    axes = read_attribute(node, "axes", None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        try:
+            axes = [int(a) for a in index.constant(node.input[1]).reshape(-1)]
+        except NotConstant as why:
+            raise Refuse(f"{node.op_type} {node_label(node)!r} axes are not a constant: {why}") from None
+    return None if axes is None else list(axes)
+
+
+def relocate(node: onnx.NodeProto, channels: Channels, out_dims: List[Size]) -> Channels:
+    """The channels after a view producing `out_dims`: the axis of the same size with the same inner size."""
+    inner = channels.inner()
+    for axis, size in enumerate(out_dims):
+        if size == channels.count and product(out_dims[axis + 1:]) == inner:
+            return Channels(channels.count, out_dims, axis)
+    raise Refuse(f"{node.op_type} {node_label(node)!r} may move elements out of their channel (dims "
+                 f"{channels.dims} -> {out_dims}, channels on axis {channels.axis})")
+
+
+def view_dims(node: onnx.NodeProto, index: GraphIndex, dims: List[Size]) -> List[Size]:
+    """The output dims of a view from its input dims, following the ONNX definitions."""
+    op = node.op_type
+    rank = len(dims)
+    if op == "Reshape":
+        if len(node.input) > 1:
+            try:
+                target = [int(d) for d in index.constant(node.input[1]).reshape(-1)]
+            except NotConstant as why:
+                raise Refuse(f"Reshape {node_label(node)!r} target is not a constant: {why}") from None
+        else:
+            target = list(read_attribute(node, "shape", []) or [])
+        copies = not read_attribute(node, "allowzero", 0)
+        out: List[Optional[Size]] = []
+        for position, d in enumerate(target):
+            if d == 0 and copies:
+                if position >= rank:
+                    raise Refuse(f"Reshape {node_label(node)!r} copies a dimension past the input's rank")
+                out.append(dims[position])
+            elif d == -1:
+                out.append(None)
+            elif d >= 0:
+                out.append(Size(d))
+            else:
+                raise Refuse(f"Reshape {node_label(node)!r} has an invalid target {target}")
+        if out.count(None) > 1:
+            raise Refuse(f"Reshape {node_label(node)!r} has an invalid target {target}")
+        if None in out:
+            rest = product(size for size in out if size is not None)
+            quotient = product(dims).divided_by(rest)
+            out[out.index(None)] = quotient if quotient is not None else Size.unknown()
+        return out
+    if op == "Flatten":
+        axis = int(read_attribute(node, "axis", 1))
+        axis = axis + rank if axis < 0 else axis
+        if not 0 <= axis <= rank:
+            raise Refuse(f"Flatten {node_label(node)!r} has axis {axis} for rank {rank}")
+        return [product(dims[:axis]), product(dims[axis:])]
+    axes = _axes(node, index)
+    if op == "Squeeze":
+        if not axes:
+            if axes is not None or any(size.symbols for size in dims):
+                raise Refuse(f"Squeeze {node_label(node)!r} without explicit axes on dims {dims}")
+            return [size for size in dims if not size == 1]
+        axes = sorted({a + rank if a < 0 else a for a in axes})
+        if any(not 0 <= a < rank or not dims[a] == 1 for a in axes):
+            raise Refuse(f"Squeeze {node_label(node)!r} axes {axes} are not all of size 1 in {dims}")
+        return [size for position, size in enumerate(dims) if position not in axes]
+    # Unsqueeze
+    if not axes:
+        raise Refuse(f"Unsqueeze {node_label(node)!r} has no axes")
+    out_rank = rank + len(axes)
+    axes = {a + out_rank if a < 0 else a for a in axes}
+    remaining = iter(dims)
+    return [Size(1) if position in axes else next(remaining) for position in range(out_rank)]
+
+
+def average(node: onnx.NodeProto, index: GraphIndex, channels: Channels) -> Channels:
+    """The channels after a spatial average (the map commutes with it)."""
+    if channels.dims is None:
+        raise Refuse(f"{node.op_type} {node_label(node)!r}: the rank of its input is unknown")
+    rank = len(channels.dims)
+    if node.op_type == "GlobalAveragePool":
+        if channels.axis != 1:
+            raise Refuse(f"GlobalAveragePool {node_label(node)!r} averages axis {channels.axis}'s neighbours; "
+                         "channels are not on axis 1")
+        return Channels(channels.count, channels.dims[:2] + [Size(1)] * (rank - 2), 1)
+    axes = _axes(node, index)
+    if not axes:
+        raise Refuse(f"ReduceMean {node_label(node)!r} reduces every axis, the channel axis included")
+    axes = sorted({a + rank if a < 0 else a for a in axes})
+    if channels.axis in axes:
+        raise Refuse(f"ReduceMean {node_label(node)!r} averages over the channel axis")
+    if read_attribute(node, "keepdims", 1):
+        dims = [Size(1) if position in axes else size for position, size in enumerate(channels.dims)]
+        return Channels(channels.count, dims, channels.axis)
+    dims = [size for position, size in enumerate(channels.dims) if position not in axes]
+    return Channels(channels.count, dims, channels.axis - sum(1 for a in axes if a < channels.axis))
+
+
