@@ -14,6 +14,8 @@ import pytest
 from bnfold.errors import ExportError, MissingDependencyError, UsageError, VerificationFailed
 from bnfold.checking.run import run_model
 
+pytestmark = pytest.mark.slow  # PyTorch exports: CI, not the fast loop
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -33,6 +33,8 @@ from bnfold import loading
 from bnfold.errors import BnfoldError
 from models import fixtures
 
+pytestmark = pytest.mark.slow  # Fuzzing: part of CI, not of the fast loop.
+
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
 # Open engine bugs (tests/fuzz_corpus/README.md): an `engine-*.bin` corpus entry still crashes. strict: once its bug is
 # fixed the entry passes, XPASS fails the run, and the entry is renamed `fixed-*.bin` (see README).
@@ -239,5 +241,14 @@ def test_corpus(path):
     assert not crashes, describe(crashes)
 
 
-def test_corpus_is_not_empty():
-    assert len(CORPUS_FILES) >= 10
+def test_every_loader_corpus_input_is_refused_with_a_typed_error(tmp_path):
+    """What the corpus README promises of `loader-*.bin` (and keeps the replay above from passing vacuously):
+    each is refused, with a BnfoldError, by parsing, checking or loading."""
+    loader_files = [path for path in CORPUS_FILES if path.name.startswith("loader-")]
+    assert loader_files, f"no loader-*.bin in {CORPUS}"
+    for path in loader_files:
+        copy = tmp_path / "model.onnx"
+        copy.write_bytes(path.read_bytes())
+        with pytest.raises(BnfoldError):
+            loading.check_model(loading.parse_model_bytes(path.read_bytes()))
+            loading.load_model(copy)

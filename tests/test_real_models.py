@@ -1,5 +1,6 @@
 """Real architectures from the ONNX model zoo, as the onnx package ships them (weights built by ConstantOfShape):
-DenseNet-121 and Inception-v2 (Caffe2 exports: BN followed by a Mul/Add scale layer, folded as a decomposed BN), ResNet-50, ShuffleNet."""
+DenseNet-121 and Inception-v2 (Caffe2 exports: BN followed by a Mul/Add scale layer, folded as a decomposed BN),
+ResNet-50, ShuffleNet."""
 
 from pathlib import Path
 
@@ -7,6 +8,8 @@ import onnx
 import pytest
 
 import bnfold
+
+pytestmark = pytest.mark.slow  # a few hundred BNs per model: part of CI, not of the fast loop
 
 LIGHT_MODELS = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 EXPECTED_FOLDS = {"light_densenet121": 180, "light_inception_v2": 138, "light_resnet50": 53, "light_shufflenet": 49}

@@ -14,7 +14,7 @@ from bnfold.loading import load_model  # noqa: E402
 from bnfold.checking.run import run_model  # noqa: E402
 from models import zoo  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]  # PyTorch exports: CI, not the fast loop
 ZOO_FILES = Path(__file__).resolve().parent.parent / "models" / "zoo"
 
 

@@ -15,7 +15,7 @@ from bnfold.cli import cli
 from bnfold.checking.run import run_model
 
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]  # PyTorch exports: CI, not the fast loop
 
 USER_MODELS = """
     import torch
