@@ -17,8 +17,9 @@ folded constants are exactly those the buggy arithmetic would write:
 Each mutant's output error (max |mutant - original| / max(1, peak |original|), over outputs) is divided by the
 correct fold's own error on the same inputs. A mutation with a ratio >= 10 must be caught; the suite prints the
 detection rate, how many failures name the BN, and the smallest caught ratio, for each check in CHECKS
-(end to end with intermediates, and outputs only for comparison). A check is a function
-(original, mutant, labels) -> Detection; add one to CHECKS to measure it (the local per-fold check, for one).
+(end to end with intermediates, and outputs only for comparison), for the local per-fold check (the fold engine
+made to compute that BN's map from the mutated parameters), and for both layers together ("either": what
+`bnfold MODEL -o OUT` does).
 """
 
 from __future__ import annotations
@@ -64,6 +65,33 @@ def end_to_end(original: onnx.ModelProto, mutant: onnx.ModelProto, labels: Mappi
     return Detection(not result.passed, named, detail)
 
 
+def local_check(model: onnx.ModelProto, bn_name: str, parameters: tuple) -> Detection:
+    """The per-fold local check as `bnfold MODEL -o OUT` runs it, against a fold engine whose arithmetic for this
+    one BN is the mutation's: its map is computed from the mutated parameters while the graph keeps the real ones,
+    exactly what a bug in the fold would do. Caught when the BN is kept with a failed local check."""
+    from bnfold import engine
+    from bnfold.rules.affine import bn_affine
+
+    real = engine.read_batchnorm
+
+    def buggy(node, index):
+        bn = real(node, index)
+        if node.name == bn_name:
+            gamma, beta, mean, var, eps = parameters
+            bn.scale, bn.shift = bn_affine(gamma, beta, mean, var, eps)
+        return bn
+
+    engine.read_batchnorm = buggy
+    try:
+        _, report = bnfold.fold(model)
+    finally:
+        engine.read_batchnorm = real
+    decision = next(d for d in report.decisions if d.node == bn_name)
+    caught = not decision.folded and "local check failed" in (decision.reason or "")
+    return Detection(caught, caught, decision.reason or "")
+
+
+LOCAL = "local check (per fold)"
 CHECKS: Dict[str, Callable[..., Detection]] = {
     "end-to-end + intermediates": end_to_end,
     "end-to-end, outputs only": lambda o, m, labels, bn: end_to_end(o, m, labels, bn, intermediates=False),
@@ -182,6 +210,7 @@ def run_suite(models: Mapping[str, onnx.ModelProto], checks: Mapping[str, Callab
         correct_error = max(output_error(model, folded, feeds), ERROR_FLOOR)
         correct_fails = {name: check(model, folded, {d.output: d.label for d in report.folded}, "").caught
                          for name, check in checks.items()}
+        correct_local = any("local check failed" in (d.reason or "") for d in report.decisions)
         for index, node in enumerate(model.graph.node):
             if node.op_type != "BatchNormalization" or node.name not in folded_nodes:
                 continue
@@ -195,9 +224,13 @@ def run_suite(models: Mapping[str, onnx.ModelProto], checks: Mapping[str, Callab
                 ratio = output_error(model, mutant, feeds) / correct_error
                 labels = {d.output: d.label for d in mutant_report.folded}
                 row = {"model": model_name, "bn": node.name, "mutation": mutation, "ratio": ratio,
-                       "correct_fold_error": correct_error, "correct_fold_flagged": correct_fails}
+                       "correct_fold_error": correct_error, "correct_fold_flagged": correct_fails,
+                       "correct_fold_local": correct_local}
                 for name, check in checks.items():
                     row[name] = asdict(check(model, mutant, labels, node.name))
+                row[LOCAL] = asdict(local_check(model, node.name, parameters))
+                row["either"] = asdict(Detection(row[LOCAL]["caught"] or row["end-to-end + intermediates"]["caught"],
+                                                 row[LOCAL]["named"] or row["end-to-end + intermediates"]["named"]))
                 rows.append(row)
     return rows
 
@@ -207,6 +240,7 @@ def summarize(rows: List[dict], checks) -> List[str]:
     must = [row for row in rows if row["ratio"] >= MUST_CATCH_RATIO]
     false_alarms = sorted({row["model"] for row in rows for name, flagged in row["correct_fold_flagged"].items()
                            if flagged})
+    false_alarms += sorted({row["model"] for row in rows if row["correct_fold_local"]})
     lines.append(f"{len(rows)} mutations over {len({r['model'] for r in rows})} models, "
                  f"{len(must)} with output error >= {MUST_CATCH_RATIO:g}x the correct fold's")
     lines.append(f"correct folds flagged (false alarms): {false_alarms or 'none'}")
@@ -230,7 +264,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     rows = run_suite(suite_models(args.quick), CHECKS)
-    for line in summarize(rows, CHECKS):
+    for line in summarize(rows, [*CHECKS, LOCAL, "either"]):
         print(line)
     print(f"({time.perf_counter() - started:.1f} s)")
     if args.json:
