@@ -114,6 +114,9 @@ class Engine:
 
     def _apply(self, decision: BnDecision, edit: Edit, rule: str, index: GraphIndex) -> None:
         builder = PieceBuilder(decision.label, edit, index, edit.output_axes) if self.checker is not None else None
+        # What keeps its name but not its values: the chain's kept views, and a forward fold's producers.
+        changed = (*edit.through, *(edit.into if rule in ("forward", "decomposed") else ()))
+        decision.rewritten = [name for node in changed for name in node.output if name and name != decision.output]
         index.editor.apply(edit)
         if builder is not None:
             self.checker.add(builder.after(), decision, (index.path, decision.output))

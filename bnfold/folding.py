@@ -205,6 +205,8 @@ def fold_file(
         options = {"intermediates": True, **(verify_options or {})}
         options.setdefault("fold_labels", {d.output: d.label for d in [*report.folded, *report.decomposed]
                                            if d.folded and d.output})
+        options.setdefault("rewritten", [name for d in [*report.folded, *report.decomposed] if d.folded
+                                         for name in d.rewritten])
         try:
             report.verification = verify_models(str(source), folded, candidate_label="folded model (in memory)",
                                                 **options)

@@ -23,6 +23,7 @@ class BnDecision:
     rounding_error: float = 0.0
     local_error: Optional[float] = None  # the local check's worst per-channel relative error
     local_check: Optional[str] = None  # why the local check did not judge this fold, when it did not
+    rewritten: List[str] = field(default_factory=list)  # tensors the fold kept by name but gave new values
 
     @property
     def into_weights(self) -> bool:

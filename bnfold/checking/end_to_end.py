@@ -140,6 +140,7 @@ def verify(
     candidate_label: Optional[str] = None,
     intermediates: bool = False,
     fold_labels: Optional[Mapping[str, str]] = None,
+    rewritten: Sequence[str] = (),
 ) -> VerifyResult:
     """Run both models in ONNX Runtime CPU on the same inputs and compare every output by name.
 
@@ -149,7 +150,8 @@ def verify(
     A bool input deciding an If runs both ways. When every input is given, one run is made.
     intermediates: also compare every tensor both models share by name and meaning (checking.intermediates);
     the first one outside tolerance is named, and, through `fold_labels` ({tensor: BN label}) or the
-    reference's BatchNormalization nodes, the BN fold behind it.
+    reference's BatchNormalization nodes, the BN fold behind it. `rewritten` names tensors to leave out: ones a
+    fold kept by name but gave new values (the fold command passes them from its report).
     ORT graph optimizations are off by default: ORT would otherwise fuse Conv+BN in the reference itself.
     Returns the result for mismatches; raises a BnfoldError for bad usage or a model that cannot be loaded or run
     (UnresolvedShapeError when no size of a dynamic dim lets the reference run).
@@ -189,7 +191,7 @@ def verify(
     if intermediates:
         from .intermediates import shared_tensors
 
-        shared = shared_tensors(reference_model, candidate_model)
+        shared = shared_tensors(reference_model, candidate_model, rewritten)
     extra = shared.names if shared else None
     reference_runner = _runner(reference_model, reference_source, reference_label, ort_opt_level, extra)
     if isinstance(reference, (str, os.PathLike)):

@@ -13,7 +13,7 @@ Pure onnx: no onnxruntime.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Set
+from typing import Iterable, Dict, List, Mapping, Optional, Set
 
 import numpy as np
 import onnx
@@ -34,13 +34,16 @@ class SharedTensors:
     producers: Dict[str, tuple]
 
 
-def shared_tensors(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> SharedTensors:
+def shared_tensors(reference: onnx.ModelProto, candidate: onnx.ModelProto,
+                   rewritten: Iterable[str] = ()) -> SharedTensors:
+    """`rewritten`: names a fold kept but gave new values (a producer that absorbed a BN, the views after it)."""
     ref_graph, cand_graph = reference.graph, candidate.graph
     ref_constants, cand_constants = _constants(ref_graph), _constants(cand_graph)
     cand_producer = {output: node for node in cand_graph.node for output in node.output if output}
     ref_init = {t.name: t for t in ref_graph.initializer}
     cand_init = {t.name: t for t in cand_graph.initializer}
     excluded = {v.name for v in ref_graph.input} | {v.name for v in ref_graph.output} | ref_constants
+    excluded |= set(rewritten)
 
     unchanged_cache: Dict[int, bool] = {}
 

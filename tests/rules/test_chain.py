@@ -117,3 +117,16 @@ def test_a_concat_with_an_input_no_conv_made_keeps_the_bn_with_the_reason():
     folded, report = bnfold.fold(model)
     assert report.folded_count == 0 and "comes from Relu node 'relu'" in report.kept[0].reason
     assert folded.SerializeToString() == model.SerializeToString()
+
+
+@pytest.mark.parametrize("kind", fixtures.CHAIN_KINDS)
+def test_the_fold_command_verifies_a_chain_fold_end_to_end(kind, tmp_path):
+    """The views a fold keeps (Cast, Identity, Reshape) now carry the folded values: the end-to-end check leaves
+    them out of its intermediates instead of failing a correct fold on them."""
+    import onnx
+
+    source = tmp_path / "model.onnx"
+    onnx.save(fixtures.look_through_chain(kind), source)
+    report = bnfold.fold_file(source, tmp_path / "folded.onnx")
+    assert report.verification.passed, report.verification.summary()
+    assert report.decisions[0].rewritten  # the producer's output and the kept views
