@@ -223,7 +223,8 @@ class FoldReport:
             for merge in self.merges:
                 if not merge.merged:
                     lines.append(f"  kept   {merge.label}: {merge.reason}")
-        if self.local_check and self.local_check.get("ran"):
+        if self.local_check and self.local_check.get("ran") and (self.local_check["checked"] or
+                                                                  self.local_check["skipped"]):
             worst = self.local_check.get("worst_error")
             lines.append(f"local check: {self.local_check['checked']} fold(s) run on their own in ONNX Runtime, "
                          f"worst per-channel error {worst:.2g}" if worst is not None else
