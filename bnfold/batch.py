@@ -18,7 +18,8 @@ from pathlib import Path, PurePath
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, BnfoldError, UsageError
-from .options import as_count, as_mapping, as_paths
+from .options import VerifyOptions, as_count, as_paths
+from .tables import format_table
 
 EXIT_INTERRUPTED = 130
 MODEL_SUFFIX = ".onnx"
@@ -87,9 +88,7 @@ class BatchResult:
                  "-" if model.report is None else str(model.report.kept_count),
                  model.verdict, f"{model.elapsed_s:.2f} s") for model in self.models]
         header = ("model", "BN folded", "BN kept", "verification", "time")
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-                 for row in [header, *rows]]
+        lines = format_table(header, rows, left=1)
         failed = len(self.failed)
         lines.append(f"{len(self.models)} model{'s' if len(self.models) != 1 else ''}, {failed} failed, "
                      f"{self.jobs} job{'s' if self.jobs != 1 else ''}, {self.elapsed_s:.2f} s; exit code {self.exit_code}")
@@ -169,7 +168,7 @@ def fold_files(
     if not paths:
         raise UsageError("no models given")
     jobs = default_jobs() if jobs is None else as_count(jobs, "jobs", minimum=1)
-    fold_options["verify_options"] = as_mapping(fold_options.get("verify_options"), "verify_options")
+    fold_options["verify_options"] = VerifyOptions.of(fold_options.get("verify_options"))
     if out_dir is None and not dry_run:
         raise UsageError("no output directory: pass out_dir (-o DIR), or dry_run=True (--dry-run) to only report")
     out = None if out_dir is None else Path(as_paths(out_dir, "out_dir")[0])

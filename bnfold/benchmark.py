@@ -25,6 +25,7 @@ from .errors import MissingDependencyError, OutputError, ProviderError, UsageErr
 from .inputs import graph_inputs, make_inputs, parse_shape_specs
 from .loading import load_model
 from .runtime import OPT_LEVELS, import_onnxruntime, make_session, provider_name
+from .tables import format_table
 
 DEFAULT_OPT_LEVELS = ("disable", "all")
 CUDNN_CONV_ALGO_SEARCH_CHOICES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
@@ -158,7 +159,7 @@ class BenchResult:
         ]
         header = ["model", "provider", "opt", "create s", "first ms", "mean ms", "p50 ms", "p90 ms", "p99 ms",
                   "min ms", "max ms", "items/s", "ratio"]
-        body = [header]
+        body = []
         for row in self.rows:
             provider = f"{row.provider}!" if row.warning else row.provider
             cells = [row.model, provider, row.opt_level]
@@ -171,13 +172,7 @@ class BenchResult:
                                                         stats.min_ms, stats.max_ms)]
                 cells += [f"{stats.throughput:.1f}", "-" if row.ratio is None else f"{row.ratio:.3f}"]
             body.append(cells)
-        widths = [max(len(cells[i]) for cells in body) for i in range(len(header))]
-        text_columns = 3  # model, provider, opt: left-aligned; figures right-aligned
-        for cells in body:
-            lines.append("  ".join(
-                cell.ljust(width) if i < text_columns else cell.rjust(width)
-                for i, (cell, width) in enumerate(zip(cells, widths))
-            ).rstrip())
+        lines += format_table(header, body, left=3)  # model, provider, opt left; figures right
         if len(self.models) > 1:
             lines.append(f"ratio: p50 of the row / p50 of {self.models[0]} on the same provider and opt level "
                          "(below 1: faster)")

@@ -46,6 +46,7 @@ from .report import FoldReport
 from .checking.compare import Tolerance, compare_outputs
 from .checking.result import VerifyResult
 from .checking.run import run_model
+from .tables import format_table
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "torchscript"  # keeps every BN on all zoo models at opset 17 and runs without repairs
@@ -211,8 +212,7 @@ def _comparison_table(comparisons: Dict[str, VerifyResult]) -> str:
             f"{sum(output.mismatched for output in outputs)}/{sum(output.elements for output in outputs)}",
             "ok" if comparison.passed else "FAIL",
         ])
-    widths = [max(len(row[index]) for row in [header, *rows]) for index in range(len(header))]
-    table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+    table = format_table(header, rows)
     verdict = "PASSED" if all(row[-1] == "ok" for row in rows) else "FAILED"
     return "\n".join(table + [f"{verdict}: {len(rows)} comparison(s) on the same inputs; an element passes when "
                                 "|err| <= atol + rtol*|ref|"])

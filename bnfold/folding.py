@@ -22,7 +22,7 @@ from .graph import DEFAULT_DOMAINS, subgraphs
 from .graph.order import sort_nodes
 from .graphsurgeon import fold_graphsurgeon, is_graphsurgeon_graph
 from .initializer_inputs import kept_for_them, removed_inputs, survey
-from .options import as_flag, as_mapping, as_names
+from .options import VerifyOptions, as_flag, as_names
 from .report import FoldReport
 from .rules import RULE_NAMES
 
@@ -166,7 +166,7 @@ def fold_file(
     overwrite: bool = False,
     check: bool = True,
     external_data: Optional[bool] = None,
-    verify_options: Optional[dict] = None,
+    verify_options: Union[None, VerifyOptions, Dict[str, object]] = None,
     fold_input_initializers: bool = False,
     skip: Union[str, Sequence[str]] = (),
     inline_functions: bool = False,
@@ -175,7 +175,8 @@ def fold_file(
 ) -> FoldReport:
     """Load, fold, verify (unless verify=False) and atomically write a model; return the report.
 
-    Verification compares outputs and shared intermediates (verify_options are bnfold.verify's keywords). When no
+    Verification compares outputs and shared intermediates (verify_options: a bnfold.options.VerifyOptions, or a
+    mapping of its fields). When no
     size of a dynamic input dim lets the original run, the check is skipped and the report says why
     (report.verification_skipped), unless require_end_to_end, which raises UnresolvedShapeError instead.
 
@@ -185,7 +186,7 @@ def fold_file(
     if not isinstance(source, (str, os.PathLike)):
         raise ArgumentTypeError("source", f"expected a path (str or os.PathLike), got {type(source).__name__}")
     source = Path(source)
-    verify_options = as_mapping(verify_options, "verify_options")
+    verify_options = VerifyOptions.of(verify_options)
     if destination is not None and not isinstance(destination, (str, os.PathLike)):
         raise ArgumentTypeError("destination", "expected a path (str or os.PathLike) or None")
     if destination is None and not dry_run:
@@ -202,7 +203,7 @@ def fold_file(
     if verify and report.changed:
         from .checking.end_to_end import verify as verify_models
 
-        options = {"intermediates": True, **(verify_options or {})}
+        options = verify_options.keywords()
         options.setdefault("fold_labels", {d.output: d.label for d in [*report.folded, *report.decomposed]
                                            if d.folded and d.output})
         options.setdefault("rewritten", [name for d in [*report.folded, *report.decomposed] if d.folded

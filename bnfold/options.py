@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional, Tuple
 
 from .errors import ArgumentTypeError, UsageError
@@ -83,3 +84,37 @@ def _iterable(value: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How `bnfold MODEL -o OUT` (fold_file) checks a fold end to end: bnfold.verify's keywords, typed.
+
+    input_shapes: "name:1x3x224x224" strings (or {name: shape}); input_files: .npz / NAME:file.npy; seed, runs:
+    random inputs; atol, rtol: a number or {output: number} (None: by dtype, following the data); intermediates:
+    also compare the tensors both models share; ort_opt_level: ONNX Runtime's optimization level for both.
+    """
+
+    input_shapes: Any = None
+    input_files: Any = ()
+    seed: int = 0
+    runs: int = 1
+    atol: Any = None
+    rtol: Any = None
+    intermediates: bool = True
+    ort_opt_level: str = "disable"
+
+    @classmethod
+    def of(cls, value: Any, parameter: str = "verify_options") -> "VerifyOptions":
+        """A VerifyOptions as given, or one made from a mapping of its fields; None gives the defaults."""
+        if isinstance(value, cls):
+            return value
+        mapping = as_mapping(value, parameter)
+        unknown = sorted(set(mapping) - {item.name for item in fields(cls)})
+        if unknown:
+            raise UsageError(f"{parameter}: unknown option(s) {unknown}; options are: "
+                             f"{', '.join(item.name for item in fields(cls))}")
+        return cls(**mapping)
+
+    def keywords(self) -> Dict[str, Any]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}

@@ -66,3 +66,13 @@ def test_api_type_errors_are_typed(call, parameter):
     with pytest.raises(bnfold.ArgumentTypeError) as raised:
         call()
     assert raised.value.parameter == parameter and str(raised.value).startswith(f"{parameter}: ")
+
+
+def test_verify_options_are_typed_and_a_mapping_of_their_fields_is_accepted():
+    from bnfold.options import VerifyOptions
+
+    options = VerifyOptions.of({"seed": 3, "input_shapes": "x:1x4x5x5"})
+    assert options == VerifyOptions(seed=3, input_shapes="x:1x4x5x5")
+    assert VerifyOptions.of(options) is options and VerifyOptions.of(None) == VerifyOptions()
+    with pytest.raises(bnfold.UsageError, match=r"unknown option\(s\) \['sede'\]"):
+        VerifyOptions.of({"sede": 3})

@@ -7,6 +7,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..tables import format_table
+
 
 @dataclass
 class OutputComparison:
@@ -256,9 +258,7 @@ def _table(outputs: Sequence[OutputComparison], first_column: str) -> str:
             _format_number(output.min_atol), _format_number(output.min_rtol),
             "ok" if output.passed else "FAIL",
         ])
-    widths = [max(len(str(row[i])) for row in [columns, *rows]) for i in range(len(columns))]
-    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
-                     for row in [columns, *rows])
+    return "\n".join(format_table(columns, rows))
 
 
 def _output_notes(output: OutputComparison, candidate_label: str) -> List[str]:

@@ -67,12 +67,14 @@ def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end
     directory -o names: one line per model (a progress bar on a terminal), then a summary table. A model that
     fails does not stop the others.
     """
+    from ..options import VerifyOptions
+
     fold_options = {
         "verify": not no_verify, "force": force, "overwrite": overwrite, "check": not no_check,
         "external_data": external_data, "fold_input_initializers": fold_input_initializers, "skip": skip_rules,
         "inline_functions": inline_functions, "require_end_to_end": require_end_to_end, "standalone": standalone,
-        "verify_options": {"input_shapes": list(input_shapes) or None, "input_files": input_files, "seed": seed,
-                           "atol": parse_tolerances(atol, "--atol"), "rtol": parse_tolerances(rtol, "--rtol")},
+        "verify_options": VerifyOptions(input_shapes=list(input_shapes) or None, input_files=input_files, seed=seed,
+                                        atol=parse_tolerances(atol, "--atol"), rtol=parse_tolerances(rtol, "--rtol")),
     }
     if len(models) == 1 and not os.path.isdir(models[0]):
         _fold_one(models[0], _single_destination(models[0], output), dry_run, fold_options, json_target, verbose,
