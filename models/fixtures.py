@@ -848,6 +848,51 @@ def refuse_branch_padding(seed: int = 0) -> onnx.ModelProto:
     their windows together span 4 taps, more than the largest kernel."""
     return branch_block(({"kernel": 3}, {"kernel": 3, "pads": [2, 2, 0, 0]}), identity=None, seed=seed)
 
+def token_linear_norm(*, tokens: int = 5, k: int = 4, c: int = 6, seed: int = 5) -> onnx.ModelProto:
+    """timm LeViT's LinearNorm as TorchScript exports it: MatMul on [B, N, K] tokens -> Reshape [B*N, C] ->
+    BatchNorm1d -> Reshape back to the MatMul's shape (read by a Shape node)."""
+    rng = np.random.default_rng(seed)
+    initializers = [numpy_helper.from_array(rng.normal(size=(k, c)).astype(np.float32), "W"),
+                    numpy_helper.from_array(np.array([-1, c], np.int64), "flat"),
+                    *bn_parameters(c, rng, "bn")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="linear"),
+             helper.make_node("Shape", ["m"], ["m_shape"], name="shape"),
+             helper.make_node("Reshape", ["m", "flat"], ["f"], name="flatten_tokens"),
+             bn_node("f", "n", "bn"),
+             helper.make_node("Reshape", ["n", "m_shape"], ["y"], name="unflatten")]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", tokens, k])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", tokens, c])], initializers)
+
+
+def bn_pool_linear_head(*, c: int = 6, classes: int = 3, seed: int = 6) -> onnx.ModelProto:
+    """ConvMixer's head: BN -> GlobalAveragePool -> Flatten -> Gemm; averaging commutes with a per-channel map."""
+    rng = np.random.default_rng(seed)
+    initializers = [numpy_helper.from_array(rng.normal(size=(c, classes)).astype(np.float32), "W"),
+                    numpy_helper.from_array(rng.normal(size=classes).astype(np.float32), "b"),
+                    *bn_parameters(c, rng, "bn")]
+    nodes = [bn_node("x", "n", "bn"),
+             helper.make_node("GlobalAveragePool", ["n"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "W", "b"], ["y"], name="head")]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 7, 7])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])], initializers)
+
+
+def attention_without_bn(*, tokens: int = 5, d: int = 4, seed: int = 7) -> onnx.ModelProto:
+    """Attention logits as timm's LeViT exports them with dynamo: (q @ k^T) * scale + bias. A MatMul whose right
+    operand is computed at run time, then Mul and Add by constants: no BN at all, and none may be reported."""
+    rng = np.random.default_rng(seed)
+    initializers = [numpy_helper.from_array(np.array(d ** -0.5, np.float32), "scale"),
+                    numpy_helper.from_array(rng.normal(size=(tokens, tokens)).astype(np.float32), "bias")]
+    nodes = [helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 2, 1], name="transpose"),
+             helper.make_node("MatMul", ["q", "k_t"], ["logits"], name="qk"),
+             helper.make_node("Mul", ["logits", "scale"], ["scaled"], name="mul"),
+             helper.make_node("Add", ["scaled", "bias"], ["y"], name="add")]
+    shape = ["B", tokens, d]
+    return make_model(nodes, [helper.make_tensor_value_info("q", TensorProto.FLOAT, shape),
+                              helper.make_tensor_value_info("k", TensorProto.FLOAT, shape)],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", tokens, tokens])], initializers)
+
 
 # The models `python models/fixtures.py` writes: name -> builder. Each exercises a rule or a refusal.
 SHIPPED: Dict[str, callable] = {
@@ -881,6 +926,9 @@ SHIPPED: Dict[str, callable] = {
     "exporter_initializer_inputs": exporter_initializer_inputs,
     "unsorted_graph": unsorted_graph,
     "mixed_kernel_concat_bn": mixed_kernel_concat_bn,
+    "token_linear_norm": token_linear_norm,
+    "bn_pool_linear_head": bn_pool_linear_head,
+    "attention_without_bn": attention_without_bn,
     **{f"chain_{kind}": (lambda kind=kind: look_through_chain(kind)) for kind in CHAIN_KINDS},
     **{f"chain_{kind}_backward": (lambda kind=kind: look_through_chain(kind, backward=True))
        for kind in CHAIN_KINDS},

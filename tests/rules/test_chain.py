@@ -2,7 +2,6 @@
 per-channel map that the producer (or the readers) absorb, exactly; what may move elements between channels stops
 the walk with a reason. Sizes of views are tracked symbolically (rules.views.Size)."""
 
-import numpy as np
 import pytest
 
 import bnfold
@@ -64,41 +63,23 @@ def test_a_reshape_with_dynamic_spatial_dims_is_proven_symbolically():
 def test_token_matmul_through_a_batch_merging_reshape_folds_as_batchnorm1d():
     """LeViT's LinearNorm: MatMul on [B, N, C] tokens -> Reshape [B*N, C] -> BatchNorm1d -> Reshape back. The BN's
     channel is the MatMul's last axis; a Shape node reading the MatMul output reads no values."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(5)
-    c = 6
-    initializers = [numpy_helper.from_array(rng.normal(size=(4, c)).astype(np.float32), "W"),
-                    numpy_helper.from_array(np.array([-1, c], np.int64), "flat"),
-                    *fixtures.bn_parameters(c, rng, "bn")]
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="linear"),
-             helper.make_node("Shape", ["m"], ["m_shape"]),
-             helper.make_node("Reshape", ["m", "flat"], ["f"], name="flatten_tokens"),
-             fixtures.bn_node("f", "n", "bn"),
-             helper.make_node("Reshape", ["n", "m_shape"], ["y"], name="unflatten")]
-    model = fixtures.make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 5, 4])],
-                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 5, c])], initializers)
-    folded, report = fold_and_compare(model, expect_folded=1)
+    folded, report = fold_and_compare(fixtures.token_linear_norm(), expect_folded=1)
     assert report.decisions[0].rule == "forward" and "BatchNormalization" not in op_types(folded)
 
 
 def test_bn_before_global_pooling_and_flatten_folds_backward_into_the_head():
     """ConvMixer's head: BN -> GlobalAveragePool -> Flatten -> Gemm. Averaging commutes with a per-channel map."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(6)
-    c = 6
-    initializers = [numpy_helper.from_array(rng.normal(size=(c, 3)).astype(np.float32), "W"),
-                    numpy_helper.from_array(rng.normal(size=3).astype(np.float32), "b"),
-                    *fixtures.bn_parameters(c, rng, "bn")]
-    nodes = [fixtures.bn_node("x", "n", "bn"),
-             helper.make_node("GlobalAveragePool", ["n"], ["p"], name="pool"),
-             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-             helper.make_node("Gemm", ["f", "W", "b"], ["y"], name="head")]
-    model = fixtures.make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 7, 7])],
-                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializers)
-    folded, report = fold_and_compare(model, expect_folded=1)
+    folded, report = fold_and_compare(fixtures.bn_pool_linear_head(), expect_folded=1)
     assert report.decisions[0].rule == "backward" and op_types(folded) == ["GlobalAveragePool", "Flatten", "Gemm"]
+
+
+def test_an_attention_block_without_bn_reports_no_bn():
+    """(q @ k^T) * scale + bias has no BatchNormalization and no constant weight: nothing to report, nothing done."""
+    model = fixtures.attention_without_bn()
+    folded, report = bnfold.fold(model)
+    assert report.decisions == [] and report.decomposed == [] and report.to_dict()["bn_total"] == 0
+    assert "BatchNormalization: 0 of 0" in report.render()
+    assert folded.SerializeToString() == model.SerializeToString()
 
 
 def test_bn_after_a_channel_concat_of_convs_folds_a_slice_into_each():
