@@ -7,6 +7,9 @@ Each model x provider x graph-optimization level is one row: session creation ti
 (cuDNN's convolution algorithm search happens there), then `iterations` timed runs after `warmup` untimed ones.
 The default levels are "disable" (the raw gain of folding) and "all" (the gain over ORT's own default, which
 already fuses Conv+BN when it builds the session). onnxruntime and matplotlib are imported only when needed.
+
+Over 300 lines on purpose: sessions per provider, IOBinding for CUDA, timing and the result table are one
+measurement.
 """
 
 from __future__ import annotations

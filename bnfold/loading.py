@@ -4,6 +4,9 @@ Loading refuses, with one line a user can act on, anything that is not a complet
 path, a directory, an empty file, bytes that do not parse, a model whose tensors do not hold the data their shape
 and type promise (a truncated or bit-flipped file often still parses), strings that are not UTF-8, and external
 data that is missing, truncated, or outside the model's directory.
+
+Over 300 lines on purpose: the memory-mapped parse, the structure walk, external data and the checker on a
+weightless skeleton are one load, and each guards the next.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ to, so the link stays a link); an existing path that is not a regular file (dire
 is refused and never replaced; `-` is refused (models are not streamed to stdout); a path ending in `/` names a
 directory, which is refused here (the command line writes into such a directory under the input's own name). The
 external data file follows the same rules.
+
+Over 300 lines on purpose: the output-path rules, the atomic write and the streaming serializer are one job
+(writing a model safely) and share their error handling.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ NaN in the same place on both sides, and the same infinity on both sides, count 
 one side only fails. A tensor with elements but nothing finite on both sides to compare fails: a check that
 compared nothing proves nothing. Sequences and maps (ZipMap's list of {label: probability}) must have the same
 structure and keys; the numbers inside are compared with the float tolerance.
+
+Over 300 lines on purpose: the element, channel and structure (sequence/map) comparisons share the
+tolerance rules.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ about two session loads per model, not two per fold.
 
     checks = check_pieces(pieces, opset_imports=model.opset_import, ir_version=model.ir_version)
     rejected = [check for check in checks if check.failed]
+
+Over 300 lines on purpose: batching pieces into few sessions (prefixing, chunking, splitting failures) and
+judging them are one check.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ empty `axes` input: ONNX Runtime squeezes every size-1 axis, the reference evalu
 constant bnfold may use. Evaluation is iterative (deep chains cannot overflow the stack), refuses cycles, and
 draws on one budget of bytes for every computed value of the model, checked before anything is allocated:
 exceeding it means "not a constant", never an out-of-memory kill.
+
+Over 300 lines on purpose: one small evaluator per op, kept together with the budget they share.
 """
 
 from __future__ import annotations

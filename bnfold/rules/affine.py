@@ -74,7 +74,7 @@ def cast_exact(values: np.ndarray, dtype) -> np.ndarray:
     """Cast float64 results back to the tensor's dtype; raise FoldMathError if that overflows to inf."""
     with np.errstate(over="ignore", invalid="ignore"):
         cast = np.asarray(values).astype(dtype)
-    if not np.all(np.isfinite(cast.astype(np.float64))):
+    if not np.isfinite(cast).all():  # in the target dtype: no float64 copy of the weight
         raise FoldMathError(f"folded values overflow {np.dtype(dtype).name}")
     return cast
 
