@@ -42,11 +42,11 @@ def bn_affine(gamma, beta, mean, var, eps: float) -> Tuple[np.ndarray, np.ndarra
 
 
 def scale_axis(weight: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
-    """weight * scale broadcast along `axis` (float64 result)."""
-    weight = np.asarray(weight, dtype=np.float64)
+    """weight * scale broadcast along `axis`, computed and returned in float64 (one float64 array, not two)."""
+    weight = np.asarray(weight)
     shape = [1] * weight.ndim
     shape[axis] = -1
-    return weight * np.asarray(scale, dtype=np.float64).reshape(shape)
+    return np.multiply(weight, np.asarray(scale, dtype=np.float64).reshape(shape), dtype=np.float64)
 
 
 def scale_conv_transpose_weight(weight: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
