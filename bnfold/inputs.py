@@ -189,12 +189,17 @@ def make_inputs(
     wanted = {name: shape for name, shape in (shapes or {}).items() if name not in provided}
     if None in wanted and len(missing) == 1:
         wanted[missing[0].name] = wanted.pop(None)
-    concrete = resolve_shapes(missing, wanted)
+    return feeds_for(specs, resolve_shapes(missing, wanted), provided, seed)
+
+
+def feeds_for(specs: Sequence[InputSpec], shapes: Mapping[str, Tuple[int, ...]],
+              provided: Mapping[str, np.ndarray], seed: int) -> Dict[str, np.ndarray]:
+    """The user's arrays where given, seeded random data of the given shape elsewhere."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:
         if spec.name in provided:
             feeds[spec.name] = np.asarray(provided[spec.name]).astype(spec.dtype, copy=False)
         else:
-            feeds[spec.name] = random_array(spec.dtype, concrete[spec.name], rng)
+            feeds[spec.name] = random_array(spec.dtype, shapes[spec.name], rng)
     return feeds

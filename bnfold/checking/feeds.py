@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..inputs import DEFAULT_BATCH, InputSpec, named_overrides, random_array, resolve_shapes
+from ..inputs import DEFAULT_BATCH, InputSpec, feeds_for, named_overrides, resolve_shapes
 
 TRIAL_SIZES = (32, 64, 128, 224, 320)
 
@@ -117,14 +117,7 @@ def branch_inputs(model, specs: Sequence[InputSpec]) -> List[str]:
 def make_feeds(specs: Sequence[InputSpec], shapes: Mapping[str, Tuple[int, ...]],
                provided: Mapping[str, np.ndarray], seed: int) -> Dict[str, np.ndarray]:
     """The user's arrays where given, seeded random data of the planned shape elsewhere."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for spec in specs:
-        if spec.name in provided:
-            feeds[spec.name] = np.asarray(provided[spec.name]).astype(spec.dtype, copy=False)
-        else:
-            feeds[spec.name] = random_array(spec.dtype, shapes[spec.name], rng)
-    return feeds
+    return feeds_for(specs, shapes, provided, seed)
 
 
 def branch_variants(feeds: Dict[str, np.ndarray], names: Sequence[str]) -> List[Dict[str, np.ndarray]]:
