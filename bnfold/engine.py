@@ -173,6 +173,7 @@ class Engine:
                     self._apply(decision, edit, "standalone", index)
                     return decision
                 if edit is not None:
+                    decision.standalone_possible = True
                     reasons.insert(0, f"input {stop}; nothing to fold it into (--standalone would make it Mul + Add, "
                                       "which ONNX Runtime runs 1.1-1.5x slower than BatchNormalization)")
         decision.reason = reasons[0] if reasons else f"input {stop}; nothing to fold it into"

@@ -13,7 +13,6 @@ from typing import Iterator, List, Optional
 from .errors import EXIT_OK, EXIT_VERIFY_FAILED, ArgumentTypeError
 from .options import as_count, as_paths
 
-STANDALONE_RULE = "standalone"
 
 # Why a normalization other than BatchNormalization cannot become constants in a neighbour's weights.
 PER_SAMPLE_NORMALIZATIONS = {
@@ -72,7 +71,7 @@ class ModelCheck:
         lines = [f"{self.source}: {len(self.foldable)} BN foldable into weights, {len(self.standalone)} only as "
                  f"Mul+Add, {len(self.kept)} kept: {verdict}"]
         lines += [f"  foldable  {d.label} into {d.into_op} {d.into} [{d.rule}]" for d in self.foldable]
-        lines += [f"  mul+add   {d.label} (nothing to fold into) [{d.rule}]" for d in self.standalone]
+        lines += [f"  mul+add   {d.label} (nothing to fold into; --standalone)" for d in self.standalone]
         lines += [f"  kept      {d.label}: {d.reason}" for d in self.kept]
         lines += [f"  {o.op_type} {o.node}{'' if o.graph == 'main' else ' in ' + o.graph}: not foldable, it {o.why}"
                   for o in self.other_normalizations]
@@ -104,15 +103,15 @@ def check(path, *, check_model: bool = True, fold_input_initializers: bool = Fal
     model = load_checked_model(source[0], check=check_model)
     others = list(_other_normalizations(model))
     _, report = fold(model, inplace=True, fold_input_initializers=fold_input_initializers, skip=skip,
-                     inline_functions=inline_functions, local_check=False, standalone=True)
+                     inline_functions=inline_functions, local_check=False)
     result = ModelCheck(source=source[0], other_normalizations=others)
     for decision in report.decisions:
-        if not decision.folded:
-            result.kept.append(decision)
-        elif decision.rule == STANDALONE_RULE:
+        if decision.folded:
+            result.foldable.append(decision)  # what `bnfold MODEL -o OUT` folds by default, merges included
+        elif decision.standalone_possible:
             result.standalone.append(decision)
         else:
-            result.foldable.append(decision)
+            result.kept.append(decision)
     return result.apply_limits(max_foldable, max_standalone, max_kept)
 
 

@@ -24,6 +24,7 @@ class BnDecision:
     local_error: Optional[float] = None  # the local check's worst per-channel relative error
     local_check: Optional[str] = None  # why the local check did not judge this fold, when it did not
     rewritten: List[str] = field(default_factory=list)  # tensors the fold kept by name but gave new values
+    standalone_possible: bool = False  # kept, but --standalone would replace it by Mul + Add
 
     @property
     def into_weights(self) -> bool:

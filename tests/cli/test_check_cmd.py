@@ -116,3 +116,12 @@ def test_check_never_imports_onnxruntime(tmp_path):
                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert child.returncode == 1, child.stderr
     assert "onnxruntime imported" not in child.stderr and "FAIL" in child.stdout
+
+
+def test_an_identity_bn_a_branch_merge_absorbs_counts_as_foldable(tmp_path):
+    """check reports what the default fold does: the RepVGG identity BN ends inside the merged Conv."""
+    from models.fixtures import repvgg_block
+
+    result = bnfold.check(save(repvgg_block(), tmp_path / "block.onnx"))
+    assert [d.rule for d in result.foldable] == ["forward", "forward", "merge_branches"]
+    assert result.standalone == [] and result.kept == []
