@@ -41,12 +41,17 @@ def bn_affine(gamma, beta, mean, var, eps: float) -> Tuple[np.ndarray, np.ndarra
     return scale, shift
 
 
-def scale_axis(weight: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
-    """weight * scale broadcast along `axis`, computed and returned in float64 (one float64 array, not two)."""
+def scale_axis(weight: np.ndarray, scale: np.ndarray, axis: int, dtype=np.float64) -> np.ndarray:
+    """weight * scale broadcast along `axis`, each product computed in float64 and rounded once to `dtype`: with a
+    float32 dtype the same values as a float64 result cast afterwards, without a float64 copy of the weight."""
     weight = np.asarray(weight)
     shape = [1] * weight.ndim
     shape[axis] = -1
-    return np.multiply(weight, np.asarray(scale, dtype=np.float64).reshape(shape), dtype=np.float64)
+    out = np.empty(weight.shape, dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf is refused by cast_exact
+        np.multiply(weight, np.asarray(scale, dtype=np.float64).reshape(shape), out=out, dtype=np.float64,
+                    casting="unsafe")
+    return out
 
 
 def scale_conv_transpose_weight(weight: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
@@ -73,7 +78,7 @@ def fold_bias(bias: Optional[np.ndarray], scale: np.ndarray, shift: np.ndarray) 
 def cast_exact(values: np.ndarray, dtype) -> np.ndarray:
     """Cast float64 results back to the tensor's dtype; raise FoldMathError if that overflows to inf."""
     with np.errstate(over="ignore", invalid="ignore"):
-        cast = np.asarray(values).astype(dtype)
+        cast = np.asarray(values).astype(dtype, copy=False)
     if not np.isfinite(cast).all():  # in the target dtype: no float64 copy of the weight
         raise FoldMathError(f"folded values overflow {np.dtype(dtype).name}")
     return cast

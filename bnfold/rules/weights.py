@@ -137,7 +137,11 @@ def scale_weight(edit: Edit, weight: Weight, scale: np.ndarray, axis: int,
     constant weights take it as is, dequantized ones are refused.
     """
     if weight.dequantized is None:
-        exact = scale_axis(weight.value, scale, axis) if exact is None else exact
+        if exact is None:
+            # float32 and wider: round each float64 product once, straight into the weight's dtype (no rounding
+            # error to report there); narrower dtypes keep the float64 result to measure their rounding.
+            wide = weight.value.dtype.itemsize >= 4 and weight.value.dtype.kind == "f"
+            exact = scale_axis(weight.value, scale, axis, weight.value.dtype if wide else np.float64)
         set_exact(edit, weight.node, weight.index, exact, weight.value.dtype,
                   tensor_hint(weight.node, weight.index, "bnfold"))
         return
