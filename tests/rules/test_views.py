@@ -1,3 +1,6 @@
+"""Views between a producer and its BN (rules.views): Reshape / Flatten / Identity that keep every element in its
+channel fold; ones that may move elements between channels are refused with the dims that show it."""
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper

@@ -1,3 +1,6 @@
+"""A per-channel bias Add between a producer and its BN (paddle2onnx, tf2onnx, TorchScript Linear without bias):
+the chain walk folds the Add and the BN into the producer."""
+
 import pytest
 
 from bnfold import fold
