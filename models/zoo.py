@@ -321,6 +321,60 @@ class MobileOneStyle(nn.Module):
         return self.head(torch.flatten(x, 1))
 
 
+class MixConvStyle(nn.Module):
+    """timm's MixedConv2d: the channels split over parallel 3x3 / 5x5 / 7x7 convs, concatenated, then one BN."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = _conv_bn_relu(3, 12, 3, stride=2)
+        self.mixed = nn.ModuleList(nn.Conv2d(12, 8, k, padding=k // 2, bias=False) for k in (3, 5, 7))
+        self.bn = nn.BatchNorm2d(24)
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(self.bn(torch.cat([conv(x) for conv in self.mixed], dim=1)))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class LinearNorm(nn.Module):
+    """timm LeViT's LinearNorm: Linear without bias on [B, N, C] tokens, BatchNorm1d over the flattened tokens."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.linear = nn.Linear(cin, cout, bias=False)
+        self.bn = nn.BatchNorm1d(cout)
+
+    def forward(self, x):
+        x = self.linear(x)
+        return self.bn(x.flatten(0, 1)).reshape_as(x)
+
+
+class TokenMlp(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.first, self.second = LinearNorm(16, 32), LinearNorm(32, 16)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.second(torch.relu(self.first(x)))
+        return self.head(x.mean(dim=1))
+
+
+class ConvMixerHead(nn.Module):
+    """ConvMixer's end: a last BN, then global average pooling, flatten and the classifier (BN folds backward)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.bn(torch.relu(self.stem(x)))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def resnet_style() -> nn.Module:
     """ResNet-style classifier: Conv+BN stem and residual blocks with Conv+BN shortcuts."""
     return _build(ResNetStyle)
@@ -371,6 +425,21 @@ def mobileone_style() -> nn.Module:
     return _build(MobileOneStyle)
 
 
+def mixconv_style() -> nn.Module:
+    """MixNet-style block: parallel convs of three kernel sizes, concatenated, then one BN (Concat -> BN)."""
+    return _build(MixConvStyle)
+
+
+def token_mlp() -> nn.Module:
+    """LeViT-style LinearNorm layers on tokens: MatMul -> Reshape [B*N, C] -> BatchNorm1d."""
+    return _build(TokenMlp)
+
+
+def convmixer_head() -> nn.Module:
+    """ConvMixer-style head: BN -> global average pool -> flatten -> Linear."""
+    return _build(ConvMixerHead)
+
+
 FACTORIES = {
     "resnet_style": resnet_style,
     "mobilenet_style": mobilenet_style,
@@ -382,6 +451,9 @@ FACTORIES = {
     "two_branch": two_branch,
     "repvgg_style": repvgg_style,
     "mobileone_style": mobileone_style,
+    "mixconv_style": mixconv_style,
+    "token_mlp": token_mlp,
+    "convmixer_head": convmixer_head,
 }
 
 INPUT_SHAPES = {
@@ -395,4 +467,7 @@ INPUT_SHAPES = {
     "two_branch": (2, 3, 16, 16),
     "repvgg_style": (2, 3, 32, 32),
     "mobileone_style": (2, 3, 32, 32),
+    "mixconv_style": (2, 3, 32, 32),
+    "token_mlp": (2, 7, 16),
+    "convmixer_head": (2, 3, 16, 16),
 }

@@ -32,7 +32,8 @@ def batchnorm_layers(module):
 def test_zoo_covers_the_issue_architectures():
     assert set(zoo.FACTORIES) == set(zoo.INPUT_SHAPES) == {
         "resnet_style", "mobilenet_style", "convtranspose_decoder", "mlp_bn1d", "audio_conv1d", "conv3d_net",
-        "densenet_block", "two_branch", "repvgg_style", "mobileone_style",
+        "densenet_block", "two_branch", "repvgg_style", "mobileone_style", "mixconv_style", "token_mlp",
+        "convmixer_head",
     }
 
 
@@ -116,3 +117,15 @@ def test_reparameterizable_blocks_become_one_conv_each_and_match_torch(name, blo
     with torch.no_grad():
         expected = module(x).numpy()
     np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", ["mixconv_style", "token_mlp", "convmixer_head"])
+def test_concat_token_and_pooled_head_bns_all_fold_into_weights(name, exporter, tmp_path):
+    """Issue 14's three new folds on real exports: Concat -> BN, tokens -> Reshape -> BatchNorm1d, BN -> pool ->
+    Linear. Every BN ends in a weight (no Mul + Add, none kept) and the result matches PyTorch."""
+    result = export(zoo.FACTORIES[name](), example_input(name), tmp_path / f"{name}.onnx", fold=True,
+                    exporter=exporter)
+    report = result.fold_report
+    assert report.kept == [] and len(report.into_weights) == len(report.decisions) == result.bn_nodes
+    assert result.passed, result.render()
