@@ -44,24 +44,82 @@ def provider_name(name: str) -> str:
     return PROVIDER_ALIASES.get(name.lower(), name)
 
 
+# Initializers at least this large reach ONNX Runtime as arrays beside a weightless model, not serialized into it.
+HANDED_OVER_BYTES = 1 << 16
+_HANDED_OVER_DTYPES = {"float16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"}
+
+
+def _weightless(model, options, ort):
+    """For an in-memory ModelProto: the model serialized without its large main-graph initializers, which go to
+    ONNX Runtime as OrtValues (SessionOptions.add_external_initializers) instead: no serialized copy of the weights
+    for ORT to parse again. Returns (bytes, the arrays ORT now reads, to keep alive), or None when nothing is large."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph_inputs = {value.name for value in model.graph.input}
+    large = [tensor for tensor in model.graph.initializer
+             if len(tensor.raw_data) >= HANDED_OVER_BYTES and tensor.name not in graph_inputs
+             and tensor.data_location != onnx.TensorProto.EXTERNAL]
+    large = [tensor for tensor in large
+             if onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name in _HANDED_OVER_DTYPES]
+    if not large:
+        return None
+    handed = {id(tensor) for tensor in large}
+    copy = onnx.ModelProto()
+    _copy_fields(model, copy, skip="graph")
+    _copy_fields(model.graph, copy.graph, skip="initializer")
+    arrays = []
+    for tensor in model.graph.initializer:
+        stub = copy.graph.initializer.add()
+        if id(tensor) not in handed:
+            stub.CopyFrom(tensor)
+            continue
+        stub.name, stub.data_type = tensor.name, tensor.data_type
+        stub.dims.extend(tensor.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        entry = stub.external_data.add()
+        entry.key, entry.value = "location", "bnfold-handed-over"  # never read: ORT takes the OrtValue
+        arrays.append(numpy_helper.to_array(tensor))
+    options.add_external_initializers([tensor.name for tensor in large],
+                                      [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays])
+    return copy.SerializeToString(), arrays
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Copy every set field of a message but one, without copying that one."""
+    from .loading import _is_repeated
+
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if _is_repeated(field):
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
 @contextlib.contextmanager
-def _session_source(model):
-    """What InferenceSession takes for `model`: a path, bytes, or for a ModelProto past protobuf's 2 GiB limit a
-    temporary file with external data (it cannot be serialized in one piece), kept until the session is made."""
+def _session_source(model, options=None, ort=None):
+    """What InferenceSession takes for `model`: a path, bytes (a weightless serialization when `options` can take
+    the large initializers as arrays), or for a ModelProto past protobuf's 2 GiB limit a temporary file with
+    external data (it cannot be serialized in one piece), kept until the session is made."""
     from .saving import save_model
     from .tensors import exceeds_protobuf_limit
 
     if isinstance(model, (str, os.PathLike)):
-        yield os.fspath(model)
+        yield os.fspath(model), None
     elif isinstance(model, bytes):
-        yield model
+        yield model, None
     elif not exceeds_protobuf_limit(model):
-        yield model.SerializeToString()
+        weightless = _weightless(model, options, ort) if options is not None else None
+        yield weightless if weightless is not None else (model.SerializeToString(), None)
     else:
         with tempfile.TemporaryDirectory(prefix="bnfold-") as directory:
             path = os.path.join(directory, "model.onnx")
             save_model(model, path, external_data=True)
-            yield path
+            yield path, None
 
 
 def make_session(
@@ -104,9 +162,10 @@ def make_session(
             f"(available: {', '.join(available)}); for CUDA: pip install onnxruntime-gpu"
         )
     resolved = [p for p, name in zip(resolved, names) if name in available] or ["CPUExecutionProvider"]
-    with _session_source(model) as source:
+    with _session_source(model, options, ort) as (source, kept_alive):
         try:
             session = ort.InferenceSession(source, sess_options=options, providers=resolved)
+            session.bnfold_initializers = kept_alive  # ORT reads these arrays for as long as the session lives
         except Exception as error:  # ORT raises its own exception types for unloadable models
             message = str(error).strip().splitlines()[0]
             raise InvalidModelError(f"ONNX Runtime cannot load the model: {message}") from None

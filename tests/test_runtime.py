@@ -24,3 +24,32 @@ def test_unknown_optimization_level_and_missing_provider_are_typed_errors():
         make_session(fixtures.conv_bn(), opt_level="max")
     with pytest.raises(ProviderError, match="not available"):
         make_session(fixtures.conv_bn(), providers=["NoSuchExecutionProvider"])
+
+
+def test_large_initializers_reach_onnx_runtime_as_arrays_not_serialized(monkeypatch):
+    """A ModelProto's large weights are handed to the session as arrays beside a weightless serialization: the same
+    outputs as from the whole model's bytes, an initializer that is also an input stays in the model (the user may
+    feed it), and the model itself is not changed."""
+    from bnfold import runtime
+
+    model = fixtures.conv_bn(c_in=16, c_out=32, seed=3)  # a 32x16x3x3 float32 weight: 18 KiB
+    monkeypatch.setattr(runtime, "HANDED_OVER_BYTES", 1024)
+    before = model.SerializeToString()
+    x = np.random.default_rng(0).normal(size=(1, 16, 9, 9)).astype(np.float32)
+    expected = run(make_session(before), {"x": x})["y"]
+    session = make_session(model)
+    assert [array.shape for array in session.bnfold_initializers] == [(32, 16, 3, 3)]
+    np.testing.assert_array_equal(run(session, {"x": x})["y"], expected)
+    assert model.SerializeToString() == before
+    import onnxruntime as ort
+
+    handed = {}
+
+    class Options:
+        def add_external_initializers(self, names, values):
+            handed.update(zip(names, values))
+
+    as_input = fixtures.initializer_as_input()
+    runtime._weightless(as_input, Options(), ort)
+    inputs = {value.name for value in as_input.graph.input}
+    assert not set(handed) & inputs
