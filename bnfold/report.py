@@ -232,7 +232,7 @@ class FoldReport:
                          f"local check: {self.local_check['checked']} fold(s) run on their own in ONNX Runtime")
             if self.local_check.get("skipped"):
                 lines[-1] += f"; {self.local_check['skipped']} skipped (ONNX Runtime cannot run the original piece)"
-        elif self.local_check:
+        elif self.local_check and not self.local_check.get("ran"):
             lines.append(f"local check: not run ({self.local_check.get('why')})")
         if self.max_rounding_error:
             lines.append(f"largest weight change from rounding to the weight dtype: {self.max_rounding_error:.3g}")

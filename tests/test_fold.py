@@ -224,3 +224,8 @@ def test_zero_bias_built_at_run_time_like_the_dynamo_exporter_folds():
     graph.node.extend(nodes + conv_and_bn)
     folded, _ = fold_and_compare(model, expect_folded=1)
     assert op_types(folded) == ["Conv"]
+
+
+def test_a_model_without_bn_reports_no_local_check_line():
+    _, report = fold(fixtures.attention_without_bn())
+    assert "local check" not in report.render()
