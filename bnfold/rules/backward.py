@@ -11,7 +11,7 @@ from typing import Optional
 
 from ..graph import Edit, GraphIndex, is_op, node_label
 from .base import BatchNorm, Refuse
-from .chain import AFFINE, data_input, track, walk_down
+from .chain import bypass_affine, track, walk_down
 from .views import Channels, sizes_of
 from .producers import PRODUCERS
 
@@ -57,8 +57,6 @@ def plan(bn: BatchNorm, index: GraphIndex, allowed=tuple(PRODUCERS)) -> Optional
                          f"BN has {bn.channels}")
         entry.backward(reader, index, scale, shift, edit)
         edit.output_axes[reader.output[0]] = -1 if reader.op_type == "MatMul" else 1
-    for node in nodes:
-        if node.op_type in AFFINE:
-            edit.bypass(node, list(node.input).index(data_input(node, index)))
+    bypass_affine(edit, nodes, index, bn.input)  # the views stay, reading what the BN read
     edit.bypass(bn.node, 0)
     return edit

@@ -154,3 +154,14 @@ def require_single_readers(nodes: List[onnx.NodeProto], index: GraphIndex) -> No
     """Each look-through node's output must be read only by the next node of the chain, and be no graph output."""
     for node, following in zip(nodes, nodes[1:]):
         require_exclusive(index, node.output[0], following, f"{node.op_type} {node_label(node)!r}")
+
+
+def bypass_affine(edit, nodes: List[onnx.NodeProto], index: GraphIndex, kept: str) -> str:
+    """Plan the removal of the chain's Mul/Add/Sub/Div nodes (their map is folded); the name of the last tensor the
+    chain still computes, `kept` when no view follows it."""
+    for node in nodes:
+        if node.op_type in AFFINE:
+            edit.bypass(node, list(node.input).index(data_input(node, index)))
+        else:
+            kept = node.output[0]
+    return kept

@@ -15,7 +15,7 @@ import onnx
 
 from ..graph import Edit, GraphIndex, is_op, node_label
 from .base import Refuse, read_attribute, require_exclusive
-from .chain import AFFINE, data_input, require_single_readers, track
+from .chain import bypass_affine, require_single_readers, track
 from .views import Channels, sizes_of
 from .producers import PRODUCERS, Producer
 
@@ -64,12 +64,7 @@ def plan(producer: onnx.NodeProto, nodes: List[onnx.NodeProto], index: GraphInde
         total_scale, total_shift = chain.scale, chain.shift
     edit = Edit(into=[producer], through=list(nodes), output_axes={end.output[0]: channels.axis})
     inserted = entry.forward(producer, index, total_scale, total_shift, edit)
-    kept = (inserted or producer).output[0]
-    for node in nodes:
-        if node.op_type in AFFINE:
-            edit.bypass(node, list(node.input).index(data_input(node, index)))
-        else:
-            kept = node.output[0]
+    kept = bypass_affine(edit, nodes, index, (inserted or producer).output[0])
     output = end.output[0]
     if scale is not None:
         edit.remove(end)
@@ -116,12 +111,7 @@ def plan_concat(concat: onnx.NodeProto, nodes: List[onnx.NodeProto], index: Grap
         PRODUCERS[producer.op_type].forward(producer, index, scale[offset:offset + part.count],
                                             shift[offset:offset + part.count], edit)
         offset += part.count
-    kept = concat.output[0]
-    for node in nodes:
-        if node.op_type in AFFINE:
-            edit.bypass(node, list(node.input).index(data_input(node, index)))
-        else:
-            kept = node.output[0]
+    kept = bypass_affine(edit, nodes, index, concat.output[0])
     edit.remove(bn.node)
     edit.rename(kept, bn.output)
     return edit
