@@ -66,6 +66,16 @@ def _is_repeated(field) -> bool:
     return field.label == FieldDescriptor.LABEL_REPEATED
 
 
+def set_field(message, field, value) -> None:
+    """Give `message` the value of one field (from another message's ListFields()): extend, copy or assign."""
+    if _is_repeated(field):
+        getattr(message, field.name).extend(value)
+    elif field.message_type is not None:
+        getattr(message, field.name).CopyFrom(value)
+    else:
+        setattr(message, field.name, value)
+
+
 def _string_fields(descriptor) -> List[Tuple[str, bool, bool]]:
     """(name, repeated, is_message) of the string and message fields of a message type: the only ones the walk
     reads, so tensors' bytes fields (raw_data) are never copied out of the proto."""
@@ -271,26 +281,9 @@ def read_header(path: PathLike) -> onnx.ModelProto:
     kept = []
     try:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            position = 0
-            while position < len(data):
-                start = position
-                key, position = _varint(data, position)
-                wire_type = key & 7
-                if wire_type == 0:
-                    _, position = _varint(data, position)
-                elif wire_type == 1:
-                    position += 8
-                elif wire_type == 2:
-                    length, position = _varint(data, position)
-                    position += length
-                elif wire_type == 5:
-                    position += 4
-                else:
-                    raise DecodeError(f"wire type {wire_type}")
-                if position > len(data):
-                    raise DecodeError("field runs past the end of the file")
-                if key >> 3 not in _BULKY_MODEL_FIELDS:
-                    kept.append(data[start:position])
+            for number, _, start, _, end in _fields(data, 0, len(data)):
+                if number not in _BULKY_MODEL_FIELDS:
+                    kept.append(data[start:end])
         header = onnx.ModelProto()
         header.ParseFromString(b"".join(kept))
     except (DecodeError, RuntimeError, ValueError) as error:
@@ -518,12 +511,8 @@ def _checker_skeleton(message, stand_ins: set):
                 getattr(copy, field.name).extend(_checker_skeleton(element, stand_ins) for element in value)
             else:
                 getattr(copy, field.name).CopyFrom(_checker_skeleton(value, stand_ins))
-        elif _is_repeated(field):
-            getattr(copy, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(copy, field.name).CopyFrom(value)
         else:
-            setattr(copy, field.name, value)
+            set_field(copy, field, value)
     return copy
 
 

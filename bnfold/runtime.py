@@ -87,17 +87,11 @@ def _weightless(model, options, ort):
 
 def _copy_fields(source, target, skip: str) -> None:
     """Copy every set field of a message but one, without copying that one."""
-    from .loading import _is_repeated
+    from .loading import set_field
 
     for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        if _is_repeated(field):
-            getattr(target, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
+        if field.name != skip:
+            set_field(target, field, value)
 
 
 @contextlib.contextmanager

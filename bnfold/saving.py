@@ -28,7 +28,7 @@ from google.protobuf import unknown_fields
 from google.protobuf.message import EncodeError
 
 from .errors import ArgumentTypeError, OutputError
-from .loading import _is_repeated
+from .loading import _is_repeated, set_field
 from .tensors import exceeds_protobuf_limit, is_external, iter_tensors, tensor_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -257,12 +257,7 @@ def _graph_pieces(number: int, graph: onnx.GraphProto, predict: bool) -> Iterato
 
 def _single_field(container, field, value) -> bytes:
     """One field of a message, encoded as the message would encode it."""
-    if _is_repeated(field):
-        getattr(container, field.name).extend(value)
-    elif field.message_type is not None:
-        getattr(container, field.name).CopyFrom(value)
-    else:
-        setattr(container, field.name, value)
+    set_field(container, field, value)
     return container.SerializeToString()
 
 
