@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from functools import lru_cache
-from typing import Dict, Iterable, Iterator, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Set
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from ..errors import InvalidModelError
-from .types import NUMPY_ELEMENT_TYPES, ScopeTypes
+from .types import NUMPY_ELEMENT_TYPES, ScopeTypes, subgraphs
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -28,14 +28,6 @@ class NotConstant(Exception):
 
 class AttributeReference(NotConstant):
     """An attribute inside a function body refers to a function attribute, which each call site sets."""
-
-
-def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
 
 
 def outer_scope_uses(graph: onnx.GraphProto) -> Set[str]:

@@ -120,14 +120,15 @@ def needs_inference(model: onnx.ModelProto) -> bool:
             if node.op_type == "BatchNormalization" and node.input and \
                     producers.get(node.input[0]) not in SELF_DESCRIBING_PRODUCERS:
                 return True
-            if any(nodes_need(sub.node) for sub in _subgraphs(node)):
+            if any(nodes_need(sub.node) for sub in subgraphs(node)):
                 return True
         return False
 
     return nodes_need(model.graph.node)
 
 
-def _subgraphs(node: onnx.NodeProto):
+def subgraphs(node: onnx.NodeProto):
+    """The bodies of an If / Loop / Scan node (any GRAPH or GRAPHS attribute)."""
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.g
