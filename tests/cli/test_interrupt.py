@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # A real SIGINT delivered to the process while the entry point imports click (the first heavy import).
 INTERRUPT_DURING_IMPORT = textwrap.dedent("""
     import builtins, os, signal
+    # A shell that starts jobs in the background hands them SIGINT ignored; a user's terminal does not.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     real_import = builtins.__import__
     def interrupting_import(name, *args, **kwargs):
         if name == "click":
