@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Uni
 import onnx
 import onnx.inliner
 
+from .held import HeldTensors
 from .loading import load_checked_model, load_model
 from .saving import save_model
 from .tensors import tensor_bytes
@@ -194,10 +195,29 @@ def fold_file(
     if destination is not None and _same_file(source, Path(destination)) and not overwrite and not dry_run:
         raise OutputError(f"{destination} is the input file; pass --overwrite to replace it")
     started = time.perf_counter()
-    model = load_checked_model(source, check=check)
+    try:
+        held = HeldTensors(source).__enter__()
+    except OSError:
+        held = None  # unreadable: loading says why, in its words
+    try:
+        return _fold_file(source, destination, held, started, verify=verify, force=force, dry_run=dry_run,
+                          check=check, external_data=external_data, verify_options=verify_options,
+                          fold_input_initializers=fold_input_initializers, skip=skip,
+                          inline_functions=inline_functions, require_end_to_end=require_end_to_end,
+                          standalone=standalone)
+    finally:
+        if held is not None:
+            held.__exit__(None, None, None)
+
+
+def _fold_file(source: Path, destination, held: Optional[HeldTensors], started: float, *, verify, force, dry_run,
+               check, external_data, verify_options: VerifyOptions, fold_input_initializers, skip, inline_functions,
+               require_end_to_end, standalone) -> FoldReport:
+    """fold_file's work, with large initializers held in the file (see bnfold.held) from load to save."""
+    model = load_checked_model(source, check=check, held=held)
     folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip,
                           inline_functions=inline_functions, inplace=True, local_check=verify, standalone=standalone,
-                          _reload=lambda: load_model(source))
+                          _reload=lambda: load_model(source, held=held))
     report.source = str(source)
     report.destination = None if destination is None else str(destination)
     if verify and report.changed:

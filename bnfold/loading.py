@@ -23,6 +23,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from .errors import BnfoldError, ExternalDataError, InputFileError, InvalidModelError, ModelLoadError
+from .held import HOLDABLE_TYPES
 from .tensors import exceeds_protobuf_limit, external_info, is_external, iter_tensors
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -206,34 +207,36 @@ def _readable_file(path: Path) -> None:
         raise ModelLoadError(f"{path}: file is empty")
 
 
-def _read_model(path: Path) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
+def _read_model(path: Path, held=None) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
     """Parse a model file, well-formedness checked but external data not loaded; also return the tensors whose data
-    was measured against their dims and type while parsing (see _parse_pieces)."""
+    was measured against their dims and type while parsing (see _parse_pieces). With `held` (a
+    bnfold.held.HeldTensors open on `path`), their bytes stay in the file."""
     _readable_file(path)
     try:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _parse_checked(data, str(path))
+            return _parse_checked(data, str(path), held)
     except OSError as error:
         raise InputFileError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
-def load_model(path: PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
-    """Read an ONNX model, raising a typed error for anything a user could have got wrong."""
+def load_model(path: PathLike, *, load_external_data: bool = True, held=None) -> onnx.ModelProto:
+    """Read an ONNX model, raising a typed error for anything a user could have got wrong. held: a
+    bnfold.held.HeldTensors open on `path`, to keep large initializers' bytes in the file (see bnfold.held)."""
     path = Path(path)
-    model, _ = _read_model(path)
+    model, _ = _read_model(path, held)
     if load_external_data:
         _load_external_data(model, path)
     return model
 
 
-def load_checked_model(path: PathLike, *, check: bool = True) -> onnx.ModelProto:
+def load_checked_model(path: PathLike, *, check: bool = True, held=None) -> onnx.ModelProto:
     """load_model, and (with check) check_model's verdict on it, reading and parsing the file once.
 
     The checker sees the model's skeleton: tensors whose data the loader has measured against their dims and type
     keep those but not their bytes, which the checker would only have measured again (see _checker_skeleton).
     """
     path = Path(path)
-    model, measured = _read_model(path)
+    model, measured = _read_model(path, held)
     if check:
         from .graph.order import sort_nodes
 
@@ -305,9 +308,9 @@ def parse_model_bytes(data: bytes, *, source: str = "<bytes>") -> onnx.ModelProt
     return _parse_checked(data, source)[0]
 
 
-def _parse_checked(data, source: str) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
+def _parse_checked(data, source: str, held=None) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
     try:
-        model, measured = _parse_pieces(data)
+        model, measured = _parse_pieces(data, held)
     except (DecodeError, RuntimeError, ValueError):
         # Protobuf's own parse, for its verdict and its words (the piecewise walk refuses some odd encodings it takes).
         model, measured = onnx.ModelProto(), []
@@ -324,7 +327,7 @@ def _parse_checked(data, source: str) -> Tuple[onnx.ModelProto, List[onnx.Tensor
     return model, measured
 
 
-# ModelProto.graph, GraphProto.initializer, and the TensorProto fields _raw_data_length reads.
+# ModelProto.graph, GraphProto.initializer, and the TensorProto fields _raw_data_field reads.
 _GRAPH_FIELD, _INITIALIZER_FIELD, _RAW_DATA_FIELD = 7, 5, 9
 _OTHER_DATA_FIELDS = {3, 4, 5, 6, 7, 10, 11, 13, 14}  # segment, typed data, external data, data location
 # Fields are parsed in runs of about this many bytes; then the pages of the file they came from are released.
@@ -361,11 +364,12 @@ def _fields(data, start: int, end: int) -> Iterator[Tuple[int, int, int, int, in
         yield key >> 3, wire_type, field_start, payload, position
 
 
-def _parse_pieces(data) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
+def _parse_pieces(data, held=None) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
     """Parse a serialized model field by field, as protobuf does (merging each field in order), so the source
     buffer's pages can be released as soon as they are parsed: a memory-mapped file then never sits in memory beside
     the whole parsed model. Return the model and the initializers whose raw data the wire shows to be exactly what
-    their dims and type need, the check numpy_helper.to_array would make by copying it."""
+    their dims and type need, the check numpy_helper.to_array would make by copying it. With `held`, the data of
+    those stays in the file (see _parse_initializer)."""
     view = memoryview(data)
     model = onnx.ModelProto()
     measured = []
@@ -398,8 +402,7 @@ def _parse_pieces(data) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
                     continue
                 flush()
                 tensor = graph.initializer.add()
-                tensor.MergeFromString(view[inner_payload:inner_end])
-                if _raw_data_matches(tensor, _raw_data_length(view, inner_payload, inner_end)):
+                if _parse_initializer(tensor, view, inner_payload, inner_end, held):
                     measured.append(tensor)
                 _release(data, inner_start, inner_end)
             flush()
@@ -409,15 +412,42 @@ def _parse_pieces(data) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
     return model, measured
 
 
-def _raw_data_length(data, start: int, end: int) -> Optional[int]:
-    """Length of the tensor's raw_data when it is its only data (no typed, segment or external data), else None."""
-    length = None
-    for number, wire_type, _, payload, field_end in _fields(data, start, end):
+def _parse_initializer(tensor: onnx.TensorProto, view, start: int, end: int, held) -> bool:
+    """Parse the initializer encoded in view[start:end] into `tensor`; return whether its raw data is exactly what
+    its dims and type need. With `held` (a bnfold.held.HeldTensors), such a tensor of a holdable type is parsed
+    without its raw data, which stays in the file as a held range."""
+    raw = _raw_data_field(view, start, end)
+    if raw is None:
+        tensor.MergeFromString(view[start:end])
+        return False
+    field_start, payload, field_end = raw
+    if held is None:
+        tensor.MergeFromString(view[start:end])
+        return _raw_data_matches(tensor, field_end - payload)
+    tensor.MergeFromString(view[start:field_start])  # the other fields: raw_data is the only one of its number
+    tensor.MergeFromString(view[field_end:end])
+    if not _raw_data_matches(tensor, field_end - payload):
+        tensor.MergeFromString(view[field_start:field_end])
+        return False
+    if tensor.data_type in HOLDABLE_TYPES:
+        held.hold_range(tensor, payload, field_end - payload)
+    else:
+        tensor.MergeFromString(view[field_start:field_end])
+    return True
+
+
+def _raw_data_field(data, start: int, end: int) -> Optional[Tuple[int, int, int]]:
+    """(start, payload start, end) of the tensor's raw_data field when that is its only data (no typed, segment or
+    external data) and it appears once, else None."""
+    found = None
+    for number, wire_type, field_start, payload, field_end in _fields(data, start, end):
         if number in _OTHER_DATA_FIELDS:
             return None
-        if number == _RAW_DATA_FIELD and wire_type == 2:
-            length = field_end - payload
-    return length
+        if number == _RAW_DATA_FIELD:
+            if found is not None or wire_type != 2:
+                return None
+            found = (field_start, payload, field_end)
+    return found
 
 
 def _raw_data_matches(tensor: onnx.TensorProto, length: Optional[int]) -> bool:

@@ -54,15 +54,17 @@ def _weightless(model, options, ort):
     ONNX Runtime as OrtValues (SessionOptions.add_external_initializers) instead: no serialized copy of the weights
     for ORT to parse again. Returns (bytes, the arrays ORT now reads, to keep alive), or None when nothing is large."""
     import onnx
-    from onnx import numpy_helper
+
+    from .held import is_held, materialized
+    from .tensors import is_external, tensor_array
 
     graph_inputs = {value.name for value in model.graph.input}
     large = [tensor for tensor in model.graph.initializer
-             if len(tensor.raw_data) >= HANDED_OVER_BYTES and tensor.name not in graph_inputs
-             and tensor.data_location != onnx.TensorProto.EXTERNAL]
+             if (is_held(tensor) or len(tensor.raw_data) >= HANDED_OVER_BYTES) and tensor.name not in graph_inputs
+             and not is_external(tensor)]
     large = [tensor for tensor in large
              if onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name in _HANDED_OVER_DTYPES]
-    if not large:
+    if not large and not any(is_held(tensor) for tensor in model.graph.initializer):
         return None
     handed = {id(tensor) for tensor in large}
     copy = onnx.ModelProto()
@@ -72,14 +74,14 @@ def _weightless(model, options, ort):
     for tensor in model.graph.initializer:
         stub = copy.graph.initializer.add()
         if id(tensor) not in handed:
-            stub.CopyFrom(tensor)
+            stub.CopyFrom(materialized(tensor) if is_held(tensor) else tensor)
             continue
         stub.name, stub.data_type = tensor.name, tensor.data_type
         stub.dims.extend(tensor.dims)
         stub.data_location = onnx.TensorProto.EXTERNAL
         entry = stub.external_data.add()
         entry.key, entry.value = "location", "bnfold-handed-over"  # never read: ORT takes the OrtValue
-        arrays.append(numpy_helper.to_array(tensor))
+        arrays.append(tensor_array(tensor))
     options.add_external_initializers([tensor.name for tensor in large],
                                       [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays])
     return copy.SerializeToString(), arrays

@@ -29,6 +29,7 @@ from google.protobuf.message import EncodeError
 
 from .errors import ArgumentTypeError, OutputError
 from .loading import _is_repeated, set_field
+from .held import held_data, held_nbytes, is_held, materialized
 from .tensors import exceeds_protobuf_limit, is_external, iter_tensors, tensor_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -73,16 +74,74 @@ def _write_error(path: Path, error: OSError) -> OutputError:
     return OutputError(f"{path}: write failed ({reason}); nothing was written")
 
 
-def _write_temporary(path: Path, chunks: Iterable[bytes]) -> str:
+class FileRange:
+    """A chunk to write that lies in another file: `length` bytes of open file `fd` from `offset` (held data)."""
+
+    __slots__ = ("fd", "offset", "length")
+
+    def __init__(self, fd: int, offset: int, length: int):
+        self.fd, self.offset, self.length = fd, offset, length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+# Copied through user space in blocks of this size where the kernel cannot copy file to file.
+_COPY_BLOCK = 1 << 24
+# Chunks smaller than this are gathered into one write.
+_GATHERED_BYTES = 1 << 20
+
+
+def _copy_range(source: FileRange, fd: int) -> None:
+    """Append a range of another file at fd's position: in the kernel (copy_file_range) where it can, else by
+    blocks through a buffer."""
+    offset, left = source.offset, source.length
+    if hasattr(os, "copy_file_range"):
+        try:
+            while left:
+                count = os.copy_file_range(source.fd, fd, min(left, 1 << 30), offset)
+                if count <= 0:
+                    break
+                offset, left = offset + count, left - count
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
+                raise
+    while left:
+        block = os.pread(source.fd, min(left, _COPY_BLOCK), offset)
+        if not block:
+            raise OSError(errno.EIO, "the input file shrank while it was being copied")
+        _write_all(fd, block)
+        offset, left = offset + len(block), left - len(block)
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_temporary(path: Path, chunks: Iterable[Union[bytes, memoryview, FileRange]]) -> str:
     """Write chunks to a new temporary file beside `path`, flushed and fsynced; return its name."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), _new_file_mode(path))
+        with os.fdopen(fd, "wb", buffering=0):  # closes fd
+            os.fchmod(fd, _new_file_mode(path))
+            pending = bytearray()  # small chunks (nodes, tensor headers) go out together
             for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
+                if isinstance(chunk, FileRange) or len(chunk) >= _GATHERED_BYTES:
+                    _write_all(fd, pending)
+                    pending.clear()
+                    if isinstance(chunk, FileRange):
+                        _copy_range(chunk, fd)
+                    else:
+                        _write_all(fd, chunk)
+                    continue
+                pending += chunk
+                if len(pending) >= _GATHERED_BYTES:
+                    _write_all(fd, pending)
+                    pending.clear()
+            _write_all(fd, pending)
+            os.fsync(fd)
     except BaseException:
         _remove_quietly(tmp_name)
         raise
@@ -131,12 +190,16 @@ def _externalize(model: onnx.ModelProto, data_name: str) -> Optional[list]:
     for tensor in iter_tensors(model):
         if is_external(tensor):
             continue
-        if not tensor.HasField("raw_data"):
+        if is_held(tensor):
+            raw = _held_chunk(tensor)
+        elif not tensor.HasField("raw_data"):
             if tensor.ByteSize() < EXTERNAL_DATA_MIN_BYTES:
                 continue
             # Typed fields (float_data, ...) move to raw_data first so their bytes can leave the proto.
             tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
-        raw = tensor.raw_data
+            raw = tensor.raw_data
+        else:
+            raw = tensor.raw_data
         if len(raw) < EXTERNAL_DATA_MIN_BYTES:
             continue
         padding = (-offset) % 4096  # page-aligned, as onnx does, so runtimes can mmap
@@ -168,7 +231,8 @@ def _serialize(model: onnx.ModelProto, path: Path, predict: bool = True) -> Iter
                           "protobuf's 2 GiB limit; write its weights as external data (--external-data)")
     try:
         if unknown_fields.UnknownFieldSet(model) or unknown_fields.UnknownFieldSet(model.graph):
-            yield model.SerializeToString()  # fields this onnx does not know: let protobuf keep them in place
+            # Fields this onnx does not know: let protobuf keep them in place.
+            yield _with_held_data(model).SerializeToString()
             return
         for field, value in model.ListFields():
             if field.name == "graph":
@@ -186,12 +250,18 @@ _SPLIT_TENSOR_BYTES = 4096
 _RAW_DATA_NUMBER = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 _OTHER_DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
                       "external_data")
+# Fields a tensor written with raw_data leaves out: raw_data itself, and where a held tensor's bytes are.
+_NOT_AROUND_RAW_DATA = {_RAW_DATA_NUMBER, *(onnx.TensorProto.DESCRIPTOR.fields_by_name[name].number
+                                            for name in ("external_data", "data_location"))}
 
 
 def _split_tensor(tensor: onnx.TensorProto) -> Optional[Tuple[bytes, int, bytes]]:
     """(encoded fields before raw_data with raw_data's tag and length, its predicted length, encoded fields after
-    it) for a large tensor whose only data is raw_data, else None. Protobuf encodes fields in number order, so
-    these pieces around the raw bytes are the tensor's own encoding, without a copy of the tensor to find its size."""
+    it) for a large tensor whose only data is raw_data, or a held one (see bnfold.held), else None. Protobuf encodes
+    fields in number order, so these pieces around the raw bytes are the tensor's own encoding, without a copy of
+    the tensor to find its size."""
+    if is_held(tensor):
+        return _around_raw_data(tensor, held_nbytes(tensor))
     if tensor.data_type == onnx.TensorProto.STRING or not tensor.HasField("raw_data") or \
             tensor.HasField("segment") or tensor.HasField("data_location") or \
             any(len(getattr(tensor, name)) for name in _OTHER_DATA_FIELDS) or \
@@ -208,9 +278,13 @@ def _split_tensor(tensor: onnx.TensorProto) -> Optional[Tuple[bytes, int, bytes]
         length *= dim
     if length < _SPLIT_TENSOR_BYTES:
         return None
+    return _around_raw_data(tensor, length)
+
+
+def _around_raw_data(tensor: onnx.TensorProto, length: int) -> Tuple[bytes, int, bytes]:
     before, after = onnx.TensorProto(), onnx.TensorProto()
     for field in tensor.DESCRIPTOR.fields:
-        if field.number == _RAW_DATA_NUMBER:
+        if field.number in _NOT_AROUND_RAW_DATA:
             continue
         target = before if field.number < _RAW_DATA_NUMBER else after
         if _is_repeated(field):
@@ -231,7 +305,8 @@ def _graph_pieces(number: int, graph: onnx.GraphProto, predict: bool) -> Iterato
     for field, value in graph.ListFields():
         if field.name in _STREAMED_GRAPH_FIELDS:
             for element in value:
-                split = _split_tensor(element) if predict and field.name == "initializer" else None
+                split = _split_tensor(element) if field.name == "initializer" and (predict or is_held(element)) \
+                    else None
                 length = len(split[0]) + split[1] + len(split[2]) if split else element.ByteSize()
                 head = _varint_bytes(field.number << 3 | 2) + _varint_bytes(length)
                 plan.append((head, element, split))
@@ -244,7 +319,7 @@ def _graph_pieces(number: int, graph: onnx.GraphProto, predict: bool) -> Iterato
     for head, element, split in plan:
         yield head
         if split:
-            raw = element.raw_data
+            raw = _held_chunk(element) if is_held(element) else element.raw_data
             if len(raw) != split[1]:
                 raise _SizeMismatch(element.name)
             yield split[0]
@@ -253,6 +328,23 @@ def _graph_pieces(number: int, graph: onnx.GraphProto, predict: bool) -> Iterato
             yield split[2]
         elif element is not None:
             yield element.SerializeToString()
+
+
+def _with_held_data(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model, or a copy whose held initializers hold their bytes themselves."""
+    if not any(is_held(tensor) for tensor in model.graph.initializer):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for position, tensor in enumerate(copy.graph.initializer):
+        if is_held(tensor):
+            copy.graph.initializer[position].CopyFrom(materialized(tensor))
+    return copy
+
+
+def _held_chunk(tensor: onnx.TensorProto) -> Union[memoryview, bytes, FileRange]:
+    data = held_data(tensor)
+    return FileRange(*data) if isinstance(data, tuple) else data
 
 
 def _single_field(container, field, value) -> bytes:

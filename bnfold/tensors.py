@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
+
+from .held import held_array, is_held
 
 # Protobuf cannot serialize a message of 2 GiB or more; above this, weights go to an external file.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -39,7 +42,13 @@ def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 
 def is_external(tensor: onnx.TensorProto) -> bool:
-    return tensor.data_location == onnx.TensorProto.EXTERNAL
+    """Whether the tensor's data is in a file beside the model (not held by this process: see bnfold.held)."""
+    return tensor.data_location == onnx.TensorProto.EXTERNAL and not is_held(tensor)
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The tensor's value, wherever this process keeps it (in the proto, or held: see bnfold.held)."""
+    return held_array(tensor) if is_held(tensor) else numpy_helper.to_array(tensor)
 
 
 def external_info(tensor: onnx.TensorProto) -> dict:

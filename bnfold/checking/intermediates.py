@@ -105,9 +105,9 @@ def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
         return False
     if a.HasField("raw_data") and b.HasField("raw_data"):
         return a.raw_data == b.raw_data
-    from onnx import numpy_helper
+    from ..tensors import tensor_array
 
-    return bool(np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b), equal_nan=True))
+    return bool(np.array_equal(tensor_array(a), tensor_array(b), equal_nan=True))
 
 
 def _element_types(model: onnx.ModelProto) -> Dict[str, int]:

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..tensors import is_external, tensor_array
 from .index import DEFAULT_DOMAINS, NotConstant, attribute, node_label
 
 # The budget for computed constants: this many times the model's own tensor bytes, and never less than the floor.
@@ -62,11 +63,11 @@ class ConstantBudget:
 
 
 def tensor_value(tensor: onnx.TensorProto) -> np.ndarray:
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+    if is_external(tensor):
         raise NotConstant(f"{tensor.name!r} holds external data that was not loaded (load the model from its "
                           "file with bnfold.load_model)")
     try:
-        return numpy_helper.to_array(tensor)
+        return tensor_array(tensor)
     except (ValueError, TypeError, KeyError) as error:
         raise NotConstant(f"tensor {tensor.name!r} cannot be read ({error})") from None
 

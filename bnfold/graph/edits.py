@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..held import HOLDABLE_TYPES, clear_data, held_by, is_held
 from .constants import CONSTANT_OPS
 from .index import NotConstant, subgraphs
 
@@ -63,6 +64,9 @@ class Edit:
         self.operations.append(("insert_after", anchor, list(nodes)))
 
 
+_HOLDABLE_DTYPES = {dtype.newbyteorder("=") for dtype in HOLDABLE_TYPES.values()}
+
+
 class Editor:
     """Carries out Edits on one GraphIndex and writes the result back to its graph."""
 
@@ -87,7 +91,11 @@ class Editor:
         private = (tensor is not None and old not in ix.input_names and not ix.is_graph_output(old)
                    and len(ix.users(old)) == 1)
         if private:
-            tensor.CopyFrom(numpy_helper.from_array(value, old))
+            if is_held(tensor) and value.dtype in _HOLDABLE_DTYPES:
+                held_by(tensor).hold_array(tensor, value)  # the new weight stays an array until it is saved
+            else:
+                clear_data(tensor)
+                tensor.MergeFrom(numpy_helper.from_array(value, old))
             ix.constants.forget(old)
             return
         name = ix.unique_name(hint)

@@ -1,0 +1,168 @@
+"""Large tensors' bytes held beside a ModelProto instead of inside it, while a model file is folded.
+
+Parsed into the proto, every weight is copied into protobuf's arena, and once a fold rewrites it the old bytes stay
+there beside the new ones (upb frees nothing until the whole model goes): the model twice over, and two copies of
+each weight a fold touches. Held instead, a large initializer is a stand-in tensor (its name, dims, type and other
+fields, marked as external data at location HELD_LOCATION with a key of an open HeldTensors), and its bytes are
+either a range of the source file, read only when a fold asks (os.preadv, straight into the array), or the array
+a fold computed. Saving copies unchanged ranges file to file (saving.FileRange, copy_file_range) and writes new
+arrays as they lie in memory; ONNX Runtime sessions take them as arrays (runtime._weightless).
+
+A HeldTensors is a context: its stand-ins resolve only while it is open. Only fold_file holds tensors; models a
+caller receives (bnfold.fold, load_model) always hold their bytes themselves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+import onnx
+
+from .errors import BnfoldError
+
+# An external-data location starting with '#' names in-memory data: onnx.checker does not look for such a file.
+HELD_LOCATION = "#bnfold-held"
+_KEY = "bnfold-held"
+# Element types whose raw data is numpy's little-endian layout of the same dtype, element for element.
+HOLDABLE_TYPES = {getattr(onnx.TensorProto, name): np.dtype(dtype).newbyteorder("<") for name, dtype in (
+    ("FLOAT", "float32"), ("DOUBLE", "float64"), ("FLOAT16", "float16"), ("INT8", "int8"), ("UINT8", "uint8"),
+    ("INT16", "int16"), ("UINT16", "uint16"), ("INT32", "int32"), ("UINT32", "uint32"), ("INT64", "int64"),
+    ("UINT64", "uint64"), ("BOOL", "bool"))}
+
+_open: Dict[int, "HeldTensors"] = {}
+_serial = itertools.count(1)
+
+
+class HeldTensors:
+    """The held bytes of one model file's large initializers: file ranges, or arrays once a fold replaced them."""
+
+    def __init__(self, source: Union[str, "os.PathLike[str]"]):
+        self.source = os.fspath(source)
+        self._fd: Optional[int] = None
+        self._entries: Dict[int, Union[Tuple[int, int], np.ndarray]] = {}
+        self._next = itertools.count()
+        self.id = next(_serial)
+
+    def __enter__(self) -> "HeldTensors":
+        # The file stays open, so a rename over it (--overwrite) leaves the ranges readable.
+        self._fd = os.open(self.source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        _open[self.id] = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _open.pop(self.id, None)
+        self._entries.clear()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def hold_range(self, tensor: onnx.TensorProto, offset: int, length: int) -> None:
+        """Mark `tensor` (parsed without its raw_data) as held: its bytes are source[offset:offset + length]."""
+        self._mark(tensor, (offset, length))
+
+    def hold_array(self, tensor: onnx.TensorProto, array: np.ndarray) -> None:
+        """Make `tensor` hold `array` (replacing its data, dims and type): an in-place rewrite by a fold."""
+        dtype = np.dtype(array.dtype)
+        data_type = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+        array = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
+        array.flags.writeable = False
+        clear_data(tensor)
+        tensor.data_type = data_type
+        tensor.dims.extend(array.shape)
+        self._mark(tensor, array)
+
+    def _mark(self, tensor: onnx.TensorProto, entry) -> None:
+        number = next(self._next)
+        self._entries[number] = entry
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", HELD_LOCATION), (_KEY, f"{self.id}:{number}")):
+            item = tensor.external_data.add()
+            item.key, item.value = key, value
+
+    def entry(self, number: int):
+        return self._entries[number]
+
+    def read(self, offset: int, length: int, dtype: np.dtype) -> np.ndarray:
+        """source[offset:offset + length] as a new flat array, read straight into it."""
+        array = np.empty(length // dtype.itemsize, dtype)
+        view = memoryview(array).cast("B")
+        done = 0
+        while done < length:
+            count = os.preadv(self._fd, [view[done:]], offset + done)
+            if count <= 0:
+                raise BnfoldError(f"{self.source}: the file shrank while it was being folded")
+            done += count
+        return array
+
+
+def clear_data(tensor: onnx.TensorProto) -> None:
+    """Remove the tensor's data, dims and where it lives, keeping its name, type and other fields (doc string,
+    metadata): what a fold rewriting the tensor in place replaces."""
+    for name in ("dims", "raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
+                 "uint64_data", "segment", "external_data", "data_location"):
+        tensor.ClearField(name)
+
+
+def is_held(tensor: onnx.TensorProto) -> bool:
+    return (tensor.data_location == onnx.TensorProto.EXTERNAL and len(tensor.external_data) == 2
+            and tensor.external_data[0].value == HELD_LOCATION and tensor.external_data[0].key == "location")
+
+
+def _locate(tensor: onnx.TensorProto) -> Tuple["HeldTensors", object]:
+    item = tensor.external_data[1]
+    try:
+        store_id, number = (int(part) for part in item.value.split(":"))
+        store = _open[store_id]
+        return store, store.entry(number)
+    except (KeyError, ValueError):
+        raise BnfoldError(f"tensor {tensor.name!r} refers to held data that is gone (its fold_file call has ended)") \
+            from None
+
+
+def held_by(tensor: onnx.TensorProto) -> "HeldTensors":
+    """The open HeldTensors that holds the tensor's bytes."""
+    return _locate(tensor)[0]
+
+
+def held_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The tensor's value: read from the source file (a new array each time) or the array a fold put there."""
+    store, entry = _locate(tensor)
+    if isinstance(entry, np.ndarray):
+        return entry
+    offset, length = entry
+    dtype = HOLDABLE_TYPES[tensor.data_type]
+    return store.read(offset, length, dtype).astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
+
+
+def held_nbytes(tensor: onnx.TensorProto) -> int:
+    _, entry = _locate(tensor)
+    return entry.nbytes if isinstance(entry, np.ndarray) else entry[1]
+
+
+def held_data(tensor: onnx.TensorProto):
+    """What saving writes as the tensor's raw data: (fd, offset, length) of a source range, or the array's bytes."""
+    store, entry = _locate(tensor)
+    if isinstance(entry, np.ndarray):
+        return memoryview(entry).cast("B") if entry.size else b""
+    return (store.fd, *entry)
+
+
+def materialized(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """A copy of a held tensor that holds its bytes itself (raw_data), as if it had been parsed whole."""
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    data = held_data(tensor)
+    raw = bytes(data) if not isinstance(data, tuple) else held_array(tensor).astype(
+        HOLDABLE_TYPES[tensor.data_type], copy=False).tobytes()
+    copy.ClearField("external_data")
+    copy.ClearField("data_location")
+    copy.raw_data = raw
+    return copy

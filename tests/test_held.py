@@ -1,0 +1,173 @@
+"""Held tensors: fold_file keeps large initializers' bytes in the source file (or, once folded, as arrays) from load
+to save. What it writes must be what bnfold.fold + save_model write, byte for byte, whatever path the bytes take."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bnfold import fold, fold_file, held, loading, saving
+from bnfold.errors import BnfoldError
+from bnfold.held import HeldTensors, is_held
+from bnfold.tensors import tensor_array
+from models import fixtures
+from support import assert_same_outputs
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = sorted((ROOT / "models" / "zoo").glob("*.onnx")) + sorted((ROOT / "models" / "fixtures").glob("*.onnx"))
+
+
+def expected_bytes(source: Path, tmp_path: Path, **options) -> bytes:
+    """What the in-memory path writes: bnfold.fold on a fully parsed model, then save_model."""
+    model, _ = fold(loading.load_model(source), local_check=False)
+    target = tmp_path / "expected.onnx"
+    saving.save_model(model, target, **options)
+    return target.read_bytes()
+
+
+def conv_bn_gemm(seed: int = 0) -> onnx.ModelProto:
+    """Conv (18 KiB weight) -> BN -> Flatten -> Gemm (a 64 KiB weight no BN touches)."""
+    rng = np.random.default_rng(seed)
+    weight = numpy_helper.from_array(rng.normal(size=(32, 16, 3, 3)).astype(np.float32), "w")
+    weight.doc_string = "kept through the fold"
+    gemm = numpy_helper.from_array(rng.normal(size=(32 * 4 * 4, 32)).astype(np.float32), "fc")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             fixtures.bn_node("c", "b", "bn"),
+             helper.make_node("Flatten", ["b"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"])]
+    return fixtures.make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 4, 4])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+                               [weight, gemm, *fixtures.bn_parameters(32, rng, "bn")])
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("source", MODELS, ids=[path.stem for path in MODELS])
+def test_fold_file_writes_what_fold_and_save_write(source, tmp_path):
+    fold_file(source, tmp_path / "folded.onnx", verify=False)
+    assert (tmp_path / "folded.onnx").read_bytes() == expected_bytes(source, tmp_path)
+
+
+def test_the_zoo_has_held_tensors_and_they_read_as_parsed():
+    """The byte comparison above proves something only if tensors are held; and held ones read as parsed ones."""
+    held_count = 0
+    for source in MODELS:
+        plain = {tensor.name: numpy_helper.to_array(tensor) for tensor in loading.load_model(source).graph.initializer}
+        with HeldTensors(source) as store:
+            model = loading.load_checked_model(source, held=store)
+            for tensor in model.graph.initializer:
+                held_count += is_held(tensor)
+                value = tensor_array(tensor)
+                assert value.dtype == plain[tensor.name].dtype
+                np.testing.assert_array_equal(value, plain[tensor.name])
+    assert held_count >= 20
+
+
+def test_verified_fold_file_writes_the_same_bytes(tmp_path):
+    for source in MODELS[:6]:
+        report = fold_file(source, tmp_path / "folded.onnx")
+        assert report.verification is None or report.verification.passed
+        assert (tmp_path / "folded.onnx").read_bytes() == expected_bytes(source, tmp_path), source.name
+
+
+def test_weights_no_fold_changes_are_copied_without_being_read(tmp_path, monkeypatch):
+    source = save(conv_bn_gemm(), tmp_path / "m.onnx")
+    reads = []
+    real_read = HeldTensors.read
+    monkeypatch.setattr(HeldTensors, "read", lambda self, offset, length, dtype:
+                        reads.append(length) or real_read(self, offset, length, dtype))
+    fold_file(source, tmp_path / "folded.onnx", verify=False)
+    assert reads and 32 * 4 * 4 * 32 * 4 not in reads  # the Conv weight was read, the Gemm weight never
+    assert (tmp_path / "folded.onnx").read_bytes() == expected_bytes(source, tmp_path)
+    folded = onnx.load(tmp_path / "folded.onnx")
+    assert folded.graph.initializer[0].doc_string == "kept through the fold"
+
+
+@pytest.mark.parametrize("failure", ["exdev", "absent"])
+def test_copy_without_copy_file_range_writes_the_same_bytes(tmp_path, monkeypatch, failure):
+    source = save(conv_bn_gemm(), tmp_path / "m.onnx")
+    if failure == "absent":
+        monkeypatch.delattr(saving.os, "copy_file_range", raising=False)
+    else:
+        def refuse(*args):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+        monkeypatch.setattr(saving.os, "copy_file_range", refuse)
+    monkeypatch.setattr(saving, "_COPY_BLOCK", 1000)  # several blocks, the last one short
+    fold_file(source, tmp_path / "folded.onnx", verify=False)
+    assert (tmp_path / "folded.onnx").read_bytes() == expected_bytes(source, tmp_path)
+
+
+def test_external_data_output_holds_the_same_tensors(tmp_path):
+    source = save(conv_bn_gemm(), tmp_path / "m.onnx")
+    (tmp_path / "held").mkdir()
+    (tmp_path / "expected").mkdir()
+    fold_file(source, tmp_path / "held" / "folded.onnx", verify=False, external_data=True)
+    model, _ = fold(loading.load_model(source), local_check=False)
+    saving.save_model(model, tmp_path / "expected" / "folded.onnx", external_data=True)
+    for name in ("folded.onnx", "folded.onnx.data"):
+        assert (tmp_path / "held" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+    reloaded = loading.load_model(tmp_path / "held" / "folded.onnx")
+    assert not any(is_held(tensor) for tensor in reloaded.graph.initializer)
+    assert_same_outputs(conv_bn_gemm(), reloaded)
+
+
+def test_overwriting_the_input_reads_the_old_file_to_the_end(tmp_path):
+    source = save(conv_bn_gemm(), tmp_path / "m.onnx")
+    expected = expected_bytes(source, tmp_path)
+    fold_file(source, source, verify=False, overwrite=True)
+    assert source.read_bytes() == expected
+
+
+def test_a_refold_after_a_failed_local_check_holds_tensors_too(tmp_path, monkeypatch):
+    import bnfold.rules.producers as producers
+
+    original = fixtures.conv_bn(c_in=16, c_out=32, kernel=3, seed=1)  # an 18 KiB weight: held
+    source = save(original, tmp_path / "m.onnx")
+    real_fold_bias, real_hold_range = producers.fold_bias, HeldTensors.hold_range
+    holds = []
+    monkeypatch.setattr(producers, "fold_bias", lambda *args: real_fold_bias(*args) + 0.5)  # a wrong fold
+    monkeypatch.setattr(HeldTensors, "hold_range", lambda self, tensor, offset, length:
+                        holds.append(tensor.name) or real_hold_range(self, tensor, offset, length))
+    report = fold_file(source, tmp_path / "folded.onnx")
+    assert "local check failed" in report.decisions[0].reason
+    assert holds.count("W") == 2  # loaded, and loaded again for the second fold: held both times
+    folded = onnx.load(tmp_path / "folded.onnx")
+    assert [node.op_type for node in folded.graph.node] == ["Conv", "BatchNormalization"]
+    assert_same_outputs(original, folded)
+
+
+def test_a_held_tensor_does_not_outlive_its_fold(tmp_path):
+    source = save(conv_bn_gemm(), tmp_path / "m.onnx")
+    with HeldTensors(source) as store:
+        model = loading.load_model(source, held=store)
+        tensor = next(tensor for tensor in model.graph.initializer if is_held(tensor))
+        assert tensor_array(tensor).shape == tuple(tensor.dims)
+    with pytest.raises(BnfoldError, match="held data that is gone"):
+        tensor_array(tensor)
+
+
+def test_unknown_fields_are_kept_and_held_weights_written_in_full(tmp_path):
+    model = conv_bn_gemm()
+    data = model.SerializeToString() + b"\xf8\x3e\x07"  # field 999, varint 7: a field this onnx does not know
+    source = tmp_path / "m.onnx"
+    source.write_bytes(data)
+    fold_file(source, tmp_path / "folded.onnx", verify=False)
+    written = (tmp_path / "folded.onnx").read_bytes()
+    assert written == expected_bytes(source, tmp_path)
+    assert written.endswith(b"\xf8\x3e\x07")
+
+
+def test_loading_without_a_store_holds_nothing():
+    model = loading.load_model(MODELS[0])
+    assert not any(is_held(tensor) for tensor in model.graph.initializer)
+    assert held.HELD_LOCATION.startswith("#")  # onnx.checker looks for no file at such a location
