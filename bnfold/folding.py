@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Uni
 import onnx
 import onnx.inliner
 
-from .held import HeldTensors
+from .held import HeldTensors, open_held
 from .loading import load_checked_model, load_model
 from .saving import save_model
 from .tensors import tensor_bytes
@@ -195,10 +195,7 @@ def fold_file(
     if destination is not None and _same_file(source, Path(destination)) and not overwrite and not dry_run:
         raise OutputError(f"{destination} is the input file; pass --overwrite to replace it")
     started = time.perf_counter()
-    try:
-        held = HeldTensors(source).__enter__()
-    except OSError:
-        held = None  # unreadable: loading says why, in its words
+    held = open_held(source)
     try:
         return _fold_file(source, destination, held, started, verify=verify, force=force, dry_run=dry_run,
                           check=check, external_data=external_data, verify_options=verify_options,

@@ -14,8 +14,10 @@ caller receives (bnfold.fold, load_model) always hold their bytes themselves.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
+import stat
 from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
@@ -47,8 +49,13 @@ class HeldTensors:
         self.id = next(_serial)
 
     def __enter__(self) -> "HeldTensors":
-        # The file stays open, so a rename over it (--overwrite) leaves the ranges readable.
-        self._fd = os.open(self.source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # The file stays open, so a rename over it (--overwrite) leaves the ranges readable. O_NONBLOCK: opening a
+        # FIFO must not wait for a writer (only regular files are held; nothing else is read through this fd).
+        fd = os.open(self.source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file", self.source)
+        self._fd = fd
         _open[self.id] = self
         return self
 
@@ -101,6 +108,15 @@ class HeldTensors:
                 raise BnfoldError(f"{self.source}: the file shrank while it was being folded")
             done += count
         return array
+
+
+def open_held(path) -> Optional[HeldTensors]:
+    """An open HeldTensors for a model file, or None when the path is no readable regular file (loading it then
+    says why, in its own words). The caller closes it (__exit__) when done with the model."""
+    try:
+        return HeldTensors(path).__enter__()
+    except (OSError, ValueError):
+        return None
 
 
 def clear_data(tensor: onnx.TensorProto) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given
 from onnx import TensorProto, helper, numpy_helper
 
 from bnfold import fold, fold_file, held, loading, saving
@@ -18,6 +20,8 @@ from bnfold.held import HeldTensors, is_held
 from bnfold.tensors import tensor_array
 from models import fixtures
 from support import assert_same_outputs
+from test_properties import multi_node_graphs, property_settings
+from test_scope_properties import scoped_models
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = sorted((ROOT / "models" / "zoo").glob("*.onnx")) + sorted((ROOT / "models" / "fixtures").glob("*.onnx"))
@@ -171,3 +175,46 @@ def test_loading_without_a_store_holds_nothing():
     model = loading.load_model(MODELS[0])
     assert not any(is_held(tensor) for tensor in model.graph.initializer)
     assert held.HELD_LOCATION.startswith("#")  # onnx.checker looks for no file at such a location
+
+
+# --- random graphs: every main-graph initializer held ----------------------------------------------------------
+
+
+def _held_fold_matches(model: onnx.ModelProto, directory: Path, *, verify: bool, check: bool = True) -> None:
+    """fold_file with every main-graph initializer held (however small) writes what fold + save_model write."""
+    source = directory / "m.onnx"
+    onnx.save(model, source)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loading, "_MEASURED_BYTES", 0)
+        holds = []
+        real_hold_range = HeldTensors.hold_range
+        patch.setattr(HeldTensors, "hold_range", lambda self, tensor, offset, length:
+                      holds.append(tensor.name) or real_hold_range(self, tensor, offset, length))
+        fold_file(source, directory / "held.onnx", verify=verify, check=check)
+    assert holds
+    assert (directory / "held.onnx").read_bytes() == expected_bytes(source, directory)
+
+
+@pytest.mark.slow
+@given(multi_node_graphs())
+@property_settings(150)
+def test_random_graphs_fold_the_same_held(model):
+    with tempfile.TemporaryDirectory() as directory:
+        _held_fold_matches(model, Path(directory), verify=False)
+
+
+@pytest.mark.slow
+@given(multi_node_graphs())
+@property_settings(15)
+def test_random_graphs_verify_and_fold_the_same_held(model):
+    with tempfile.TemporaryDirectory() as directory:
+        _held_fold_matches(model, Path(directory), verify=True)
+
+
+@pytest.mark.slow
+@given(scoped_models())
+@property_settings(40)
+def test_random_scoped_models_fold_the_same_held(case):
+    with tempfile.TemporaryDirectory() as directory:
+        # Their untyped outputs fail onnx.checker, which bnfold.fold does not run.
+        _held_fold_matches(case[0], Path(directory), verify=False, check=False)
