@@ -9,6 +9,10 @@ is refused and never replaced; `-` is refused (models are not streamed to stdout
 directory, which is refused here (the command line writes into such a directory under the input's own name). The
 external data file follows the same rules.
 
+Held tensors (see bnfold.held) are written from where they are: a range of the source file is copied file to file
+(copy_file_range, else through a buffer), a new array straight from its memory; the bytes are those the tensor
+would have serialized with its data inline.
+
 Over 300 lines on purpose: the output-path rules, the atomic write and the streaming serializer are one job
 (writing a model safely) and share their error handling.
 """

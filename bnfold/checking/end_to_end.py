@@ -11,6 +11,7 @@ dynamic dim lets the original run, UnresolvedShapeError says so and how to give 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -27,12 +28,17 @@ ModelLike = Union[str, "os.PathLike[str]", "onnx.ModelProto"]
 ShapesArg = Union[None, str, Mapping[Optional[str], Sequence[int]], Sequence[str]]
 
 
-def _load(model: ModelLike, default_label: str):
-    """(ModelProto, what to give ORT, label): paths keep their path for ORT, so models over 2 GiB still load."""
+def _load(model: ModelLike, default_label: str, held: contextlib.ExitStack):
+    """(ModelProto, what to give ORT, label): paths keep their path for ORT, so models over 2 GiB still load. A
+    model read from a path holds its large initializers in the file (bnfold.held) until `held` closes."""
+    from ..held import open_held
     from ..loading import load_model
 
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model), os.fspath(model), os.fspath(model)
+        store = open_held(model)
+        if store is not None:
+            held.callback(store.__exit__, None, None, None)
+        return load_model(model, held=store), os.fspath(model), os.fspath(model)
     if not hasattr(model, "graph"):
         raise UsageError(f"{default_label} must be a path or an onnx.ModelProto, got {type(model).__name__}")
     return model, model, default_label
@@ -163,77 +169,79 @@ def verify(
     _check_arguments(runs, seed, inputs)
     input_shapes = _shapes_argument(input_shapes)
     input_files = _files_argument(input_files)
-    reference_model, reference_source, reference_label = _load(reference, "reference")
-    candidate_model, candidate_source, candidate_label = _load(candidate, candidate_label or "candidate")
-    output_names = [value.name for value in reference_model.graph.output]
-    check_tolerance(atol, "atol", output_names + [v.name for v in candidate_model.graph.output])
-    check_tolerance(rtol, "rtol", output_names + [v.name for v in candidate_model.graph.output])
-    reference_specs = graph_inputs(reference_model)
-    provided = dict(load_input_files(input_files, reference_specs)) if input_files else {}
-    provided.update(inputs or {})
-    unknown = set(provided) - {spec.name for spec in reference_specs}
-    if unknown:
-        raise UsageError(
-            f"input data names unknown input(s) {sorted(unknown)}; the model's inputs are: "
-            f"{[spec.name for spec in reference_specs]}"
-        )
-    _check_provided(reference_specs, provided)
-    missing = [spec for spec in reference_specs if spec.name not in provided]
-    wanted = None
-    if input_shapes:
-        wanted = {name: shape for name, shape in input_shapes.items() if name not in provided}
-    plan = plan_shapes(reference_model, missing, wanted)
-    branches = [name for name in branch_inputs(reference_model, reference_specs) if name not in provided]
-    if not missing:
-        runs = 1
+    with contextlib.ExitStack() as held:  # models read from paths hold their weights in the file until it closes
+        reference_model, reference_source, reference_label = _load(reference, "reference", held)
+        candidate_model, candidate_source, candidate_label = _load(candidate, candidate_label or "candidate", held)
+        output_names = [value.name for value in reference_model.graph.output]
+        check_tolerance(atol, "atol", output_names + [v.name for v in candidate_model.graph.output])
+        check_tolerance(rtol, "rtol", output_names + [v.name for v in candidate_model.graph.output])
+        reference_specs = graph_inputs(reference_model)
+        provided = dict(load_input_files(input_files, reference_specs)) if input_files else {}
+        provided.update(inputs or {})
+        unknown = set(provided) - {spec.name for spec in reference_specs}
+        if unknown:
+            raise UsageError(
+                f"input data names unknown input(s) {sorted(unknown)}; the model's inputs are: "
+                f"{[spec.name for spec in reference_specs]}"
+            )
+        _check_provided(reference_specs, provided)
+        missing = [spec for spec in reference_specs if spec.name not in provided]
+        wanted = None
+        if input_shapes:
+            wanted = {name: shape for name, shape in input_shapes.items() if name not in provided}
+        plan = plan_shapes(reference_model, missing, wanted)
+        branches = [name for name in branch_inputs(reference_model, reference_specs) if name not in provided]
+        if not missing:
+            runs = 1
 
-    shared = None
-    if intermediates:
-        from .intermediates import shared_tensors
+        shared = None
+        if intermediates:
+            from .intermediates import shared_tensors
 
-        shared = shared_tensors(reference_model, candidate_model, rewritten)
-    extra = shared.names if shared else None
-    reference_runner = _runner(reference_model, reference_source, reference_label, ort_opt_level, extra)
-    if isinstance(reference, (str, os.PathLike)):
-        del reference_model  # loaded here, and ORT has its own copy: free its weights before the candidate's session
-    shapes, notes, first_feeds, first_outputs = _first_run(reference_runner, reference_specs, plan, provided, seed,
-                                                           branches)
-    problems = _input_problems(reference_specs, graph_inputs(candidate_model), first_feeds)
-    if problems:
-        return VerifyResult([], reference_label, candidate_label, problems=problems)
-    feed_sets = [(first_feeds, first_outputs)]
-    for run_index in range(runs):
-        feeds = first_feeds if run_index == 0 else None
-        base = make_feeds(reference_specs, shapes, provided, seed + run_index) if feeds is None else feeds
-        for variant_index, variant in enumerate(branch_variants(base, branches)):
-            if run_index == 0 and variant_index == 0:
-                continue
-            feed_sets.append((variant, reference_runner.run(variant)))
-    del reference_runner
+            shared = shared_tensors(reference_model, candidate_model, rewritten)
+        extra = shared.names if shared else None
+        reference_runner = _runner(reference_model, reference_source, reference_label, ort_opt_level, extra)
+        if isinstance(reference, (str, os.PathLike)):
+            # Loaded here, and ORT has its own copy: free its weights before the candidate's session.
+            del reference_model
+        shapes, notes, first_feeds, first_outputs = _first_run(reference_runner, reference_specs, plan, provided, seed,
+                                                               branches)
+        problems = _input_problems(reference_specs, graph_inputs(candidate_model), first_feeds)
+        if problems:
+            return VerifyResult([], reference_label, candidate_label, problems=problems)
+        feed_sets = [(first_feeds, first_outputs)]
+        for run_index in range(runs):
+            feeds = first_feeds if run_index == 0 else None
+            base = make_feeds(reference_specs, shapes, provided, seed + run_index) if feeds is None else feeds
+            for variant_index, variant in enumerate(branch_variants(base, branches)):
+                if run_index == 0 and variant_index == 0:
+                    continue
+                feed_sets.append((variant, reference_runner.run(variant)))
+        del reference_runner
 
-    candidate_runner = _runner(candidate_model, candidate_source, candidate_label, ort_opt_level, extra)
-    result = None
-    for feeds, reference_values in feed_sets:
-        candidate_values = candidate_runner.run(feeds)
-        reference_outputs = {name: reference_values[name] for name in output_names if name in reference_values}
-        candidate_outputs = {name: value for name, value in candidate_values.items()
-                             if extra is None or name not in extra or name in output_names}
-        run_result = compare_outputs(reference_outputs, candidate_outputs, atol=atol, rtol=rtol,
-                                     reference_label=reference_label, candidate_label=candidate_label)
+        candidate_runner = _runner(candidate_model, candidate_source, candidate_label, ort_opt_level, extra)
+        result = None
+        for feeds, reference_values in feed_sets:
+            candidate_values = candidate_runner.run(feeds)
+            reference_outputs = {name: reference_values[name] for name in output_names if name in reference_values}
+            candidate_outputs = {name: value for name, value in candidate_values.items()
+                                 if extra is None or name not in extra or name in output_names}
+            run_result = compare_outputs(reference_outputs, candidate_outputs, atol=atol, rtol=rtol,
+                                         reference_label=reference_label, candidate_label=candidate_label)
+            if shared is not None:
+                run_result.intermediates = compare_intermediates(list(shared.names), reference_values, candidate_values,
+                                                                 atol=atol, rtol=rtol)
+            result = run_result if result is None else result.merged(run_result)
+        result.runs = runs
+        result.seed = None if not missing else seed
+        result.ort_opt_level = ort_opt_level
+        result.input_shapes = {spec.name: tuple(np.shape(first_feeds[spec.name])) for spec in reference_specs}
+        result.shape_notes = notes
+        result.branch_inputs = {name: [True, False] for name in branches}
+        result.intermediates_checked = shared is not None
         if shared is not None:
-            run_result.intermediates = compare_intermediates(list(shared.names), reference_values, candidate_values,
-                                                             atol=atol, rtol=rtol)
-        result = run_result if result is None else result.merged(run_result)
-    result.runs = runs
-    result.seed = None if not missing else seed
-    result.ort_opt_level = ort_opt_level
-    result.input_shapes = {spec.name: tuple(np.shape(first_feeds[spec.name])) for spec in reference_specs}
-    result.shape_notes = notes
-    result.branch_inputs = {name: [True, False] for name in branches}
-    result.intermediates_checked = shared is not None
-    if shared is not None:
-        _locate_divergence(result, shared, fold_labels)
-    return result
+            _locate_divergence(result, shared, fold_labels)
+        return result
 
 
 def _runner(model, source, label, opt_level, extra):
