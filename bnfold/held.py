@@ -51,7 +51,8 @@ class HeldTensors:
     def __enter__(self) -> "HeldTensors":
         # The file stays open, so a rename over it (--overwrite) leaves the ranges readable. O_NONBLOCK: opening a
         # FIFO must not wait for a writer (only regular files are held; nothing else is read through this fd).
-        fd = os.open(self.source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+        fd = os.open(self.source, flags)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OSError(errno.EINVAL, "not a regular file", self.source)
@@ -103,7 +104,12 @@ class HeldTensors:
         view = memoryview(array).cast("B")
         done = 0
         while done < length:
-            count = os.preadv(self._fd, [view[done:]], offset + done)
+            if hasattr(os, "preadv"):
+                count = os.preadv(self._fd, [view[done:]], offset + done)
+            else:  # macOS before Python 3.12, Windows: through a bytes object
+                block = read_at(self._fd, length - done, offset + done)
+                view[done:done + len(block)] = block
+                count = len(block)
             if count <= 0:
                 raise BnfoldError(f"{self.source}: the file shrank while it was being folded")
             done += count
@@ -125,6 +131,14 @@ def clear_data(tensor: onnx.TensorProto) -> None:
     for name in ("dims", "raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
                  "uint64_data", "segment", "external_data", "data_location"):
         tensor.ClearField(name)
+
+
+def read_at(fd: int, length: int, offset: int) -> bytes:
+    """Up to `length` bytes of an open file from `offset` (os.pread where it exists)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, length, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, length)
 
 
 def is_held(tensor: onnx.TensorProto) -> bool:

@@ -33,7 +33,7 @@ from google.protobuf.message import EncodeError
 
 from .errors import ArgumentTypeError, OutputError
 from .loading import _is_repeated, set_field
-from .held import held_data, held_nbytes, is_held, materialized
+from .held import held_data, held_nbytes, is_held, materialized, read_at
 from .tensors import exceeds_protobuf_limit, is_external, iter_tensors, tensor_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -111,7 +111,7 @@ def _copy_range(source: FileRange, fd: int) -> None:
             if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
                 raise
     while left:
-        block = os.pread(source.fd, min(left, _COPY_BLOCK), offset)
+        block = read_at(source.fd, min(left, _COPY_BLOCK), offset)
         if not block:
             raise OSError(errno.EIO, "the input file shrank while it was being copied")
         _write_all(fd, block)

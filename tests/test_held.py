@@ -150,6 +150,18 @@ def test_a_refold_after_a_failed_local_check_holds_tensors_too(tmp_path, monkeyp
     assert_same_outputs(original, folded)
 
 
+@pytest.mark.parametrize("missing", ["preadv", "pread"])
+def test_reads_without_preadv_or_pread(tmp_path, monkeypatch, missing):
+    """Platforms without os.preadv (macOS before Python 3.12) or os.pread (Windows) read through os.read."""
+    source = save(conv_bn_gemm(), tmp_path / "m.onnx")
+    monkeypatch.delattr(held.os, "preadv", raising=False)
+    if missing == "pread":
+        monkeypatch.delattr(held.os, "pread", raising=False)
+    monkeypatch.delattr(saving.os, "copy_file_range", raising=False)
+    fold_file(source, tmp_path / "folded.onnx", verify=False)
+    assert (tmp_path / "folded.onnx").read_bytes() == expected_bytes(source, tmp_path)
+
+
 def test_a_held_tensor_does_not_outlive_its_fold(tmp_path):
     source = save(conv_bn_gemm(), tmp_path / "m.onnx")
     with HeldTensors(source) as store:
