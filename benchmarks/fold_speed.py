@@ -8,7 +8,8 @@ basic optimization (C++: a session with ORT_ENABLE_BASIC and optimized_model_fil
 onnxoptimizer's fuse_bn_into_conv pass, onnxsim, onnxslim, and `onnx.load` + `onnx.save` alone (the Python floor).
 Prints per model and tool the median wall time and peak RSS of the whole process (interpreter and imports
 included), ratios against bnfold, bnfold's peak memory above the interpreter against the model size, and the
-median of `bnfold --help`. Machines are noisy: read the ratios, not the absolute figures.
+median of `bnfold --help`. Machines are noisy: read the ratios, not the absolute figures. bnfold's bytecode is
+compiled first, as `pip install` does, so that no run pays for compiling it.
 """
 
 from __future__ import annotations
