@@ -79,7 +79,7 @@ class HeldTensors:
         """Make `tensor` hold `array` (replacing its data, dims and type): an in-place rewrite by a fold."""
         dtype = np.dtype(array.dtype)
         data_type = onnx.helper.np_dtype_to_tensor_dtype(dtype)
-        array = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
+        array = np.asarray(array, dtype=dtype.newbyteorder("<"), order="C")  # keeps 0-d arrays 0-d
         array.flags.writeable = False
         clear_data(tensor)
         tensor.data_type = data_type
@@ -181,7 +181,7 @@ def held_data(tensor: onnx.TensorProto):
     """What saving writes as the tensor's raw data: (fd, offset, length) of a source range, or the array's bytes."""
     store, entry = _locate(tensor)
     if isinstance(entry, np.ndarray):
-        return memoryview(entry).cast("B") if entry.size else b""
+        return memoryview(entry.reshape(-1)).cast("B") if entry.size else b""
     return (store.fd, *entry)
 
 
@@ -189,10 +189,7 @@ def materialized(tensor: onnx.TensorProto) -> onnx.TensorProto:
     """A copy of a held tensor that holds its bytes itself (raw_data), as if it had been parsed whole."""
     copy = onnx.TensorProto()
     copy.CopyFrom(tensor)
-    data = held_data(tensor)
-    raw = bytes(data) if not isinstance(data, tuple) else held_array(tensor).astype(
-        HOLDABLE_TYPES[tensor.data_type], copy=False).tobytes()
     copy.ClearField("external_data")
     copy.ClearField("data_location")
-    copy.raw_data = raw
+    copy.raw_data = held_array(tensor).astype(HOLDABLE_TYPES[tensor.data_type], copy=False).tobytes()
     return copy

@@ -183,6 +183,21 @@ def test_unknown_fields_are_kept_and_held_weights_written_in_full(tmp_path):
     assert written.endswith(b"\xf8\x3e\x07")
 
 
+def test_scalars_and_empty_tensors_held_by_a_fold_are_written_whole(tmp_path):
+    source = save(conv_bn_gemm(), tmp_path / "m.onnx")
+    with HeldTensors(source) as store:
+        model = loading.load_model(source, held=store)
+        tensors = [tensor for tensor in model.graph.initializer if is_held(tensor)][:2]
+        store.hold_array(tensors[0], np.array(2.5, np.float32))
+        store.hold_array(tensors[1], np.zeros((0, 3), np.int64))
+        saving.save_model(model, tmp_path / "out.onnx")
+        for tensor in tensors:
+            np.testing.assert_array_equal(numpy_helper.to_array(held.materialized(tensor)), tensor_array(tensor))
+    written = {tensor.name: numpy_helper.to_array(tensor) for tensor in onnx.load(tmp_path / "out.onnx").graph.initializer}
+    assert written[tensors[0].name].shape == () and written[tensors[0].name] == np.float32(2.5)
+    assert written[tensors[1].name].shape == (0, 3) and written[tensors[1].name].dtype == np.int64
+
+
 def test_loading_without_a_store_holds_nothing():
     model = loading.load_model(MODELS[0])
     assert not any(is_held(tensor) for tensor in model.graph.initializer)
