@@ -6,7 +6,8 @@ each weight a fold touches. Held instead, a large initializer is a stand-in tens
 fields, marked as external data at location HELD_LOCATION with a key of an open HeldTensors), and its bytes are
 either a range of the source file, read only when a fold asks (os.preadv, straight into the array), or the array
 a fold computed. Saving copies unchanged ranges file to file (saving.FileRange, copy_file_range) and writes new
-arrays as they lie in memory; ONNX Runtime sessions take them as arrays (runtime._weightless).
+arrays as they lie in memory; ONNX Runtime sessions read ranges from the file themselves and take new arrays as
+OrtValues (runtime._weightless).
 
 A HeldTensors is a context: its stand-ins resolve only while it is open. Only fold_file holds tensors; models a
 caller receives (bnfold.fold, load_model) always hold their bytes themselves.
@@ -170,6 +171,12 @@ def held_array(tensor: onnx.TensorProto) -> np.ndarray:
     offset, length = entry
     dtype = HOLDABLE_TYPES[tensor.data_type]
     return store.read(offset, length, dtype).astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
+
+
+def held_range(tensor: onnx.TensorProto) -> Optional[Tuple[str, int, int]]:
+    """(source file, offset, length) of a tensor held as a range of its source file; None for one a fold rewrote."""
+    store, entry = _locate(tensor)
+    return None if isinstance(entry, np.ndarray) else (store.source, *entry)
 
 
 def held_nbytes(tensor: onnx.TensorProto) -> int:

@@ -50,12 +50,15 @@ _HANDED_OVER_DTYPES = {"float16", "float32", "float64", "int8", "uint8", "int16"
 
 
 def _weightless(model, options, ort):
-    """For an in-memory ModelProto: the model serialized without its large main-graph initializers, which go to
-    ONNX Runtime as OrtValues (SessionOptions.add_external_initializers) instead: no serialized copy of the weights
-    for ORT to parse again. Returns (bytes, the arrays ORT now reads, to keep alive), or None when nothing is large."""
+    """For an in-memory ModelProto: the model serialized without its large main-graph initializers, so that ONNX
+    Runtime does not parse a serialized copy of the weights. A tensor held as a range of its source file (see
+    bnfold.held) becomes external data in that file, which ORT reads itself (ORT >= 1.21, which can be told the
+    folder of a model given as bytes); the others go to ORT as OrtValues (SessionOptions.add_external_initializers),
+    which ORT copies while the session is made. Returns (bytes, the arrays to keep until then), or None when
+    nothing is large."""
     import onnx
 
-    from .held import is_held, materialized
+    from .held import held_range, is_held, materialized
     from .tensors import is_external, tensor_array
 
     graph_inputs = {value.name for value in model.graph.input}
@@ -66,11 +69,12 @@ def _weightless(model, options, ort):
              if onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name in _HANDED_OVER_DTYPES]
     if not large and not any(is_held(tensor) for tensor in model.graph.initializer):
         return None
+    in_file = _in_source_file(large, ort)
     handed = {id(tensor) for tensor in large}
     copy = onnx.ModelProto()
     _copy_fields(model, copy, skip="graph")
     _copy_fields(model.graph, copy.graph, skip="initializer")
-    arrays = []
+    names, arrays = [], []
     for tensor in model.graph.initializer:
         stub = copy.graph.initializer.add()
         if id(tensor) not in handed:
@@ -79,12 +83,44 @@ def _weightless(model, options, ort):
         stub.name, stub.data_type = tensor.name, tensor.data_type
         stub.dims.extend(tensor.dims)
         stub.data_location = onnx.TensorProto.EXTERNAL
-        entry = stub.external_data.add()
-        entry.key, entry.value = "location", "bnfold-handed-over"  # never read: ORT takes the OrtValue
-        arrays.append(tensor_array(tensor))
-    options.add_external_initializers([tensor.name for tensor in large],
-                                      [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays])
+        where = in_file.get(id(tensor))
+        # "bnfold-handed-over" is never read: ORT takes the OrtValue given for the name.
+        for key, value in (where or (("location", "bnfold-handed-over"),)):
+            entry = stub.external_data.add()
+            entry.key, entry.value = key, value
+        if where is None:
+            names.append(tensor.name)
+            arrays.append(tensor_array(tensor))
+    if in_file:
+        folder = os.path.dirname(held_range(next(t for t in large if id(t) in in_file))[0]) or "."
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    if arrays:
+        options.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays])
     return copy.SerializeToString(), arrays
+
+
+# The first ONNX Runtime that takes the folder of external data for a model given as bytes.
+_EXTERNAL_FOLDER_VERSION = (1, 21)
+
+
+def _in_source_file(tensors, ort) -> dict:
+    """{id(tensor): external-data entries} for the tensors held as ranges of one source file, when this ONNX
+    Runtime can read them there; else {} (they go as arrays)."""
+    from .held import held_range, is_held
+
+    try:
+        version = tuple(int(part) for part in ort.__version__.split(".")[:2])
+    except ValueError:
+        return {}
+    if version < _EXTERNAL_FOLDER_VERSION:
+        return {}
+    ranges = {id(tensor): held_range(tensor) for tensor in tensors if is_held(tensor)}
+    ranges = {key: where for key, where in ranges.items() if where is not None}
+    sources = {where[0] for where in ranges.values()}
+    if len(sources) != 1:
+        return {}
+    return {key: (("location", os.path.basename(source)), ("offset", str(offset)), ("length", str(length)))
+            for key, (source, offset, length) in ranges.items()}
 
 
 def _copy_fields(source, target, skip: str) -> None:
@@ -160,8 +196,7 @@ def make_session(
     resolved = [p for p, name in zip(resolved, names) if name in available] or ["CPUExecutionProvider"]
     with _session_source(model, options, ort) as (source, kept_alive):
         try:
-            session = ort.InferenceSession(source, sess_options=options, providers=resolved)
-            session.bnfold_initializers = kept_alive  # ORT reads these arrays for as long as the session lives
+            session = ort.InferenceSession(source, sess_options=options, providers=resolved)  # copies kept_alive
         except Exception as error:  # ORT raises its own exception types for unloadable models
             message = str(error).strip().splitlines()[0]
             raise InvalidModelError(f"ONNX Runtime cannot load the model: {message}") from None

@@ -1,6 +1,7 @@
 """ONNX Runtime sessions: sources, optimization levels, providers."""
 
 import numpy as np
+import onnx
 import pytest
 
 from bnfold import tensors
@@ -37,13 +38,21 @@ def test_large_initializers_reach_onnx_runtime_as_arrays_not_serialized(monkeypa
     before = model.SerializeToString()
     x = np.random.default_rng(0).normal(size=(1, 16, 9, 9)).astype(np.float32)
     expected = run(make_session(before), {"x": x})["y"]
-    session = make_session(model)
-    assert [array.shape for array in session.bnfold_initializers] == [(32, 16, 3, 3)]
-    np.testing.assert_array_equal(run(session, {"x": x})["y"], expected)
-    assert model.SerializeToString() == before
     import onnxruntime as ort
 
     handed = {}
+    real_add = ort.SessionOptions.add_external_initializers
+
+    def recording_add(options, names, values):
+        handed.update(zip(names, [value.shape() for value in values]))
+        real_add(options, names, values)
+
+    monkeypatch.setattr(ort.SessionOptions, "add_external_initializers", recording_add)
+    session = make_session(model)
+    assert handed == {"W": [32, 16, 3, 3]}
+    np.testing.assert_array_equal(run(session, {"x": x})["y"], expected)
+    assert model.SerializeToString() == before
+    handed.clear()
 
     class Options:
         def add_external_initializers(self, names, values):
@@ -53,3 +62,38 @@ def test_large_initializers_reach_onnx_runtime_as_arrays_not_serialized(monkeypa
     runtime._weightless(as_input, Options(), ort)
     inputs = {value.name for value in as_input.graph.input}
     assert not set(handed) & inputs
+
+
+@pytest.mark.parametrize("ort_version", ["1.32.0", "1.20.1"], ids=["reads-the-file", "older-ort-takes-arrays"])
+def test_held_weights_reach_onnx_runtime_from_their_file(tmp_path, monkeypatch, ort_version):
+    """Unchanged held weights (ranges of the source file) are external data ORT reads from that file itself; a
+    weight a fold replaced goes as an array. ORT before 1.21 cannot be told the file's folder: all go as arrays.
+    Either way the outputs are those of the fully loaded model."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from bnfold import loading, runtime
+    from bnfold.held import HeldTensors, is_held
+
+    model = fixtures.conv_bn(c_in=16, c_out=32, seed=3)
+    source = tmp_path / "m.onnx"
+    source.write_bytes(model.SerializeToString())
+    x = np.random.default_rng(0).normal(size=(1, 16, 9, 9)).astype(np.float32)
+    expected = run(make_session(str(source)), {"x": x})["y"]
+    monkeypatch.setattr(ort, "__version__", ort_version)
+    monkeypatch.chdir(tmp_path / "..")  # ORT must find the file by the folder it is told, not the working one
+    with HeldTensors(source) as store:
+        held = loading.load_model(source, held=store)
+        weight = next(tensor for tensor in held.graph.initializer if is_held(tensor))
+        options = ort.SessionOptions()
+        serialized, arrays = runtime._weightless(held, options, ort)
+        stub = next(tensor for tensor in onnx.load_from_string(serialized).graph.initializer if tensor.name == weight.name)
+        location = {entry.key: entry.value for entry in stub.external_data}["location"]
+        assert (location == "m.onnx") == (ort_version == "1.32.0")
+        assert (len(arrays) == 0) == (ort_version == "1.32.0")
+        np.testing.assert_array_equal(run(make_session(held), {"x": x})["y"], expected)
+        doubled = numpy_helper.to_array(model.graph.initializer[0]) * 2  # a fold's new weight: an array
+        store.hold_array(weight, doubled)
+        serialized, arrays = runtime._weightless(held, ort.SessionOptions(), ort)
+        assert [array.shape for array in arrays] == [doubled.shape]
+        assert not np.array_equal(run(make_session(held), {"x": x})["y"], expected)
