@@ -14,7 +14,7 @@ import onnx.inliner
 
 from .held import HeldTensors, open_held
 from .loading import load_checked_model, load_model
-from .saving import save_model
+from .saving import PendingSave, save_model
 from .tensors import tensor_bytes
 from .errors import (ArgumentTypeError, InvalidModelError, OutputError, UnresolvedShapeError, UsageError,
                      VerificationFailed)
@@ -217,31 +217,51 @@ def _fold_file(source: Path, destination, held: Optional[HeldTensors], started: 
                           _reload=lambda: load_model(source, held=held))
     report.source = str(source)
     report.destination = None if destination is None else str(destination)
-    if verify and report.changed:
-        from .checking.end_to_end import verify as verify_models
-
-        options = verify_options.keywords()
-        options.setdefault("fold_labels", {d.output: d.label for d in [*report.folded, *report.decomposed]
-                                           if d.folded and d.output})
-        options.setdefault("rewritten", [name for d in [*report.folded, *report.decomposed] if d.folded
-                                         for name in d.rewritten])
-        try:
-            report.verification = verify_models(str(source), folded, candidate_label="folded model (in memory)",
-                                                **options)
-        except UnresolvedShapeError as error:
-            if require_end_to_end:
-                raise UnresolvedShapeError(f"cannot verify the fold end to end: {error}") from None
-            report.verification_skipped = f"end-to-end check skipped: {error}"
-        except (UsageError, InvalidModelError) as error:
-            raise type(error)(f"cannot verify the fold: {error} (or skip the check with --no-verify)") from None
-        if report.verification is not None and not report.verification.passed and not force:
-            report.elapsed_s = time.perf_counter() - started
-            error = VerificationFailed("folded model differs from the original beyond tolerance; nothing written "
-                                       "(--force writes it anyway)", report.verification)
-            error.report = report
-            raise error
-    if not dry_run:
-        save_model(folded, destination, external_data=external_data)
-        report.written = True
+    checked = verify and report.changed
+    # While the end-to-end check runs, the output is written (and fsynced) to its temporary file beside it; it is
+    # renamed into place only once the check has passed.
+    pending = PendingSave(folded, destination, external_data=external_data) if checked and not dry_run else None
+    try:
+        if checked:
+            _check_end_to_end(source, folded, report, started, verify_options=verify_options, force=force,
+                              require_end_to_end=require_end_to_end)
+        if pending is not None:
+            pending.commit()
+            pending = None
+            report.written = True
+        elif not dry_run:
+            save_model(folded, destination, external_data=external_data)
+            report.written = True
+    finally:
+        if pending is not None:
+            pending.discard()
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _check_end_to_end(source: Path, folded: onnx.ModelProto, report: FoldReport, started: float, *,
+                      verify_options: VerifyOptions, force: bool, require_end_to_end: bool) -> None:
+    """Compare the folded model with the file it came from (report.verification); raise VerificationFailed when
+    they differ, unless force."""
+    from .checking.end_to_end import verify as verify_models
+
+    options = verify_options.keywords()
+    options.setdefault("fold_labels", {d.output: d.label for d in [*report.folded, *report.decomposed]
+                                       if d.folded and d.output})
+    options.setdefault("rewritten", [name for d in [*report.folded, *report.decomposed] if d.folded
+                                     for name in d.rewritten])
+    try:
+        report.verification = verify_models(str(source), folded, candidate_label="folded model (in memory)",
+                                            **options)
+    except UnresolvedShapeError as error:
+        if require_end_to_end:
+            raise UnresolvedShapeError(f"cannot verify the fold end to end: {error}") from None
+        report.verification_skipped = f"end-to-end check skipped: {error}"
+    except (UsageError, InvalidModelError) as error:
+        raise type(error)(f"cannot verify the fold: {error} (or skip the check with --no-verify)") from None
+    if report.verification is not None and not report.verification.passed and not force:
+        report.elapsed_s = time.perf_counter() - started
+        error = VerificationFailed("folded model differs from the original beyond tolerance; nothing written "
+                                   "(--force writes it anyway)", report.verification)
+        error.report = report
+        raise error

@@ -9,6 +9,9 @@ is refused and never replaced; `-` is refused (models are not streamed to stdout
 directory, which is refused here (the command line writes into such a directory under the input's own name). The
 external data file follows the same rules.
 
+PendingSave writes the temporary files in a background thread while the caller works on (fold_file's end-to-end
+check), and renames them only when asked to commit.
+
 Held tensors (see bnfold.held) are written from where they are: a range of the source file is copied file to file
 (copy_file_range, else through a buffer), a new array straight from its memory; the bytes are those the tensor
 would have serialized with its data inline.
@@ -23,8 +26,9 @@ import errno
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import onnx
 from onnx import helper, numpy_helper
@@ -78,6 +82,25 @@ def _write_error(path: Path, error: OSError) -> OutputError:
     return OutputError(f"{path}: write failed ({reason}); nothing was written")
 
 
+class TensorData:
+    """A chunk to write that is a tensor's raw data, read from the proto only when written (so a list of chunks
+    made ahead holds no copy of it), `length` bytes long or _SizeMismatch."""
+
+    __slots__ = ("tensor", "length")
+
+    def __init__(self, tensor: onnx.TensorProto, length: int):
+        self.tensor, self.length = tensor, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self) -> bytes:
+        raw = self.tensor.raw_data
+        if len(raw) != self.length:
+            raise _SizeMismatch(self.tensor.name)
+        return raw
+
+
 class FileRange:
     """A chunk to write that lies in another file: `length` bytes of open file `fd` from `offset` (held data)."""
 
@@ -124,7 +147,14 @@ def _write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
-def _write_temporary(path: Path, chunks: Iterable[Union[bytes, memoryview, FileRange]]) -> str:
+Chunk = Union[bytes, memoryview, FileRange, TensorData]
+
+
+class _Cancelled(Exception):
+    """A background save was discarded before it finished."""
+
+
+def _write_temporary(path: Path, chunks: Iterable[Chunk], cancelled: Callable[[], bool] = lambda: False) -> str:
     """Write chunks to a new temporary file beside `path`, flushed and fsynced; return its name."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -132,6 +162,10 @@ def _write_temporary(path: Path, chunks: Iterable[Union[bytes, memoryview, FileR
             os.fchmod(fd, _new_file_mode(path))
             pending = bytearray()  # small chunks (nodes, tensor headers) go out together
             for chunk in chunks:
+                if cancelled():
+                    raise _Cancelled()
+                if isinstance(chunk, TensorData):
+                    chunk = chunk.read()
                 if isinstance(chunk, FileRange) or len(chunk) >= _GATHERED_BYTES:
                     _write_all(fd, pending)
                     pending.clear()
@@ -159,10 +193,16 @@ def _remove_quietly(name: str) -> None:
         pass
 
 
-def _write_files_atomically(files: Sequence[Tuple[Path, Iterable[bytes]]]) -> None:
+def _write_files_atomically(files: Sequence[Tuple[Path, Iterable[Chunk]]]) -> None:
     """Write every file to a temporary one first and rename them over their targets in order only when all are
     complete: a failure (disk full, interrupt) before the renames leaves every target as it was and no temporary
     file behind. Put the file that refers to the others (the model) last."""
+    _replace_all(_write_temporaries(files), files)
+
+
+def _write_temporaries(files: Sequence[Tuple[Path, Iterable[Chunk]]],
+                       cancelled: Callable[[], bool] = lambda: False) -> List[Tuple[str, Path]]:
+    """The temporary files of _write_files_atomically, written; none left behind when one fails."""
     for path, _ in files:
         if not path.parent.is_dir():
             raise OutputError(f"{path}: output directory {path.parent} does not exist")
@@ -170,9 +210,23 @@ def _write_files_atomically(files: Sequence[Tuple[Path, Iterable[bytes]]]) -> No
     try:
         for path, chunks in files:
             try:
-                written.append((_write_temporary(path, chunks), path))
+                written.append((_write_temporary(path, chunks, cancelled), path))
             except OSError as error:
                 raise _write_error(path, error) from None
+    except BaseException:
+        _remove_all(written)
+        raise
+    return written
+
+
+def _remove_all(written: List[Tuple[str, Path]]) -> None:
+    for tmp_name, _ in written:
+        _remove_quietly(tmp_name)
+
+
+def _replace_all(written: List[Tuple[str, Path]], files: Sequence[Tuple[Path, Iterable[Chunk]]]) -> None:
+    """Rename the temporary files over their targets, in order; then make the renames durable."""
+    try:
         while written:
             tmp_name, path = written[0]
             try:
@@ -181,8 +235,7 @@ def _write_files_atomically(files: Sequence[Tuple[Path, Iterable[bytes]]]) -> No
                 raise _write_error(path, error) from None
             written.pop(0)
     finally:
-        for tmp_name, _ in written:
-            _remove_quietly(tmp_name)
+        _remove_all(written)
     for directory in {path.parent for path, _ in files}:
         _fsync_dir(directory)
 
@@ -323,12 +376,8 @@ def _graph_pieces(number: int, graph: onnx.GraphProto, predict: bool) -> Iterato
     for head, element, split in plan:
         yield head
         if split:
-            raw = _held_chunk(element) if is_held(element) else element.raw_data
-            if len(raw) != split[1]:
-                raise _SizeMismatch(element.name)
             yield split[0]
-            yield raw
-            del raw
+            yield _held_chunk(element) if is_held(element) else TensorData(element, split[1])
             yield split[2]
         elif element is not None:
             yield element.SerializeToString()
@@ -417,28 +466,75 @@ def save_model(
     is renamed into place just before the model: only a kill between those two renames can pair a new data file
     with the old model, and only when the old model used the same data file name.
     """
-    if not isinstance(model, onnx.ModelProto):
-        raise ArgumentTypeError("model", f"expected an onnx.ModelProto, got {type(model).__name__}")
-    path = output_target(path)
-    if external_data is None:
-        external_data = exceeds_protobuf_limit(model)
-    if not external_data:
-        _write_with_model(model, path, [])
-        return
-    data_name = path.name + ".data"
-    data_path = output_target(path.parent / data_name)
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model)
-    chunks = _externalize(stripped, data_name)
-    _write_with_model(stripped, path, [(data_path, chunks)] if chunks else [])
-
-
-def _write_with_model(model: onnx.ModelProto, path: Path, files: list) -> None:
-    """Write `files`, then the model, atomically; serialized the exact way should a tensor's size surprise."""
+    plan = _SavePlan(model, path, external_data)
     try:
-        _write_files_atomically([*files, (path, _serialize(model, path))])
+        _write_files_atomically(plan.files(_serialize(plan.model, plan.path)))
     except _SizeMismatch:
-        _write_files_atomically([*files, (path, _serialize(model, path, predict=False))])
+        plan.write_exactly()
+
+
+class _SavePlan:
+    """What save_model writes: the target, the model as written (without its large tensors when they go to an
+    external data file) and that file's chunks."""
+
+    def __init__(self, model: onnx.ModelProto, path: PathLike, external_data: Optional[bool]):
+        if not isinstance(model, onnx.ModelProto):
+            raise ArgumentTypeError("model", f"expected an onnx.ModelProto, got {type(model).__name__}")
+        self.path, self.model, self.data = output_target(path), model, []
+        if external_data is None:
+            external_data = exceeds_protobuf_limit(model)
+        if external_data:
+            data_name = self.path.name + ".data"
+            data_path = output_target(self.path.parent / data_name)
+            self.model = onnx.ModelProto()
+            self.model.CopyFrom(model)
+            chunks = _externalize(self.model, data_name)
+            self.data = [(data_path, chunks)] if chunks else []
+
+    def files(self, model_chunks: Iterable[Chunk]) -> list:
+        """The files to write, the model last: it refers to the data file."""
+        return [*self.data, (self.path, model_chunks)]
+
+    def write_exactly(self) -> None:
+        """Write the model serialized field by field, for a tensor whose size surprised the streaming writer."""
+        _write_files_atomically(self.files(_serialize(self.model, self.path, predict=False)))
+
+
+class PendingSave:
+    """A save_model running in a background thread while the caller does other work (the end-to-end check):
+    commit() waits for it and renames the files into place as save_model does; discard() stops it and removes its
+    temporary files. The model's messages are serialized before the thread starts, so the caller may change the
+    model meanwhile, but not the tensors' data (held arrays are read-only)."""
+
+    def __init__(self, model: onnx.ModelProto, path: PathLike, *, external_data: Optional[bool] = None):
+        self._plan = _SavePlan(model, path, external_data)
+        self._files = self._plan.files(list(_serialize(self._plan.model, self._plan.path)))
+        self._cancelled = False
+        self._written: Optional[List[Tuple[str, Path]]] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._write, name="bnfold-save", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        try:
+            self._written = _write_temporaries(self._files, lambda: self._cancelled)
+        except BaseException as error:  # handed to commit()
+            self._error = error
+
+    def commit(self) -> None:
+        self._thread.join()
+        if isinstance(self._error, _SizeMismatch):
+            self._plan.write_exactly()
+        elif self._error is not None:
+            raise self._error
+        else:
+            _replace_all(self._written, self._files)
+
+    def discard(self) -> None:
+        self._cancelled = True
+        self._thread.join()
+        if self._written:
+            _remove_all(self._written)
 
 
 def save_text(text: str, path: PathLike) -> None:

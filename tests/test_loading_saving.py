@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -446,3 +447,74 @@ def test_saved_bytes_are_exactly_protobufs_serialization(tmp_path):
         model.doc_string = "doc"
         saving.save_model(model, tmp_path / "m.onnx")
         assert (tmp_path / "m.onnx").read_bytes() == model.SerializeToString()
+
+
+# --- saving in the background -----------------------------------------------------------------------------------
+
+
+def test_pending_save_commits_what_save_model_writes(tmp_path):
+    model = big_conv_bn()
+    saving.save_model(model, tmp_path / "expected.onnx")
+    pending = saving.PendingSave(model, tmp_path / "out.onnx")
+    model.graph.output[0].name = "changed after the start"  # the messages were serialized when it started
+    pending.commit()
+    assert (tmp_path / "out.onnx").read_bytes() == (tmp_path / "expected.onnx").read_bytes()
+    assert temporaries(tmp_path) == []
+
+
+def test_pending_save_discarded_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "out.onnx"
+    path.write_bytes(b"previous contents")
+    started, release = threading.Event(), threading.Event()
+    real_write_all = saving._write_all
+
+    def slow_write_all(fd, data):  # hold the writer mid-file until discard() has been called
+        started.set()
+        release.wait(5)
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(saving, "_write_all", slow_write_all)
+    pending = saving.PendingSave(big_conv_bn(), path)
+    assert started.wait(5)
+    assert temporaries(tmp_path)  # under way
+    threading.Timer(0.2, release.set).start()  # discard() asks the writer to stop, then waits for it
+    pending.discard()
+    assert path.read_bytes() == b"previous contents"
+    assert temporaries(tmp_path) == []
+
+
+def test_pending_save_reports_a_write_error_on_commit(tmp_path):
+    pending = saving.PendingSave(conv_bn(), tmp_path / "missing" / "out.onnx")
+    with pytest.raises(OutputError, match="does not exist"):
+        pending.commit()
+    assert not (tmp_path / "missing").exists()
+
+
+def test_pending_save_falls_back_to_exact_serialization(tmp_path):
+    """A tensor whose raw data defies its dims is found out by the writer thread; commit writes it the exact way."""
+    model = big_conv_bn()
+    weight = model.graph.initializer[0]
+    weight.raw_data = weight.raw_data + b"\0\0\0\0"  # one float more than its dims hold
+    pending = saving.PendingSave(model, tmp_path / "out.onnx")
+    pending.commit()
+    assert (tmp_path / "out.onnx").read_bytes() == model.SerializeToString()
+
+
+def test_fold_file_interrupted_during_its_check_leaves_the_old_output(tmp_path, monkeypatch):
+    """fold_file writes the output while the end-to-end check runs; Ctrl-C there keeps the old file, no temporary."""
+    import bnfold
+    import bnfold.checking.end_to_end as end_to_end
+
+    source = tmp_path / "m.onnx"
+    onnx.save(big_conv_bn(), source)
+    path = tmp_path / "out.onnx"
+    path.write_bytes(b"previous contents")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(end_to_end, "verify", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bnfold.fold_file(source, path)
+    assert path.read_bytes() == b"previous contents"
+    assert temporaries(tmp_path) == []

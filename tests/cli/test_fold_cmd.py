@@ -124,8 +124,13 @@ def test_failed_verification_writes_nothing_and_exits_1(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "FAILED" in result.output and "nothing written" in result.output
     assert not (tmp_path / "out.onnx").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.onnx"]  # the output written during the check
+    (tmp_path / "out.onnx").write_bytes(b"previous")                       # is removed, and an old one kept
+    assert invoke(source, "-o", tmp_path / "out.onnx").exit_code == 1
+    assert (tmp_path / "out.onnx").read_bytes() == b"previous"
     forced = invoke(source, "-o", tmp_path / "out.onnx", "--force")
-    assert forced.exit_code == 1 and (tmp_path / "out.onnx").exists()
+    assert forced.exit_code == 1 and (tmp_path / "out.onnx").read_bytes() != b"previous"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.onnx", "out.onnx"]
 
 
 def test_dynamic_spatial_dims_are_chosen_and_printed(tmp_path):
