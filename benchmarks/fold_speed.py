@@ -9,7 +9,8 @@ onnxoptimizer's fuse_bn_into_conv pass, onnxsim, onnxslim, and `onnx.load` + `on
 Prints per model and tool the median wall time and peak RSS of the whole process (interpreter and imports
 included), ratios against bnfold, bnfold's peak memory above the interpreter against the model size, and the
 median of `bnfold --help`. Machines are noisy: read the ratios, not the absolute figures. bnfold's bytecode is
-compiled first, as `pip install` does, so that no run pays for compiling it.
+compiled first, as `pip install` does, so that no run pays for compiling it; each run starts after os.sync(), so
+that none pays for the writeback of the one before.
 """
 
 from __future__ import annotations
@@ -149,7 +150,10 @@ REFERENCE = "bnfold --no-verify"
 
 
 def measure(command) -> tuple:
-    """(wall seconds, peak RSS bytes) of one child process."""
+    """(wall seconds, peak RSS bytes) of one child process. Dirty pages a previous run left (its writes, fsynced or
+    not) are flushed first, untimed: otherwise a tool that fsyncs would also pay for the writeback of the tool run
+    before it."""
+    os.sync()
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
