@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Uni
 import onnx
 import onnx.inliner
 
-from .held import HeldTensors, open_held
+from .held import HeldTensors, held_by, open_held
 from .loading import load_checked_model, load_model
 from .saving import PendingSave, save_model
 from .tensors import tensor_bytes
@@ -220,7 +220,9 @@ def _fold_file(source: Path, destination, held: Optional[HeldTensors], started: 
     checked = verify and report.changed
     # While the end-to-end check runs, the output is written (and fsynced) to its temporary file beside it; it is
     # renamed into place only once the check has passed.
-    pending = PendingSave(folded, destination, external_data=external_data) if checked and not dry_run else None
+    pending = None
+    if checked and not dry_run:
+        pending = PendingSave(folded, destination, external_data=external_data, on_written=_read_from_output)
     try:
         if checked:
             _check_end_to_end(source, folded, report, started, verify_options=verify_options, force=force,
@@ -237,6 +239,12 @@ def _fold_file(source: Path, destination, held: Optional[HeldTensors], started: 
             pending.discard()
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _read_from_output(placed) -> None:
+    """The folded weights are written: held tensors read them from the output from now on, and their arrays go."""
+    for tensor, path, offset in placed:
+        held_by(tensor).moved_to_file(tensor, path, offset)
 
 
 def _check_end_to_end(source: Path, folded: onnx.ModelProto, report: FoldReport, started: float, *,

@@ -45,7 +45,8 @@ class HeldTensors:
     def __init__(self, source: Union[str, "os.PathLike[str]"]):
         self.source = os.fspath(source)
         self._fd: Optional[int] = None
-        self._entries: Dict[int, Union[Tuple[int, int], np.ndarray]] = {}
+        self._entries: Dict[int, Union[Tuple[int, int, int], np.ndarray]] = {}  # (fd, offset, length) or array
+        self._paths: Dict[int, str] = {}  # fd -> the file it reads: the source, and files a save wrote
         self._next = itertools.count()
         self.id = next(_serial)
 
@@ -58,23 +59,34 @@ class HeldTensors:
             os.close(fd)
             raise OSError(errno.EINVAL, "not a regular file", self.source)
         self._fd = fd
+        self._paths[fd] = self.source
         _open[self.id] = self
         return self
 
     def __exit__(self, *exc) -> None:
         _open.pop(self.id, None)
         self._entries.clear()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    @property
-    def fd(self) -> int:
-        return self._fd
+        for fd in self._paths:
+            os.close(fd)
+        self._paths.clear()
+        self._fd = None
 
     def hold_range(self, tensor: onnx.TensorProto, offset: int, length: int) -> None:
         """Mark `tensor` (parsed without its raw_data) as held: its bytes are source[offset:offset + length]."""
-        self._mark(tensor, (offset, length))
+        self._mark(tensor, (self._fd, offset, length))
+
+    def moved_to_file(self, tensor: onnx.TensorProto, path: str, offset: int) -> None:
+        """A save has written the array `tensor` holds to path[offset:]: read it from there from now on, and let
+        the array go (the end-to-end check then runs without a copy of the folded weights in memory)."""
+        number = _number(tensor)
+        array = self._entries.get(number)
+        if not isinstance(array, np.ndarray):
+            return
+        fd = next((fd for fd, known in self._paths.items() if known == path), None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
+            self._paths[fd] = path
+        self._entries[number] = (fd, offset, array.nbytes)
 
     def hold_array(self, tensor: onnx.TensorProto, array: np.ndarray) -> None:
         """Make `tensor` hold `array` (replacing its data, dims and type): an in-place rewrite by a fold."""
@@ -99,20 +111,23 @@ class HeldTensors:
     def entry(self, number: int):
         return self._entries[number]
 
-    def read(self, offset: int, length: int, dtype: np.dtype) -> np.ndarray:
-        """source[offset:offset + length] as a new flat array, read straight into it."""
+    def path(self, fd: int) -> str:
+        return self._paths[fd]
+
+    def read(self, fd: int, offset: int, length: int, dtype: np.dtype) -> np.ndarray:
+        """file[offset:offset + length] as a new flat array, read straight into it."""
         array = np.empty(length // dtype.itemsize, dtype)
         view = memoryview(array).cast("B")
         done = 0
         while done < length:
             if hasattr(os, "preadv"):
-                count = os.preadv(self._fd, [view[done:]], offset + done)
+                count = os.preadv(fd, [view[done:]], offset + done)
             else:  # macOS before Python 3.12, Windows: through a bytes object
-                block = read_at(self._fd, length - done, offset + done)
+                block = read_at(fd, length - done, offset + done)
                 view[done:done + len(block)] = block
                 count = len(block)
             if count <= 0:
-                raise BnfoldError(f"{self.source}: the file shrank while it was being folded")
+                raise BnfoldError(f"{self._paths[fd]}: the file shrank while it was being folded")
             done += count
         return array
 
@@ -147,6 +162,10 @@ def is_held(tensor: onnx.TensorProto) -> bool:
             and tensor.external_data[0].value == HELD_LOCATION and tensor.external_data[0].key == "location")
 
 
+def _number(tensor: onnx.TensorProto) -> int:
+    return int(tensor.external_data[1].value.split(":")[1])
+
+
 def _locate(tensor: onnx.TensorProto) -> Tuple["HeldTensors", object]:
     item = tensor.external_data[1]
     try:
@@ -168,28 +187,30 @@ def held_array(tensor: onnx.TensorProto) -> np.ndarray:
     store, entry = _locate(tensor)
     if isinstance(entry, np.ndarray):
         return entry
-    offset, length = entry
+    fd, offset, length = entry
     dtype = HOLDABLE_TYPES[tensor.data_type]
-    return store.read(offset, length, dtype).astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
+    return store.read(fd, offset, length, dtype).astype(dtype.newbyteorder("="), copy=False).reshape(
+        tuple(tensor.dims))
 
 
 def held_range(tensor: onnx.TensorProto) -> Optional[Tuple[str, int, int]]:
-    """(source file, offset, length) of a tensor held as a range of its source file; None for one a fold rewrote."""
+    """(file, offset, length) of a tensor held as a range of a file (the source, or where a save wrote a folded
+    weight); None for one held as an array."""
     store, entry = _locate(tensor)
-    return None if isinstance(entry, np.ndarray) else (store.source, *entry)
+    return None if isinstance(entry, np.ndarray) else (store.path(entry[0]), entry[1], entry[2])
 
 
 def held_nbytes(tensor: onnx.TensorProto) -> int:
     _, entry = _locate(tensor)
-    return entry.nbytes if isinstance(entry, np.ndarray) else entry[1]
+    return entry.nbytes if isinstance(entry, np.ndarray) else entry[2]
 
 
 def held_data(tensor: onnx.TensorProto):
-    """What saving writes as the tensor's raw data: (fd, offset, length) of a source range, or the array's bytes."""
-    store, entry = _locate(tensor)
+    """What saving writes as the tensor's raw data: (fd, offset, length) of a file range, or the array's bytes."""
+    _, entry = _locate(tensor)
     if isinstance(entry, np.ndarray):
         return memoryview(entry.reshape(-1)).cast("B") if entry.size else b""
-    return (store.fd, *entry)
+    return entry
 
 
 def materialized(tensor: onnx.TensorProto) -> onnx.TensorProto:

@@ -92,7 +92,7 @@ def _weightless(model, options, ort):
             names.append(tensor.name)
             arrays.append(tensor_array(tensor))
     if in_file:
-        folder = os.path.dirname(held_range(next(t for t in large if id(t) in in_file))[0]) or "."
+        folder = os.path.dirname(held_range(next(t for t in large if id(t) in in_file))[0]) or "."  # one for all
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     if arrays:
         options.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays])
@@ -104,8 +104,8 @@ _EXTERNAL_FOLDER_VERSION = (1, 21)
 
 
 def _in_source_file(tensors, ort) -> dict:
-    """{id(tensor): external-data entries} for the tensors held as ranges of one source file, when this ONNX
-    Runtime can read them there; else {} (they go as arrays)."""
+    """{id(tensor): external-data entries} for the tensors held as ranges of files in one folder (the folder
+    holding most of their bytes), when this ONNX Runtime can read them there; else {} (they go as arrays)."""
     from .held import held_range, is_held
 
     try:
@@ -116,11 +116,14 @@ def _in_source_file(tensors, ort) -> dict:
         return {}
     ranges = {id(tensor): held_range(tensor) for tensor in tensors if is_held(tensor)}
     ranges = {key: where for key, where in ranges.items() if where is not None}
-    sources = {where[0] for where in ranges.values()}
-    if len(sources) != 1:
+    if not ranges:
         return {}
-    return {key: (("location", os.path.basename(source)), ("offset", str(offset)), ("length", str(length)))
-            for key, (source, offset, length) in ranges.items()}
+    sizes: dict = {}
+    for path, _, length in ranges.values():
+        sizes[os.path.dirname(path)] = sizes.get(os.path.dirname(path), 0) + length
+    folder = max(sizes, key=sizes.get)
+    return {key: (("location", os.path.basename(path)), ("offset", str(offset)), ("length", str(length)))
+            for key, (path, offset, length) in ranges.items() if os.path.dirname(path) == folder}
 
 
 def _copy_fields(source, target, skip: str) -> None:

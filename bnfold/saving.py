@@ -101,6 +101,18 @@ class TensorData:
         return raw
 
 
+class HeldBytes:
+    """A chunk that is the array a held tensor holds (see bnfold.held); a writer asked to can say where it landed."""
+
+    __slots__ = ("tensor", "view")
+
+    def __init__(self, tensor: onnx.TensorProto, view):
+        self.tensor, self.view = tensor, view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+
 class FileRange:
     """A chunk to write that lies in another file: `length` bytes of open file `fd` from `offset` (held data)."""
 
@@ -147,25 +159,35 @@ def _write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
-Chunk = Union[bytes, memoryview, FileRange, TensorData]
+Chunk = Union[bytes, memoryview, FileRange, TensorData, HeldBytes]
+# (tensor, file, offset): where a writer put the bytes of a HeldBytes chunk.
+Placed = List[Tuple[onnx.TensorProto, str, int]]
 
 
 class _Cancelled(Exception):
     """A background save was discarded before it finished."""
 
 
-def _write_temporary(path: Path, chunks: Iterable[Chunk], cancelled: Callable[[], bool] = lambda: False) -> str:
-    """Write chunks to a new temporary file beside `path`, flushed and fsynced; return its name."""
+def _write_temporary(path: Path, chunks: Iterable[Chunk], cancelled: Callable[[], bool] = lambda: False,
+                     placed: Optional[Placed] = None) -> str:
+    """Write chunks to a new temporary file beside `path`, flushed and fsynced; return its name. `placed` gets
+    where each HeldBytes chunk landed."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb", buffering=0):  # closes fd
             os.fchmod(fd, _new_file_mode(path))
             pending = bytearray()  # small chunks (nodes, tensor headers) go out together
+            position = 0
             for chunk in chunks:
                 if cancelled():
                     raise _Cancelled()
                 if isinstance(chunk, TensorData):
                     chunk = chunk.read()
+                elif isinstance(chunk, HeldBytes):
+                    if placed is not None:
+                        placed.append((chunk.tensor, tmp_name, position))
+                    chunk = chunk.view
+                position += len(chunk)
                 if isinstance(chunk, FileRange) or len(chunk) >= _GATHERED_BYTES:
                     _write_all(fd, pending)
                     pending.clear()
@@ -200,8 +222,8 @@ def _write_files_atomically(files: Sequence[Tuple[Path, Iterable[Chunk]]]) -> No
     _replace_all(_write_temporaries(files), files)
 
 
-def _write_temporaries(files: Sequence[Tuple[Path, Iterable[Chunk]]],
-                       cancelled: Callable[[], bool] = lambda: False) -> List[Tuple[str, Path]]:
+def _write_temporaries(files: Sequence[Tuple[Path, Iterable[Chunk]]], cancelled: Callable[[], bool] = lambda: False,
+                       placed: Optional[Placed] = None) -> List[Tuple[str, Path]]:
     """The temporary files of _write_files_atomically, written; none left behind when one fails."""
     for path, _ in files:
         if not path.parent.is_dir():
@@ -210,7 +232,7 @@ def _write_temporaries(files: Sequence[Tuple[Path, Iterable[Chunk]]],
     try:
         for path, chunks in files:
             try:
-                written.append((_write_temporary(path, chunks, cancelled), path))
+                written.append((_write_temporary(path, chunks, cancelled, placed), path))
             except OSError as error:
                 raise _write_error(path, error) from None
     except BaseException:
@@ -395,9 +417,9 @@ def _with_held_data(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _held_chunk(tensor: onnx.TensorProto) -> Union[memoryview, bytes, FileRange]:
+def _held_chunk(tensor: onnx.TensorProto) -> Union[HeldBytes, FileRange]:
     data = held_data(tensor)
-    return FileRange(*data) if isinstance(data, tuple) else data
+    return FileRange(*data) if isinstance(data, tuple) else HeldBytes(tensor, data)
 
 
 def _single_field(container, field, value) -> bytes:
@@ -506,7 +528,12 @@ class PendingSave:
     temporary files. The model's messages are serialized before the thread starts, so the caller may change the
     model meanwhile, but not the tensors' data (held arrays are read-only)."""
 
-    def __init__(self, model: onnx.ModelProto, path: PathLike, *, external_data: Optional[bool] = None):
+    def __init__(self, model: onnx.ModelProto, path: PathLike, *, external_data: Optional[bool] = None,
+                 on_written: Optional[Callable[[Placed], None]] = None):
+        """on_written: called in the writing thread once every file is written and fsynced, with where the held
+        tensors' arrays landed (files that commit() renames, discard() removes; open descriptors keep them
+        readable)."""
+        self._on_written = on_written
         self._plan = _SavePlan(model, path, external_data)
         self._files = self._plan.files(list(_serialize(self._plan.model, self._plan.path)))
         self._cancelled = False
@@ -516,8 +543,12 @@ class PendingSave:
         self._thread.start()
 
     def _write(self) -> None:
+        placed: Placed = []
         try:
-            self._written = _write_temporaries(self._files, lambda: self._cancelled)
+            self._written = _write_temporaries(self._files, lambda: self._cancelled, placed)
+            self._files = [(path, ()) for path, _ in self._files]  # the chunks are written: let their arrays go
+            if self._on_written is not None:
+                self._on_written(placed)
         except BaseException as error:  # handed to commit()
             self._error = error
 

@@ -87,8 +87,8 @@ def test_weights_no_fold_changes_are_copied_without_being_read(tmp_path, monkeyp
     source = save(conv_bn_gemm(), tmp_path / "m.onnx")
     reads = []
     real_read = HeldTensors.read
-    monkeypatch.setattr(HeldTensors, "read", lambda self, offset, length, dtype:
-                        reads.append(length) or real_read(self, offset, length, dtype))
+    monkeypatch.setattr(HeldTensors, "read", lambda self, fd, offset, length, dtype:
+                        reads.append(length) or real_read(self, fd, offset, length, dtype))
     fold_file(source, tmp_path / "folded.onnx", verify=False)
     assert reads and 32 * 4 * 4 * 32 * 4 not in reads  # the Conv weight was read, the Gemm weight never
     assert (tmp_path / "folded.onnx").read_bytes() == expected_bytes(source, tmp_path)

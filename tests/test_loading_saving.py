@@ -518,3 +518,33 @@ def test_fold_file_interrupted_during_its_check_leaves_the_old_output(tmp_path, 
         bnfold.fold_file(source, path)
     assert path.read_bytes() == b"previous contents"
     assert temporaries(tmp_path) == []
+
+
+def test_pending_save_says_where_held_arrays_landed_and_they_read_back_from_there(tmp_path):
+    """fold_file lets the folded weights' arrays go once the background save has written them: they are read back
+    from the output (renamed or not) at the offsets the writer reports."""
+    import numpy as np
+
+    from bnfold.held import HeldTensors, held_range, is_held
+    from bnfold.tensors import tensor_array
+
+    source = tmp_path / "m.onnx"
+    onnx.save(big_conv_bn(), source)
+    with HeldTensors(source) as store:
+        model = loading.load_model(source, held=store)
+        weight = next(tensor for tensor in model.graph.initializer if is_held(tensor))
+        new = np.arange(tensor_array(weight).size, dtype=np.float32).reshape(tensor_array(weight).shape)
+        store.hold_array(weight, new)
+        placed = []
+
+        def read_from_output(where):  # what fold_file does, in the writing thread, before the rename
+            placed.extend(where)
+            for tensor, path, offset in where:
+                store.moved_to_file(tensor, path, offset)
+
+        saving.PendingSave(model, tmp_path / "out.onnx", on_written=read_from_output).commit()
+        ((tensor, path, offset),) = placed
+        assert tensor is weight and path != str(tmp_path / "out.onnx")  # the temporary name, renamed since
+        assert (tmp_path / "out.onnx").read_bytes()[offset:offset + new.nbytes] == new.tobytes()
+        assert held_range(weight)[1:] == (offset, new.nbytes)
+        np.testing.assert_array_equal(tensor_array(weight), new)  # read through the descriptor, after the rename
