@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import bnfold
 from bnfold.cli import cli
-from models.fixtures import conv_bn, make_model, multi_consumer_conv, standalone_bn
+from models.fixtures import conv_bn, multi_consumer_conv, standalone_bn
 
 ROOT = Path(__file__).resolve().parents[2]
 

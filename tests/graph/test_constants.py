@@ -1,6 +1,5 @@
 """The constant evaluator against ONNX's own reference evaluator, on deep chains, cycles and memory bombs."""
 
-import resource
 import subprocess
 import sys
 import textwrap
