@@ -314,7 +314,7 @@ class _Runner:
         from ..runtime import make_session, run
 
         # ORT's own error log stays quiet: a piece that does not run is expected here, and reported as a skip.
-        session = make_session(self._model(jobs, side), opt_level="disable", log_severity=4)
+        session = make_session(self._model(jobs, side), opt_level="disable", log_severity=4, arena=False)
         feeds = {}
         for job in jobs:
             fed = {name: array for name, array in _constants(job.piece, side).items() if _fed(array)}

@@ -15,7 +15,7 @@ def run_model(model, feeds: Mapping[str, np.ndarray], *, ort_opt_level: str = "d
     """Run a ModelProto or model path once on CPU in ONNX Runtime; outputs by name."""
     from ..runtime import make_session, run
 
-    return run(make_session(model, opt_level=ort_opt_level), dict(feeds))
+    return run(make_session(model, opt_level=ort_opt_level, arena=False), dict(feeds))
 
 
 class Runner:
@@ -32,12 +32,12 @@ class Runner:
             if extra:
                 added = with_outputs(model, extra)
                 try:
-                    self.session = make_session(model, opt_level=opt_level)
+                    self.session = make_session(model, opt_level=opt_level, arena=False)
                 finally:
                     remove_outputs(model, added)
             else:
                 self.session = make_session(source if isinstance(source, (str, os.PathLike)) else model,
-                                            opt_level=opt_level)
+                                            opt_level=opt_level, arena=False)
         except InvalidModelError as error:
             raise InvalidModelError(f"{label}: {error}") from None
 
