@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Uni
 import onnx
 import onnx.inliner
 
-from .held import HeldTensors, held_by, open_held
+from .held import HeldTensors, held_by, holding
 from .loading import load_checked_model, load_model
 from .saving import PendingSave, save_model
 from .tensors import tensor_bytes
@@ -195,16 +195,12 @@ def fold_file(
     if destination is not None and _same_file(source, Path(destination)) and not overwrite and not dry_run:
         raise OutputError(f"{destination} is the input file; pass --overwrite to replace it")
     started = time.perf_counter()
-    held = open_held(source)
-    try:
+    with holding(source) as held:
         return _fold_file(source, destination, held, started, verify=verify, force=force, dry_run=dry_run,
                           check=check, external_data=external_data, verify_options=verify_options,
                           fold_input_initializers=fold_input_initializers, skip=skip,
                           inline_functions=inline_functions, require_end_to_end=require_end_to_end,
                           standalone=standalone)
-    finally:
-        if held is not None:
-            held.__exit__(None, None, None)
 
 
 def _fold_file(source: Path, destination, held: Optional[HeldTensors], started: float, *, verify, force, dry_run,

@@ -5,7 +5,7 @@ there beside the new ones (upb frees nothing until the whole model goes): the mo
 each weight a fold touches. Held instead, a large initializer is a stand-in tensor (its name, dims, type and other
 fields, marked as external data at location HELD_LOCATION with a key of an open HeldTensors), and its bytes are
 either a range of the source file, read only when a fold asks (os.preadv, straight into the array), or the array
-a fold computed. Saving copies unchanged ranges file to file (saving.FileRange, copy_file_range) and writes new
+a fold computed (until a background save has written it: then the range of the output where it lies). Saving copies unchanged ranges file to file (saving.FileRange, copy_file_range) and writes new
 arrays as they lie in memory; ONNX Runtime sessions read ranges from the file themselves and take new arrays as
 OrtValues (runtime._weightless).
 
@@ -15,11 +15,12 @@ caller receives (bnfold.fold, load_model) always hold their bytes themselves.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
 import stat
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import onnx
@@ -132,13 +133,19 @@ class HeldTensors:
         return array
 
 
-def open_held(path) -> Optional[HeldTensors]:
-    """An open HeldTensors for a model file, or None when the path is no readable regular file (loading it then
-    says why, in its own words). The caller closes it (__exit__) when done with the model."""
+@contextlib.contextmanager
+def holding(path) -> Iterator[Optional[HeldTensors]]:
+    """An open HeldTensors for a model file, closed on leaving; None when the path is no readable regular file
+    (loading it then says why, in its own words)."""
     try:
-        return HeldTensors(path).__enter__()
+        store = HeldTensors(path).__enter__()
     except (OSError, ValueError):
-        return None
+        store = None
+    try:
+        yield store
+    finally:
+        if store is not None:
+            store.__exit__(None, None, None)
 
 
 def clear_data(tensor: onnx.TensorProto) -> None:

@@ -95,22 +95,18 @@ def check(path, *, check_model: bool = True, fold_input_initializers: bool = Fal
     `violations` and `exit_code` (1 when a count is above its limit).
     """
     from .folding import fold
-    from .held import open_held
+    from .held import holding
     from .loading import load_checked_model
 
     source = as_paths(path, "path")
     if len(source) != 1:
         raise ArgumentTypeError("path", "expected one model path; call check once per model")
-    held = open_held(source[0])
-    try:
-        # Weights stay in the file (bnfold.held): read only where a fold needs them, never all in memory at once.
+    # Weights stay in the file (bnfold.held): read only where a fold needs them, never all in memory at once.
+    with holding(source[0]) as held:
         model = load_checked_model(source[0], check=check_model, held=held)
         others = list(_other_normalizations(model))
         _, report = fold(model, inplace=True, fold_input_initializers=fold_input_initializers, skip=skip,
                          inline_functions=inline_functions, local_check=False)
-    finally:
-        if held is not None:
-            held.__exit__(None, None, None)
     result = ModelCheck(source=source[0], other_normalizations=others)
     for decision in report.decisions:
         if decision.folded:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple, Union
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,7 +58,7 @@ def _weightless(model, options, ort):
     nothing is large."""
     import onnx
 
-    from .held import held_range, is_held, materialized
+    from .held import is_held, materialized
     from .tensors import is_external, tensor_array
 
     graph_inputs = {value.name for value in model.graph.input}
@@ -69,7 +69,7 @@ def _weightless(model, options, ort):
              if onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name in _HANDED_OVER_DTYPES]
     if not large and not any(is_held(tensor) for tensor in model.graph.initializer):
         return None
-    in_file = _in_source_file(large, ort)
+    folder, in_file = _in_files(large, ort)
     handed = {id(tensor) for tensor in large}
     copy = onnx.ModelProto()
     _copy_fields(model, copy, skip="graph")
@@ -92,7 +92,6 @@ def _weightless(model, options, ort):
             names.append(tensor.name)
             arrays.append(tensor_array(tensor))
     if in_file:
-        folder = os.path.dirname(held_range(next(t for t in large if id(t) in in_file))[0]) or "."  # one for all
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     if arrays:
         options.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays])
@@ -103,27 +102,29 @@ def _weightless(model, options, ort):
 _EXTERNAL_FOLDER_VERSION = (1, 21)
 
 
-def _in_source_file(tensors, ort) -> dict:
-    """{id(tensor): external-data entries} for the tensors held as ranges of files in one folder (the folder
-    holding most of their bytes), when this ONNX Runtime can read them there; else {} (they go as arrays)."""
+def _in_files(tensors, ort) -> Tuple[str, dict]:
+    """(folder, {id(tensor): external-data entries}) for the tensors held as ranges of files in one folder (the
+    folder holding most of their bytes), when this ONNX Runtime can read them there; else ("", {}): they go as
+    arrays."""
     from .held import held_range, is_held
 
     try:
         version = tuple(int(part) for part in ort.__version__.split(".")[:2])
     except ValueError:
-        return {}
+        return "", {}
     if version < _EXTERNAL_FOLDER_VERSION:
-        return {}
+        return "", {}
     ranges = {id(tensor): held_range(tensor) for tensor in tensors if is_held(tensor)}
     ranges = {key: where for key, where in ranges.items() if where is not None}
     if not ranges:
-        return {}
-    sizes: dict = {}
+        return "", {}
+    sizes: Dict[str, int] = {}
     for path, _, length in ranges.values():
         sizes[os.path.dirname(path)] = sizes.get(os.path.dirname(path), 0) + length
     folder = max(sizes, key=sizes.get)
-    return {key: (("location", os.path.basename(path)), ("offset", str(offset)), ("length", str(length)))
-            for key, (path, offset, length) in ranges.items() if os.path.dirname(path) == folder}
+    return folder or ".", {key: (("location", os.path.basename(path)), ("offset", str(offset)),
+                                 ("length", str(length)))
+                           for key, (path, offset, length) in ranges.items() if os.path.dirname(path) == folder}
 
 
 def _copy_fields(source, target, skip: str) -> None:

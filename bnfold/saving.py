@@ -271,13 +271,12 @@ def _externalize(model: onnx.ModelProto, data_name: str) -> Optional[list]:
             continue
         if is_held(tensor):
             raw = _held_chunk(tensor)
-        elif not tensor.HasField("raw_data"):
-            if tensor.ByteSize() < EXTERNAL_DATA_MIN_BYTES:
-                continue
-            # Typed fields (float_data, ...) move to raw_data first so their bytes can leave the proto.
-            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
-            raw = tensor.raw_data
         else:
+            if not tensor.HasField("raw_data"):
+                if tensor.ByteSize() < EXTERNAL_DATA_MIN_BYTES:
+                    continue
+                # Typed fields (float_data, ...) move to raw_data first so their bytes can leave the proto.
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
             raw = tensor.raw_data
         if len(raw) < EXTERNAL_DATA_MIN_BYTES:
             continue

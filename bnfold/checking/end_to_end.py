@@ -31,14 +31,11 @@ ShapesArg = Union[None, str, Mapping[Optional[str], Sequence[int]], Sequence[str
 def _load(model: ModelLike, default_label: str, held: contextlib.ExitStack):
     """(ModelProto, what to give ORT, label): paths keep their path for ORT, so models over 2 GiB still load. A
     model read from a path holds its large initializers in the file (bnfold.held) until `held` closes."""
-    from ..held import open_held
+    from ..held import holding
     from ..loading import load_model
 
     if isinstance(model, (str, os.PathLike)):
-        store = open_held(model)
-        if store is not None:
-            held.callback(store.__exit__, None, None, None)
-        return load_model(model, held=store), os.fspath(model), os.fspath(model)
+        return load_model(model, held=held.enter_context(holding(model))), os.fspath(model), os.fspath(model)
     if not hasattr(model, "graph"):
         raise UsageError(f"{default_label} must be a path or an onnx.ModelProto, got {type(model).__name__}")
     return model, model, default_label
