@@ -31,6 +31,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def image_classifier(name: str, nodes, initializers) -> onnx.ModelProto:
+    """The model around `nodes`: input [N, 3, 224, 224] to logits [N, 1000], opset 17, IR 8."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                           ["N", 3, 224, 224])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def resnet50(seed: int = 0) -> onnx.ModelProto:
     """ResNet-50's topology (bottlenecks 3-4-6-3, 53 Conv+BN pairs, ~25.5M parameters), random weights."""
     rng = np.random.default_rng(seed)
@@ -74,13 +85,7 @@ def resnet50(seed: int = 0) -> onnx.ModelProto:
     initializers.append(numpy_helper.from_array(rng.normal(0, 0.01, (1000, 2048)).astype(np.float32), "fc_w"))
     initializers.append(numpy_helper.from_array(np.zeros(1000, np.float32), "fc_b"))
     nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1))
-    graph = helper.make_graph(nodes, "resnet50", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                                 ["N", 3, 224, 224])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])],
-                              initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return image_classifier("resnet50", nodes, initializers)
 
 
 def vgg11_bn(seed: int = 0) -> onnx.ModelProto:
@@ -119,13 +124,7 @@ def vgg11_bn(seed: int = 0) -> onnx.ModelProto:
             nodes.append(helper.make_node("Relu", [out], [out + "_r"]))
             out += "_r"
         x = out
-    graph = helper.make_graph(nodes, "vgg11_bn", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                                 ["N", 3, 224, 224])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])],
-                              initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return image_classifier("vgg11_bn", nodes, initializers)
 
 
 MODELS = {"resnet50": (resnet50, 53), "vgg11_bn": (vgg11_bn, 8)}
