@@ -92,7 +92,8 @@ class VerifyOptions:
 
     input_shapes: "name:1x3x224x224" strings (or {name: shape}); input_files: .npz / NAME:file.npy; seed, runs:
     random inputs; atol, rtol: a number or {output: number} (None: by dtype, following the data); intermediates:
-    also compare the tensors both models share; ort_opt_level: ONNX Runtime's optimization level for both.
+    also compare the tensors both models share ("boundaries": the fold boundaries, and the rest only to localize a
+    failure; True: all); ort_opt_level: ONNX Runtime's optimization level for both.
     """
 
     input_shapes: Any = None
@@ -101,7 +102,7 @@ class VerifyOptions:
     runs: int = 1
     atol: Any = None
     rtol: Any = None
-    intermediates: bool = True
+    intermediates: Any = "boundaries"
     ort_opt_level: str = "disable"
 
     @classmethod

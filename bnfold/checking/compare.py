@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..tolerances import DEFAULT_TOLERANCES
+from .noise import NOISE_MULTIPLE
 from .result import OutputComparison, VerifyResult, shape_text
 
 # (atol, rtol) by dtype: bnfold.tolerances (a module of its own, so `bnfold verify --help` needs no numpy).
@@ -136,12 +137,14 @@ def _as_comparable(array: np.ndarray) -> np.ndarray:
 
 
 def compare_array(name: str, reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float,
-                  channel_atol: Optional[np.ndarray] = None) -> OutputComparison:
+                  channel_atol: Optional[np.ndarray] = None, noise: Optional[np.ndarray] = None) -> OutputComparison:
     """Compare one tensor: structural checks first, then the element-wise metrics (see OutputComparison), and with
-    channel_atol ([C]) each channel's mean error along axis 1."""
+    channel_atol ([C]) each channel's mean error along axis 1. `noise` (broadcast to the tensor's shape) is allowed
+    on top of atol, element by element; the reported atol includes its largest value."""
     reference, candidate = np.asarray(reference), np.asarray(candidate)
-    comparison = OutputComparison(name, tuple(reference.shape), reference.dtype.name, float(atol), rtol,
-                                  per_channel=channel_atol is not None)
+    comparison = OutputComparison(name, tuple(reference.shape), reference.dtype.name,
+                                  float(atol) + (float(np.max(noise)) if noise is not None and np.size(noise) else 0.0),
+                                  rtol, per_channel=channel_atol is not None)
     if reference.shape != candidate.shape:
         comparison.problem = (
             f"shape differs: reference {shape_text(reference.shape)}, candidate {shape_text(candidate.shape)}"
@@ -175,6 +178,8 @@ def compare_array(name: str, reference: np.ndarray, candidate: np.ndarray, atol:
     error = np.abs(cand - ref)
     scale = np.abs(ref)
     allowed = atol + rtol * scale
+    if noise is not None:
+        allowed = allowed + np.broadcast_to(noise, reference.shape).ravel()[finite]
     outside = error > allowed
     comparison.mismatched = int(outside.sum()) + nonfinite_mismatched
 
@@ -225,17 +230,53 @@ def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.real(np.vdot(reference, candidate)) / norms)
 
 
-def compare_value(name: str, reference, candidate, atol: Tolerance, rtol: Tolerance) -> OutputComparison:
-    """Compare one tensor or one non-tensor value (sequence, map, sequence of maps) with the tolerance rule."""
+def compare_value(name: str, reference, candidate, atol: Tolerance, rtol: Tolerance, *, flowing=None,
+                  exact=None) -> OutputComparison:
+    """Compare one tensor or one non-tensor value (sequence, map, sequence of maps) with the tolerance rule.
+
+    With default tolerances, `flowing` (a float dtype less precise than the tensor's own, which flows into it) sets
+    the dtype the tolerance is taken from, and `exact` (the same tensor of the reference evaluated in float64;
+    see checking.noise) widens every element's and channel's allowance by NOISE_MULTIPLE times the reference's own
+    distance from it."""
     if _is_tensor(reference) and _is_tensor(candidate):
+        from .noise import tolerance_dtype
+
         reference, candidate = np.asarray(reference), np.asarray(candidate)
-        base_atol = resolve_tolerance(atol, name, reference.dtype, 0)
-        output_rtol = resolve_tolerance(rtol, name, reference.dtype, 1)
+        dtype = tolerance_dtype(reference.dtype, flowing)
+        base_atol = resolve_tolerance(atol, name, dtype, 0)
+        output_rtol = resolve_tolerance(rtol, name, dtype, 1)
         if not is_default(atol, name):
             return compare_array(name, reference, candidate, base_atol, output_rtol)
-        return compare_array(name, reference, candidate, base_atol * output_peak(reference), output_rtol,
-                             channel_tolerance(reference, base_atol))
+        element_atol, channel_atol = base_atol * output_peak(reference), channel_tolerance(reference, base_atol)
+        noise = _noise(reference, exact)
+        if noise is not None and channel_atol is not None:
+            channel_atol = channel_atol + NOISE_MULTIPLE * noise[1]
+        comparison = compare_array(name, reference, candidate, element_atol, output_rtol, channel_atol,
+                                   None if noise is None else NOISE_MULTIPLE * noise[0])
+        comparison.tolerance_dtype = None if dtype == reference.dtype else dtype.name
+        comparison.noise_floor = None if noise is None else float(np.max(noise[0]))
+        return comparison
     return _compare_structure(name, reference, candidate, atol, rtol)
+
+
+def _noise(reference: np.ndarray, exact) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The reference's distance from its exact values, over finite elements: (largest |exact - reference| of each
+    channel of axis 1, shaped to broadcast over the tensor (the whole tensor's for rank < 2), mean of each channel
+    [C] (empty for rank < 2)); None when there is no exact tensor of the same shape. Per channel, so a noisy
+    channel does not widen a quiet one, where a wrong fold would show."""
+    if exact is None:
+        return None
+    exact = np.asarray(exact)
+    if exact.shape != reference.shape or not is_float(reference.dtype) or not reference.size:
+        return None
+    ref, other = _as_comparable(reference), _as_comparable(exact)
+    finite = np.isfinite(ref) & np.isfinite(other)
+    error = np.where(finite, np.abs(other - ref), 0.0)
+    if reference.ndim < 2:
+        return np.asarray(error.max()), np.zeros(0)
+    axes = tuple(axis for axis in range(reference.ndim) if axis != 1)
+    means = _channel_mean_error(reference.shape, ref.ravel(), other.ravel(), finite.ravel())
+    return error.max(axis=axes, keepdims=True), means
 
 
 def _is_tensor(value) -> bool:
@@ -308,12 +349,15 @@ def compare_outputs(
     rtol: Tolerance = None,
     reference_label: str = "reference",
     candidate_label: str = "candidate",
+    flowing: Optional[Mapping[str, np.dtype]] = None,
+    exact: Optional[Mapping[str, object]] = None,
 ) -> VerifyResult:
     """Compare two sets of outputs by name. Never raises for a mismatch: see VerifyResult.passed.
 
     atol/rtol: a float for every output, or {output name: float, None: global float}; unset values fall back
-    to DEFAULT_TOLERANCES by the reference output's dtype, scaled by the data (see the module docstring).
-    Raises UsageError for a tolerance naming no output.
+    to DEFAULT_TOLERANCES by the reference output's dtype (or a less precise one flowing into it: `flowing`),
+    scaled by the data (see the module docstring); `exact` widens them by the reference's own rounding noise
+    (see compare_value). Raises UsageError for a tolerance naming no output.
     """
     only_in_reference = [name for name in reference if name not in candidate]
     only_in_candidate = [name for name in candidate if name not in reference]
@@ -337,25 +381,29 @@ def compare_outputs(
                 comparison.problem = f"only in {candidate_label}, not in {reference_label}"
             outputs.append(comparison)
             continue
-        outputs.append(compare_value(name, reference[name], candidate[name], atol, rtol))
+        outputs.append(compare_value(name, reference[name], candidate[name], atol, rtol,
+                                     flowing=(flowing or {}).get(name), exact=(exact or {}).get(name)))
     return VerifyResult(outputs, reference_label, candidate_label)
 
 
 def compare_intermediates(names: Sequence[str], reference: Mapping[str, np.ndarray],
                           candidate: Mapping[str, np.ndarray], *, atol: Tolerance = None,
-                          rtol: Tolerance = None) -> List[OutputComparison]:
+                          rtol: Tolerance = None, flowing: Optional[Mapping[str, np.dtype]] = None,
+                          exact: Optional[Mapping[str, np.ndarray]] = None) -> List[OutputComparison]:
     """Intermediate tensors, in the given (graph) order: a global atol/rtol the caller gave applies to them too
     (per-output overrides do not), else each follows its own data. A tensor that passes a quick check in its own
     dtype gets counts only; the full metrics (float64, several passes) are computed for the ones that fail."""
     atol, rtol = _global(atol), _global(rtol)
+    flowing, exact = flowing or {}, exact or {}
     comparisons = []
     for name in names:
         if name not in reference or name not in candidate:
             continue
         ref, cand = np.asarray(reference[name]), np.asarray(candidate[name])
-        quick = _quick_pass(ref, cand, atol, rtol)
+        quick = _quick_pass(ref, cand, atol, rtol, flowing.get(name)) if name not in exact else None
         if quick is None:
-            comparisons.append(compare_value(name, ref, cand, atol, rtol))
+            comparisons.append(compare_value(name, ref, cand, atol, rtol, flowing=flowing.get(name),
+                                             exact=exact.get(name)))
         else:
             quick.name = name
             comparisons.append(quick)
@@ -363,13 +411,16 @@ def compare_intermediates(names: Sequence[str], reference: Mapping[str, np.ndarr
 
 
 def _quick_pass(reference: np.ndarray, candidate: np.ndarray, atol: Optional[float],
-                rtol: Optional[float]) -> Optional[OutputComparison]:
+                rtol: Optional[float], flowing=None) -> Optional[OutputComparison]:
     """A counts-only comparison when every element and channel is clearly within tolerance, else None."""
+    from .noise import tolerance_dtype
+
     if reference.shape != candidate.shape or reference.dtype != candidate.dtype or \
             reference.dtype.kind != "f" or not reference.size:
         return None
-    base_atol = default_tolerance(reference.dtype)[0] if atol is None else float(atol)
-    element_rtol = default_tolerance(reference.dtype)[1] if rtol is None else float(rtol)
+    dtype = tolerance_dtype(reference.dtype, flowing)
+    base_atol = default_tolerance(dtype)[0] if atol is None else float(atol)
+    element_rtol = default_tolerance(dtype)[1] if rtol is None else float(rtol)
     magnitude = np.abs(reference)
     peak = float(magnitude.max())
     if not np.isfinite(peak):

@@ -18,8 +18,12 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InvalidModelError, UnresolvedShapeError, UsageError
-from .compare import Tolerance, check_tolerance, compare_intermediates, compare_outputs
+from .compare import Tolerance, check_tolerance, compare_intermediates, compare_outputs, is_default
 from .result import VerifyResult, shape_text
+
+# Bytes of intermediate tensors one run of each model exposes at most: the check's memory beyond ONNX Runtime's
+# own stays about twice this, whatever the model's size.
+CHUNK_BYTES = 128 << 20
 
 if TYPE_CHECKING:  # onnx is imported lazily
     import onnx
@@ -141,7 +145,7 @@ def verify(
     seed: int = 0,
     ort_opt_level: str = "disable",
     candidate_label: Optional[str] = None,
-    intermediates: bool = False,
+    intermediates: Union[bool, str] = False,
     fold_labels: Optional[Mapping[str, str]] = None,
     rewritten: Sequence[str] = (),
 ) -> VerifyResult:
@@ -149,21 +153,31 @@ def verify(
 
     Inputs not given (as arrays in `inputs` or files in `input_files`: .npz by input name, NAME:file.npy) are
     seeded random data; run i uses seed + i. Dynamic dims: `input_shapes` ({name: shape}, "name:1x3x224x224"
-    or a list of such strings), else chosen as checking.feeds describes; the shapes used are in the result.
+    or a list of such strings), else chosen as checking.feeds describes (larger sizes where an output carries no
+    signal: checking.evidence); the shapes used and each output's range are in the result.
     A bool input deciding an If runs both ways. When every input is given, one run is made.
-    intermediates: also compare every tensor both models share by name and meaning (checking.intermediates);
-    the first one outside tolerance is named, and, through `fold_labels` ({tensor: BN label}) or the
-    reference's BatchNormalization nodes, the BN fold behind it. `rewritten` names tensors to leave out: ones a
-    fold kept by name but gave new values (the fold command passes them from its report).
+    intermediates: True also compares every tensor both models share by name and meaning
+    (checking.intermediates); "boundaries" compares the fold boundaries among them and sweeps the rest only when
+    something fails, to localize it. The first tensor outside tolerance is named, and, through `fold_labels`
+    ({tensor: BN label}) or the reference's BatchNormalization nodes, the BN fold behind it. `rewritten` names
+    tensors to leave out: ones a fold kept by name but gave new values (the fold command passes them from its
+    report). Intermediates are exposed at most CHUNK_BYTES at a time, so memory stays bounded.
+    Default tolerances follow the data and the dtype flowing into each tensor; a tensor outside them is judged
+    again, allowing for the reference's own rounding noise (its distance from a float64 evaluation: checking.noise)
+    before it fails.
     ORT graph optimizations are off by default: ORT would otherwise fuse Conv+BN in the reference itself.
     Returns the result for mismatches; raises a BnfoldError for bad usage or a model that cannot be loaded or run
     (UnresolvedShapeError when no size of a dynamic dim lets the reference run).
     Models are labelled by their path, or "reference"/"candidate" (candidate_label overrides the latter).
     """
     from ..inputs import graph_inputs, load_input_files
-    from .feeds import branch_inputs, branch_variants, make_feeds, plan_shapes
+    from .feeds import branch_inputs, plan_shapes
+    from .intermediates import element_types, shared_tensors
+    from .noise import flowing_dtypes
 
     _check_arguments(runs, seed, inputs)
+    if intermediates not in (True, False, "boundaries"):
+        raise UsageError(f"intermediates must be True, False or 'boundaries', got {intermediates!r}")
     input_shapes = _shapes_argument(input_shapes)
     input_files = _files_argument(input_files)
     with contextlib.ExitStack() as held:  # models read from paths hold their weights in the file until it closes
@@ -191,92 +205,192 @@ def verify(
         if not missing:
             runs = 1
 
-        shared = None
-        if intermediates:
-            from .intermediates import shared_tensors
-
-            shared = shared_tensors(reference_model, candidate_model, rewritten)
-        extra = shared.names if shared else None
-        reference_runner = _runner(reference_model, reference_source, reference_label, ort_opt_level, extra)
-        if isinstance(reference, (str, os.PathLike)):
-            # Loaded here, and ORT has its own copy: free its weights before the candidate's session.
-            del reference_model
-        shapes, notes, first_feeds, first_outputs = _first_run(reference_runner, reference_specs, plan, provided, seed,
-                                                               branches)
+        elem_types = element_types(reference_model)
+        shared = shared_tensors(reference_model, candidate_model, rewritten, elem_types) if intermediates else None
+        check = _Check(reference_model, reference_source, reference_label, candidate_model, candidate_source,
+                       candidate_label, ort_opt_level, atol, rtol, output_names,
+                       flowing_dtypes(reference_model, elem_types), elem_types)
+        shapes, notes, first_feeds, evidence = _first_run(check, reference_specs, plan, provided, seed, branches)
         problems = _input_problems(reference_specs, graph_inputs(candidate_model), first_feeds)
         if problems:
             return VerifyResult([], reference_label, candidate_label, problems=problems)
-        feed_sets = [(first_feeds, first_outputs)]
-        for run_index in range(runs):
-            feeds = first_feeds if run_index == 0 else None
-            base = make_feeds(reference_specs, shapes, provided, seed + run_index) if feeds is None else feeds
-            for variant_index, variant in enumerate(branch_variants(base, branches)):
-                if run_index == 0 and variant_index == 0:
-                    continue
-                feed_sets.append((variant, reference_runner.run(variant)))
-        del reference_runner
-
-        candidate_runner = _runner(candidate_model, candidate_source, candidate_label, ort_opt_level, extra)
-        result = None
-        for feeds, reference_values in feed_sets:
-            candidate_values = candidate_runner.run(feeds)
-            reference_outputs = {name: reference_values[name] for name in output_names if name in reference_values}
-            candidate_outputs = {name: value for name, value in candidate_values.items()
-                                 if extra is None or name not in extra or name in output_names}
-            run_result = compare_outputs(reference_outputs, candidate_outputs, atol=atol, rtol=rtol,
-                                         reference_label=reference_label, candidate_label=candidate_label)
-            if shared is not None:
-                run_result.intermediates = compare_intermediates(list(shared.names), reference_values, candidate_values,
-                                                                 atol=atol, rtol=rtol)
-            result = run_result if result is None else result.merged(run_result)
+        check.feed_sets = _feed_sets(reference_specs, shapes, provided, seed, runs, branches, first_feeds)
+        check.shapes = {spec.name: tuple(np.shape(first_feeds[spec.name])) for spec in reference_specs}
+        if shared is None:
+            swept = []
+        elif intermediates is True:
+            swept = list(shared.names)
+        else:
+            swept = [name for name in shared.names if name in shared.boundaries]
+        result = check.compare(swept, with_outputs=True)
+        if shared is not None and len(swept) < len(shared.names) and not result.passed:
+            rest = [name for name in shared.names if name not in shared.boundaries]
+            # Something failed: the tensors between the boundaries say where it started.
+            result.intermediates = _in_order(result.intermediates + check.compare(rest).intermediates, shared.order)
         result.runs = runs
         result.seed = None if not missing else seed
         result.ort_opt_level = ort_opt_level
-        result.input_shapes = {spec.name: tuple(np.shape(first_feeds[spec.name])) for spec in reference_specs}
+        result.input_shapes = check.shapes
         result.shape_notes = notes
+        result.evidence = evidence
         result.branch_inputs = {name: [True, False] for name in branches}
         result.intermediates_checked = shared is not None
         if shared is not None:
+            result.intermediates_scope = "all" if len(result.intermediates) >= len(shared.names) else "boundaries"
             _locate_divergence(result, shared, fold_labels)
         return result
 
 
-def _runner(model, source, label, opt_level, extra):
-    from .run import Runner
+def _feed_sets(specs, shapes, provided, seed, runs, branches, first_feeds) -> List[Dict[str, np.ndarray]]:
+    """Every feed set the check runs: `runs` seeded draws, each with every If-deciding input both ways."""
+    from .feeds import branch_variants, make_feeds
 
-    return Runner(model, source, label, opt_level=opt_level, extra=extra)
+    feed_sets = []
+    for run_index in range(runs):
+        base = first_feeds if run_index == 0 else make_feeds(specs, shapes, provided, seed + run_index)
+        variants = branch_variants(base, branches)
+        feed_sets.extend([first_feeds, *variants[1:]] if run_index == 0 else variants)
+    return feed_sets
 
 
-def _first_run(runner, specs, plan, provided, seed, branches):
-    """Find shapes the reference runs with (trying sizes for open dims); return them, notes, the feeds and the
-    reference's values for the first feed set."""
-    from .feeds import TRIAL_SIZES, branch_variants, make_feeds
+def _in_order(comparisons, order: Mapping[str, int]):
+    return sorted(comparisons, key=lambda item: order.get(item.name, len(order)))
 
+
+class _Check:
+    """The two models of one check, the feeds they run on, and how tensors are compared: at most CHUNK_BYTES of
+    exposed intermediates per run of each model, and each failure judged again against the reference's noise."""
+
+    def __init__(self, reference, reference_source, reference_label, candidate, candidate_source, candidate_label,
+                 opt_level, atol, rtol, output_names, flowing, elem_types):
+        self.models = {"reference": (reference, reference_source, reference_label),
+                       "candidate": (candidate, candidate_source, candidate_label)}
+        self.opt_level, self.atol, self.rtol = opt_level, atol, rtol
+        self.output_names, self.flowing, self.elem_types = output_names, flowing, elem_types
+        self.feed_sets: List[Dict[str, np.ndarray]] = []
+        self.shapes: Dict[str, Tuple[int, ...]] = {}
+
+    def runner(self, which: str, extra: Sequence[str] = (), opt_level: Optional[str] = None):
+        from .run import Runner
+
+        model, source, label = self.models[which]
+        if opt_level is not None and opt_level != self.opt_level:
+            label = f"{label} (ORT level {opt_level})"
+        return Runner(model, source, label, opt_level=opt_level or self.opt_level,
+                      extra={name: self.elem_types[name] for name in extra})
+
+    def compare(self, names: Sequence[str], with_outputs: bool = False) -> VerifyResult:
+        """Compare `names` (and the outputs) over every feed set; failures under default tolerances are judged
+        again against the reference's own rounding noise."""
+        from .intermediates import chunks_by_bytes
+
+        reference_model = self.models["reference"][0]
+        chunks = chunks_by_bytes(reference_model, names, self.shapes, CHUNK_BYTES) if names else []
+        result = None
+        for index, chunk in enumerate(chunks or [[]]):
+            part = self._run_and_compare(chunk, with_outputs and index == 0)
+            result = part if result is None else _joined(result, part)
+        failing = [item.name for item in [*result.outputs, *result.intermediates]
+                   if not item.passed and item.problem is None and is_default(self.atol, item.name)]
+        if failing:
+            self._judge_against_noise(result, failing)
+        return result
+
+    def _run_and_compare(self, chunk: Sequence[str], with_outputs: bool, exact: bool = False) -> VerifyResult:
+        from .noise import exact_values
+
+        labels = (self.models["reference"][2], self.models["candidate"][2])
+        runners = [self.runner("reference", chunk), self.runner("candidate", chunk)]
+        outputs = self.output_names if with_outputs else []
+        result = None
+        for feeds in self.feed_sets:
+            values = [runner.run(feeds) for runner in runners]
+            reference_outputs = {name: values[0][name] for name in outputs if name in values[0]}
+            candidate_outputs = {} if not with_outputs else \
+                {name: value for name, value in values[1].items() if name not in chunk or name in outputs}
+            exact_ones = exact_values(self.models["reference"][0], feeds, [*outputs, *chunk]) if exact else None
+            part = compare_outputs(reference_outputs, candidate_outputs, atol=self.atol, rtol=self.rtol,
+                                   reference_label=labels[0], candidate_label=labels[1], flowing=self.flowing,
+                                   exact=exact_ones)
+            part.intermediates = compare_intermediates(list(chunk), values[0], values[1], atol=self.atol,
+                                                       rtol=self.rtol, flowing=self.flowing, exact=exact_ones)
+            result = part if result is None else result.merged(part)
+            del values, exact_ones
+        return result
+
+    def _judge_against_noise(self, result: VerifyResult, failing: Sequence[str]) -> None:
+        """Compare the failing tensors again, allowing for the reference's own distance from its exact (float64)
+        evaluation (see checking.noise), and keep the new verdicts. Where it cannot be evaluated, they stand."""
+        outputs = [name for name in failing if name in self.output_names]
+        inside = [name for name in failing if name not in self.output_names]
+        again = self._run_and_compare(inside, with_outputs=bool(outputs), exact=True)
+        judged = {item.name: item for item in [*again.outputs, *again.intermediates] if item.name in failing}
+        result.outputs = [judged.get(item.name, item) for item in result.outputs]
+        result.intermediates = [judged.get(item.name, item) for item in result.intermediates]
+
+
+def _joined(first: VerifyResult, second: VerifyResult) -> VerifyResult:
+    first.outputs += second.outputs
+    first.intermediates += second.intermediates
+    first.problems += [problem for problem in second.problems if problem not in first.problems]
+    return first
+
+
+def _first_run(check: _Check, specs, plan, provided, seed, branches):
+    """Find shapes the reference runs with, trying sizes for open dims and then larger ones while an output
+    carries no signal; return the shapes, notes, the feeds and each output's evidence (checking.evidence), for
+    the size where the fewest outputs lack signal."""
+    from .evidence import lacking, output_evidence
+    from .feeds import EVIDENCE_SIZES, TRIAL_SIZES, branch_variants, make_feeds
+
+    runner = check.runner("reference")
     failures = []
-    for shapes, chosen in plan.candidates():
+    best = None
+    for shapes, chosen in plan.candidates(TRIAL_SIZES + EVIDENCE_SIZES):
+        size = next(iter(chosen.values()), None)
+        if best is not None and size not in EVIDENCE_SIZES:
+            continue  # a size ran: only the larger ones can add signal
         feeds = branch_variants(make_feeds(specs, shapes, provided, seed), branches)[0]
         try:
             values = runner.run(feeds, quiet=bool(plan.groups))
         except InvalidModelError as error:
             if not chosen:
                 raise
-            failures.append((chosen, str(error)))
+            failures.append((size, str(error)))
             continue
-        notes = list(plan.notes)
-        if chosen:
-            tried = "" if not failures else \
-                f" ({', '.join(str(next(iter(c.values()))) for c, _ in failures)} did not run)"
-            notes.append("dynamic dims chosen: " + ", ".join(f"{group}={size}" for group, size in chosen.items())
-                         + tried + "; --input-shape sets them")
-        return shapes, notes, feeds, values
-    give = " ".join(f"--input-shape {name}:" + "x".join(d if isinstance(d, str) else str(d) for d in dims)
-                    for name, dims in plan.dims.items() if any(isinstance(d, str) for d in dims))
-    last_error = failures[-1][1] if failures else ""
-    raise UnresolvedShapeError(
-        f"no size for the dynamic dim(s) {', '.join(plan.groups)} lets the original model run (tried "
-        f"{', '.join(str(size) for size in TRIAL_SIZES)}; last error: {last_error}); "
-        f"give the shapes, e.g. {give}"
-    )
+        outputs = {name: values[name] for name in check.output_names if name in values}
+        evidence = output_evidence(outputs, check.atol, check.rtol, check.flowing)
+        del values, outputs
+        if best is None or lacking(evidence) < lacking(best[3]):
+            best = (shapes, chosen, feeds, evidence)
+        if not lacking(evidence):
+            break
+    if best is None:
+        give = " ".join(f"--input-shape {name}:" + "x".join(_placeholder(d) for d in dims)
+                        for name, dims in plan.dims.items() if any(isinstance(d, str) for d in dims))
+        last_error = failures[-1][1] if failures else ""
+        raise UnresolvedShapeError(
+            f"no size for the dynamic dim(s) {', '.join(plan.groups)} lets the original model run (tried "
+            f"{', '.join(str(size) for size in TRIAL_SIZES + EVIDENCE_SIZES)}; last error: {last_error}); "
+            f"give the shapes, e.g. {give}"
+        )
+    shapes, chosen, feeds, evidence = best
+    notes = list(plan.notes)
+    if chosen:
+        size = next(iter(chosen.values()))
+        smaller = [str(tried) for tried, _ in failures if tried < size and tried not in EVIDENCE_SIZES]
+        tried = f" ({', '.join(smaller)} did not run)" if smaller else ""
+        larger = " (an output carried no signal at the first size that ran)" if size in EVIDENCE_SIZES else ""
+        notes.append("dynamic dims chosen: " + ", ".join(f"{group}={size}" for group, size in chosen.items())
+                     + tried + larger + "; --input-shape sets them")
+    return shapes, notes, feeds, evidence
+
+
+def _placeholder(dim) -> str:
+    """A dim as --input-shape wants it in an example: its size, its symbolic name, or N for an unnamed one."""
+    if not isinstance(dim, str):
+        return str(dim)
+    return "N" if "[" in dim else dim
 
 
 def _locate_divergence(result: VerifyResult, shared, fold_labels) -> None:

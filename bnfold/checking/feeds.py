@@ -2,7 +2,10 @@
 
 Dynamic dims: batch (axis 0) is 1; another dim takes its size from --input-shape, else from an input that shares
 its dim_param, else from a concrete size the model declares for the input in value_info, else sizes that suit an
-image or sequence (TRIAL_SIZES, multiples of 32 first) are tried until the original model runs. A bool input that
+image or sequence (TRIAL_SIZES, multiples of 32 first) are tried until the original model runs; when an output then
+carries no signal (checking.evidence), the larger sizes a detector would see (EVIDENCE_SIZES) are tried too, and
+the size where most outputs carry signal is used. A declared dim of 0 or below is open, as exporters mean it.
+A bool input that
 decides an If runs both ways (True and False), so both branches are checked; integer inputs are small and
 non-negative (they are often indices).
 """
@@ -17,6 +20,7 @@ import numpy as np
 from ..inputs import DEFAULT_BATCH, InputSpec, feeds_for, named_overrides, resolve_shapes
 
 TRIAL_SIZES = (32, 64, 128, 224, 320)
+EVIDENCE_SIZES = (480, 640)
 
 # Ops through which a bool graph input still decides an If's branch.
 _CONDITION_PASS_THROUGH = ("Identity", "Not", "Cast", "Squeeze", "Reshape")
@@ -30,10 +34,10 @@ class ShapePlan:
     groups: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
 
-    def candidates(self) -> Iterator[Tuple[Dict[str, Tuple[int, ...]], Dict[str, int]]]:
+    def candidates(self, sizes: Sequence[int] = TRIAL_SIZES
+                   ) -> Iterator[Tuple[Dict[str, Tuple[int, ...]], Dict[str, int]]]:
         """Concrete shapes to try, with the size each searched group got; one try when nothing is searched."""
-        sizes = TRIAL_SIZES if self.groups else (None,)
-        for size in sizes:
+        for size in (sizes if self.groups else (None,)):
             chosen = {group: size for group in self.groups}
             yield {name: tuple(chosen.get(d, d) if isinstance(d, str) else d for d in dims)
                    for name, dims in self.dims.items()}, chosen

@@ -7,13 +7,16 @@ A tensor of the reference's main graph is compared when it also exists in the ca
 - a node that reads it is unchanged (that node would see a different value otherwise), or
 - it is the output of a BatchNormalization in the reference (a fold claims its result is kept),
 and it is a float tensor computed from data (not an initializer, graph input, Constant or a function of those).
-Pure onnx: no onnxruntime.
+The fold boundaries are the compared tensors a fold produces anew: a BatchNormalization's output, or a tensor
+whose producer changed while one of its readers did not. Every wrong fold shows first at a boundary; the tensors
+between boundaries are computed by unchanged nodes from them, so the check compares boundaries and outputs and
+sweeps the rest only to localize a failure. Pure onnx: no onnxruntime.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Dict, List, Mapping, Optional, Set
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 import numpy as np
 import onnx
@@ -26,19 +29,21 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProt
 @dataclass
 class SharedTensors:
     """names: compared intermediates in the reference's graph order, with their ONNX element type.
+    boundaries: the names (of `names`) at a fold's edge (see the module docstring).
     order: position of every main-graph tensor of the reference (outputs included), for "first in graph order".
     producers: reference tensor -> (op_type, node name, its data inputs), to trace a divergence to a BN."""
 
     names: Dict[str, int]
+    boundaries: Set[str]
     order: Dict[str, int]
     producers: Dict[str, tuple]
 
 
-def shared_tensors(reference: onnx.ModelProto, candidate: onnx.ModelProto,
-                   rewritten: Iterable[str] = ()) -> SharedTensors:
+def shared_tensors(reference: onnx.ModelProto, candidate: onnx.ModelProto, rewritten: Iterable[str] = (),
+                   elem_types: Optional[Mapping[str, int]] = None) -> SharedTensors:
     """`rewritten`: names a fold kept but gave new values (a producer that absorbed a BN, the views after it)."""
     ref_graph, cand_graph = reference.graph, candidate.graph
-    ref_constants, cand_constants = _constants(ref_graph), _constants(cand_graph)
+    ref_constants, cand_constants = constant_names(ref_graph), constant_names(cand_graph)
     cand_producer = {output: node for node in cand_graph.node for output in node.output if output}
     ref_init = {t.name: t for t in ref_graph.initializer}
     cand_init = {t.name: t for t in cand_graph.initializer}
@@ -59,8 +64,8 @@ def shared_tensors(reference: onnx.ModelProto, candidate: onnx.ModelProto,
     for node in ref_graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    elem_types = _element_types(reference)
-    names, order, producers = {}, {}, {}
+    elem_types = element_types(reference) if elem_types is None else elem_types
+    names, order, producers, boundaries = {}, {}, {}, set()
     for node in ref_graph.node:
         data_inputs = tuple(name for name in node.input if name and name not in ref_constants)
         for output in node.output:
@@ -70,13 +75,17 @@ def shared_tensors(reference: onnx.ModelProto, candidate: onnx.ModelProto,
             producers[output] = (node.op_type, node.name, data_inputs)
             if output in excluded or output not in cand_producer or elem_types.get(output) not in _FLOAT_TYPES:
                 continue
-            if node.op_type == "BatchNormalization" or unchanged(node) or \
-                    any(unchanged(reader) for reader in readers.get(output, ())):
+            if node.op_type == "BatchNormalization" or unchanged(node):
                 names[output] = elem_types[output]
-    return SharedTensors(names, order, producers)
+                if node.op_type == "BatchNormalization" and not unchanged(node):
+                    boundaries.add(output)
+            elif any(unchanged(reader) for reader in readers.get(output, ())):
+                names[output] = elem_types[output]
+                boundaries.add(output)
+    return SharedTensors(names, boundaries, order, producers)
 
 
-def _constants(graph: onnx.GraphProto) -> Set[str]:
+def constant_names(graph: onnx.GraphProto) -> Set[str]:
     """Initializers, Constant outputs, and outputs of nodes whose every input is one of those."""
     constants = {t.name for t in graph.initializer}
     for node in graph.node:
@@ -110,22 +119,60 @@ def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
     return bool(np.array_equal(tensor_array(a), tensor_array(b), equal_nan=True))
 
 
-def _element_types(model: onnx.ModelProto) -> Dict[str, int]:
+def element_types(model: onnx.ModelProto) -> Dict[str, int]:
     """ONNX element type of every main-graph tensor: declared, else from shape inference on a weightless copy."""
-    from ..graph.order import sort_nodes
-    from ..graph.types import skeleton
-
     types = {}
-    try:
-        copy = skeleton(model)
-        sort_nodes(copy)  # inference reads nodes in order: one out of order would leave the rest untyped
-        inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=False).graph
-    except Exception:  # best effort: a tensor without a known type is not compared
-        inferred = model.graph
+    inferred = _inferred(model) or model.graph
     for value in (*inferred.value_info, *inferred.output, *model.graph.value_info, *model.graph.output):
         if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
             types[value.name] = value.type.tensor_type.elem_type
     return types
+
+
+def _inferred(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Sequence[int]]] = None
+              ) -> Optional[onnx.GraphProto]:
+    """The main graph of a weightless copy after shape inference (graph inputs fixed to `input_shapes`), or None
+    when inference fails (best effort: callers fall back to what the model declares)."""
+    from ..graph.order import sort_nodes
+    from ..graph.types import skeleton
+
+    try:
+        copy = skeleton(model)
+        for value in copy.graph.input:
+            if input_shapes and value.name in input_shapes and value.type.HasField("tensor_type"):
+                shape = value.type.tensor_type.shape
+                shape.ClearField("dim")
+                for size in input_shapes[value.name]:
+                    shape.dim.add().dim_value = int(size)
+        sort_nodes(copy)  # inference reads nodes in order: one out of order would leave the rest untyped
+        return onnx.shape_inference.infer_shapes(copy, strict_mode=False).graph
+    except Exception:
+        return None
+
+
+def chunks_by_bytes(model: onnx.ModelProto, names: Sequence[str], input_shapes: Mapping[str, Sequence[int]],
+                    budget: int) -> List[List[str]]:
+    """`names` in order, cut into runs whose tensors (sizes from shape inference at `input_shapes`) add up to at
+    most `budget` bytes each; a tensor of unknown size counts as the largest known one."""
+    inferred = _inferred(model, input_shapes)
+    sizes: Dict[str, int] = {}
+    for value in (inferred.value_info if inferred is not None else ()):
+        tensor_type = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+        if tensor_type.elem_type and tensor_type.HasField("shape") and all(d >= 0 for d in dims):
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).itemsize
+            sizes[value.name] = int(np.prod(dims, dtype=np.int64)) * itemsize
+    unknown = max(sizes.values(), default=budget)
+    chunks: List[List[str]] = []
+    total = budget + 1
+    for name in names:
+        size = sizes.get(name, unknown)
+        if total + size > budget and (not chunks or chunks[-1]):
+            chunks.append([])
+            total = 0
+        chunks[-1].append(name)
+        total += size
+    return [chunk for chunk in chunks if chunk]
 
 
 def with_outputs(model: onnx.ModelProto, names: Mapping[str, int]) -> List[onnx.ValueInfoProto]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..tables import format_table
+
+if TYPE_CHECKING:
+    from .evidence import Evidence
 
 
 @dataclass
@@ -50,6 +53,8 @@ class OutputComparison:
     channels_outside: int = 0
     channel_error_ratio: Optional[float] = None
     problem: Optional[str] = None
+    tolerance_dtype: Optional[str] = None  # a less precise dtype flowing into the tensor, whose tolerance it got
+    noise_floor: Optional[float] = None  # max |reference - its float64 evaluation|, where that was measured
 
     @property
     def passed(self) -> bool:
@@ -123,6 +128,8 @@ class VerifyResult:
     input_shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
     shape_notes: List[str] = field(default_factory=list)
     branch_inputs: Dict[str, List[bool]] = field(default_factory=dict)
+    evidence: Dict[str, "Evidence"] = field(default_factory=dict)  # per float output: its range, and if it has signal
+    intermediates_scope: Optional[str] = None  # "all", or "boundaries" (the rest were swept only on a failure)
 
     @property
     def passed(self) -> bool:
@@ -161,6 +168,15 @@ class VerifyResult:
             lines.append("input shapes: " + ", ".join(f"{name} {shape_text(shape)}"
                                                      for name, shape in self.input_shapes.items()))
         lines += [f"  {note}" for note in self.shape_notes]
+        if self.evidence:
+            lines.append("evidence: " + "; ".join(item.describe() for item in self.evidence.values()))
+        from .evidence import SIGNAL_FACTOR
+
+        for item in self.evidence.values():
+            if not item.signal:
+                lines.append(f"  {item.name} carries no signal at these shapes (its values vary less than "
+                             f"{SIGNAL_FACTOR:g}x its tolerance of {item.allowance:.2g}): it is no evidence either way; "
+                             "give real data (--inputs) or sizes (--input-shape) where it varies")
         for name, values in self.branch_inputs.items():
             lines.append(f"  {name} feeds an If: ran with {' and '.join(str(v) for v in values)}")
         lines.append("")
@@ -168,7 +184,9 @@ class VerifyResult:
             lines.append(_table(self.outputs, "output"))
         failing = [tensor for tensor in self.intermediates if not tensor.passed]
         if self.intermediates_checked:
-            lines.append(f"intermediate tensors compared: {len(self.intermediates)}, outside tolerance: "
+            scope = " (fold boundaries; the rest only to localize a failure)" \
+                if self.intermediates_scope == "boundaries" else ""
+            lines.append(f"intermediate tensors compared: {len(self.intermediates)}{scope}, outside tolerance: "
                          f"{len(failing)}")
         if failing:
             lines.append(_table(failing, "intermediate"))
@@ -210,7 +228,9 @@ class VerifyResult:
             "problems": list(self.problems),
             "failed_outputs": self.failed_outputs,
             "outputs": [output.to_dict() for output in self.outputs],
+            "evidence": {name: item.to_dict() for name, item in self.evidence.items()},
             "intermediates_checked": self.intermediates_checked,
+            "intermediates_scope": self.intermediates_scope,
             "intermediates_compared": len(self.intermediates),
             "failed_intermediates": [tensor.to_dict() for tensor in self.intermediates if not tensor.passed],
             "first_divergence": self.first_divergence,
@@ -263,6 +283,14 @@ def _table(outputs: Sequence[OutputComparison], first_column: str) -> str:
 
 def _output_notes(output: OutputComparison, candidate_label: str) -> List[str]:
     notes = []
+    if output.tolerance_dtype:
+        notes.append(f"{output.name}: judged at the {output.tolerance_dtype} tolerance, the precision that flows "
+                     "into it")
+    if output.noise_floor is not None:
+        from .noise import NOISE_MULTIPLE
+
+        notes.append(f"{output.name}: the original's own rounding moves it by up to {output.noise_floor:.3g} from "
+                     f"its exact (float64) value; {NOISE_MULTIPLE:g}x that is allowed beyond the dtype's tolerance")
     if output.problem:
         notes.append(f"{output.name}: {output.problem}")
     if output.reference_nan or output.reference_inf:

@@ -21,7 +21,9 @@ def run_model(model, feeds: Mapping[str, np.ndarray], *, ort_opt_level: str = "d
 class Runner:
     """One session for one model of the pair. `source` is what ORT loads when nothing is added (a path keeps
     models over 2 GiB loadable); with `extra` (name -> ONNX element type) the ModelProto gets those tensors as
-    outputs for the time it takes to build the session, and is restored after."""
+    outputs for the time it takes to build the session, and is restored after. Graph inputs and outputs declared
+    with a dim of 0 or below (exporters' "any size") are made open for that time too: ONNX Runtime would demand
+    exactly that size."""
 
     def __init__(self, model, source, label: str, *, opt_level: str = "disable",
                  extra: Optional[Mapping[str, int]] = None):
@@ -29,11 +31,13 @@ class Runner:
 
         self.label = label
         try:
-            if extra:
-                added = with_outputs(model, extra)
+            if extra or _declares_unsized(model):
+                added = with_outputs(model, extra or {})
+                restore = _open_unsized(model)
                 try:
                     self.session = make_session(model, opt_level=opt_level, arena=False)
                 finally:
+                    restore()
                     remove_outputs(model, added)
             else:
                 self.session = make_session(source if isinstance(source, (str, os.PathLike)) else model,
@@ -50,3 +54,27 @@ class Runner:
             return run(self.session, dict(feeds), quiet=quiet)
         except InvalidModelError as error:
             raise InvalidModelError(f"{self.label}: {error}") from None
+
+
+def _unsized_dims(model):
+    """The dims of graph inputs and outputs declared with a size of 0 or below."""
+    return [dim for value in (*model.graph.input, *model.graph.output) if value.type.HasField("tensor_type")
+            for dim in value.type.tensor_type.shape.dim if dim.HasField("dim_value") and dim.dim_value <= 0]
+
+
+def _declares_unsized(model) -> bool:
+    return bool(_unsized_dims(model))
+
+
+def _open_unsized(model):
+    """Make every unsized dim (see _unsized_dims) open; return what puts the declared sizes back."""
+    dims = _unsized_dims(model)
+    sizes = [dim.dim_value for dim in dims]
+    for dim in dims:
+        dim.Clear()
+
+    def restore():
+        for dim, size in zip(dims, sizes):
+            dim.dim_value = size
+
+    return restore
