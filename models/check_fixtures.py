@@ -222,7 +222,7 @@ def wide_detector(*, size: int = 800, stages: int = 5, blocks: int = 10, channel
               helper.make_node("Flatten", ["gap"], ["flat"], name="flat"),
               helper.make_node("Gemm", ["flat", "fc_w"], ["classes"], name="fc", transB=1)]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])]
-    outputs = [helper.make_tensor_value_info(head, TensorProto.FLOAT, None),
+    outputs = [helper.make_tensor_value_info(head, TensorProto.FLOAT, [1, 4, size // 2, size // 2]),
                helper.make_tensor_value_info("classes", TensorProto.FLOAT, [1, 10])]
     return make_model(nodes, inputs, outputs, initializers)
 

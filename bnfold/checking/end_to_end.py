@@ -23,7 +23,7 @@ from .result import VerifyResult, shape_text
 
 # Bytes of intermediate tensors one run of each model exposes at most: the check's memory beyond ONNX Runtime's
 # own stays about twice this, whatever the model's size.
-CHUNK_BYTES = 128 << 20
+CHUNK_BYTES = 32 << 20
 
 if TYPE_CHECKING:  # onnx is imported lazily
     import onnx
@@ -157,8 +157,8 @@ def verify(
     signal: checking.evidence); the shapes used and each output's range are in the result.
     A bool input deciding an If runs both ways. When every input is given, one run is made.
     intermediates: True also compares every tensor both models share by name and meaning
-    (checking.intermediates); "boundaries" compares the fold boundaries among them and sweeps the rest only when
-    something fails, to localize it. The first tensor outside tolerance is named, and, through `fold_labels`
+    (checking.intermediates); "boundaries" compares the fold boundaries among them that fit in CHUNK_BYTES (spread
+    over the graph, the last always), and sweeps the rest only when something fails, to localize it. The first tensor outside tolerance is named, and, through `fold_labels`
     ({tensor: BN label}) or the reference's BatchNormalization nodes, the BN fold behind it. `rewritten` names
     tensors to leave out: ones a fold kept by name but gave new values (the fold command passes them from its
     report). Intermediates are exposed at most CHUNK_BYTES at a time, so memory stays bounded.
@@ -171,8 +171,9 @@ def verify(
     Models are labelled by their path, or "reference"/"candidate" (candidate_label overrides the latter).
     """
     from ..inputs import graph_inputs, load_input_files
-    from .feeds import branch_inputs, plan_shapes
-    from .intermediates import element_types, shared_tensors
+    from .evidence import output_evidence
+    from .feeds import branch_inputs, branch_variants, make_feeds, plan_shapes
+    from .intermediates import element_types, shared_tensors, spread_within, tensor_sizes
     from .noise import flowing_dtypes
 
     _check_arguments(runs, seed, inputs)
@@ -210,29 +211,32 @@ def verify(
         check = _Check(reference_model, reference_source, reference_label, candidate_model, candidate_source,
                        candidate_label, ort_opt_level, atol, rtol, output_names,
                        flowing_dtypes(reference_model, elem_types), elem_types)
-        shapes, notes, first_feeds, evidence = _first_run(check, reference_specs, plan, provided, seed, branches)
+        if plan.groups:
+            shapes, notes, first_feeds, evidence = _first_run(check, reference_specs, plan, provided, seed, branches)
+        else:  # nothing to choose: the first comparison run is the first run
+            shapes, notes, evidence = next(plan.candidates())[0], list(plan.notes), None
+            first_feeds = branch_variants(make_feeds(reference_specs, shapes, provided, seed), branches)[0]
         problems = _input_problems(reference_specs, graph_inputs(candidate_model), first_feeds)
         if problems:
             return VerifyResult([], reference_label, candidate_label, problems=problems)
         check.feed_sets = _feed_sets(reference_specs, shapes, provided, seed, runs, branches, first_feeds)
         check.shapes = {spec.name: tuple(np.shape(first_feeds[spec.name])) for spec in reference_specs}
-        if shared is None:
-            swept = []
-        elif intermediates is True:
-            swept = list(shared.names)
-        else:
-            swept = [name for name in shared.names if name in shared.boundaries]
+        swept = [] if shared is None else list(shared.names)
+        if intermediates == "boundaries":
+            boundaries = [name for name in swept if name in shared.boundaries]
+            swept = spread_within(boundaries, tensor_sizes(reference_model, boundaries, check.shapes), CHUNK_BYTES)
         result = check.compare(swept, with_outputs=True)
         if shared is not None and len(swept) < len(shared.names) and not result.passed:
-            rest = [name for name in shared.names if name not in shared.boundaries]
-            # Something failed: the tensors between the boundaries say where it started.
+            # Something failed: every other tensor both models share says where it started.
+            rest = [name for name in shared.names if name not in set(swept)]
             result.intermediates = _in_order(result.intermediates + check.compare(rest).intermediates, shared.order)
         result.runs = runs
         result.seed = None if not missing else seed
         result.ort_opt_level = ort_opt_level
         result.input_shapes = check.shapes
         result.shape_notes = notes
-        result.evidence = evidence
+        result.evidence = evidence if evidence is not None else \
+            output_evidence(check.first_outputs, atol, rtol, check.flowing)
         result.branch_inputs = {name: [True, False] for name in branches}
         result.intermediates_checked = shared is not None
         if shared is not None:
@@ -269,6 +273,7 @@ class _Check:
         self.output_names, self.flowing, self.elem_types = output_names, flowing, elem_types
         self.feed_sets: List[Dict[str, np.ndarray]] = []
         self.shapes: Dict[str, Tuple[int, ...]] = {}
+        self.first_outputs: Dict[str, object] = {}  # the reference's outputs on the first feed set
 
     def runner(self, which: str, extra: Sequence[str] = (), opt_level: Optional[str] = None):
         from .run import Runner
@@ -282,10 +287,10 @@ class _Check:
     def compare(self, names: Sequence[str], with_outputs: bool = False) -> VerifyResult:
         """Compare `names` (and the outputs) over every feed set; failures under default tolerances are judged
         again against the reference's own rounding noise."""
-        from .intermediates import chunks_by_bytes
+        from .intermediates import chunks_by_bytes, tensor_sizes
 
-        reference_model = self.models["reference"][0]
-        chunks = chunks_by_bytes(reference_model, names, self.shapes, CHUNK_BYTES) if names else []
+        sizes = tensor_sizes(self.models["reference"][0], names, self.shapes)
+        chunks = chunks_by_bytes(names, sizes, CHUNK_BYTES)
         result = None
         for index, chunk in enumerate(chunks or [[]]):
             part = self._run_and_compare(chunk, with_outputs and index == 0)
@@ -306,6 +311,8 @@ class _Check:
         for feeds in self.feed_sets:
             values = [runner.run(feeds) for runner in runners]
             reference_outputs = {name: values[0][name] for name in outputs if name in values[0]}
+            if with_outputs and not self.first_outputs:
+                self.first_outputs = reference_outputs
             candidate_outputs = {} if not with_outputs else \
                 {name: value for name, value in values[1].items() if name not in chunk or name in outputs}
             exact_ones = exact_values(self.models["reference"][0], feeds, [*outputs, *chunk]) if exact else None

@@ -150,10 +150,10 @@ def _inferred(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Sequen
         return None
 
 
-def chunks_by_bytes(model: onnx.ModelProto, names: Sequence[str], input_shapes: Mapping[str, Sequence[int]],
-                    budget: int) -> List[List[str]]:
-    """`names` in order, cut into runs whose tensors (sizes from shape inference at `input_shapes`) add up to at
-    most `budget` bytes each; a tensor of unknown size counts as the largest known one."""
+def tensor_sizes(model: onnx.ModelProto, names: Sequence[str], input_shapes: Mapping[str, Sequence[int]]
+                 ) -> Dict[str, int]:
+    """Bytes of each of `names` at `input_shapes` (shape inference on a weightless copy); a tensor of unknown size
+    counts as the largest known one."""
     inferred = _inferred(model, input_shapes)
     sizes: Dict[str, int] = {}
     for value in (inferred.value_info if inferred is not None else ()):
@@ -162,17 +162,32 @@ def chunks_by_bytes(model: onnx.ModelProto, names: Sequence[str], input_shapes: 
         if tensor_type.elem_type and tensor_type.HasField("shape") and all(d >= 0 for d in dims):
             itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).itemsize
             sizes[value.name] = int(np.prod(dims, dtype=np.int64)) * itemsize
-    unknown = max(sizes.values(), default=budget)
+    unknown = max(sizes.values(), default=0)
+    return {name: sizes.get(name, unknown) for name in names}
+
+
+def chunks_by_bytes(names: Sequence[str], sizes: Mapping[str, int], budget: int) -> List[List[str]]:
+    """`names` in order, cut into runs whose sizes add up to at most `budget` bytes each (a larger tensor stands
+    alone)."""
     chunks: List[List[str]] = []
-    total = budget + 1
+    total = 0
     for name in names:
-        size = sizes.get(name, unknown)
-        if total + size > budget and (not chunks or chunks[-1]):
+        if not chunks or (total + sizes[name] > budget and chunks[-1]):
             chunks.append([])
             total = 0
         chunks[-1].append(name)
-        total += size
-    return [chunk for chunk in chunks if chunk]
+        total += sizes[name]
+    return chunks
+
+
+def spread_within(names: Sequence[str], sizes: Mapping[str, int], budget: int) -> List[str]:
+    """The most of `names` that fit in `budget` bytes, spread evenly over their order and always with the last
+    (nearest the outputs): every `step`-th one, for the smallest step that fits."""
+    for step in range(1, len(names) + 1):
+        picked = list(names[::-1][::step])[::-1]
+        if sum(sizes[name] for name in picked) <= budget:
+            return picked
+    return []
 
 
 def with_outputs(model: onnx.ModelProto, names: Mapping[str, int]) -> List[onnx.ValueInfoProto]:

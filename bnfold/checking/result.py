@@ -184,7 +184,7 @@ class VerifyResult:
             lines.append(_table(self.outputs, "output"))
         failing = [tensor for tensor in self.intermediates if not tensor.passed]
         if self.intermediates_checked:
-            scope = " (fold boundaries; the rest only to localize a failure)" \
+            scope = " (fold boundaries spread over the graph; the rest only to localize a failure)" \
                 if self.intermediates_scope == "boundaries" else ""
             lines.append(f"intermediate tensors compared: {len(self.intermediates)}{scope}, outside tolerance: "
                          f"{len(failing)}")
