@@ -198,6 +198,7 @@ def fold_file(
     size of a dynamic input dim lets the original run, the check is skipped and the report says why
     (report.verification_skipped), unless require_end_to_end, which raises UnresolvedShapeError instead.
 
+    fold_input_initializers, keep_input_initializers, skip, inline_functions and standalone fold as bnfold.fold does.
     The input is never overwritten unless `destination` names it and overwrite=True. When verification fails the
     output is not written (unless force=True) and VerificationFailed is raised, carrying `.result` and `.report`.
     """

@@ -224,3 +224,29 @@ def test_a_torchscript_export_with_initializer_inputs_folds_by_default_and_match
     assert input_names(folded) == [name for name in input_names(model) if name not in report.removed_inputs]
     assert len(report.removed_inputs) == report.initializer_inputs.inputs_removed > 0
     assert_same_outputs(model, folded)
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_the_stored_torch_export_is_the_current_zoo_module_and_its_fold_matches_pytorch(tmp_path):
+    """What models/build_zoo.py writes today, exported afresh: same outputs as the stored file and the module; the
+    default fold of the fresh export matches PyTorch too, at another batch and image size (dynamic dims)."""
+    torch = pytest.importorskip("torch")
+    from models.build_zoo import export_with_initializer_inputs
+    from models.zoo import INITIALIZER_INPUT_EXPORTS
+
+    factory, shape = INITIALIZER_INPUT_EXPORTS["centerface_style"]
+    module = factory()
+    example = torch.from_numpy(np.random.default_rng(1).standard_normal(shape).astype(np.float32))
+    export_with_initializer_inputs(module, example, tmp_path / "fresh.onnx")
+    fresh, stored = onnx.load(tmp_path / "fresh.onnx"), onnx.load(TORCH_EXPORT)
+    assert input_names(fresh) == input_names(stored)
+    x = np.random.default_rng(2).standard_normal((2, 3, 48, 80)).astype(np.float32)
+    with torch.no_grad():
+        expected = [tensor.numpy() for tensor in module(torch.from_numpy(x))]
+    folded, report = bnfold.fold(fresh)
+    assert report.folded_count == 13 and report.kept_count == 0
+    for model in (stored, fresh, folded):
+        outputs = list(run(model, {"input": x}).values())
+        for got, want in zip(outputs, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
