@@ -12,6 +12,7 @@ export_with_initializer_inputs).
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +32,12 @@ def export_with_initializer_inputs(module, example, path: Path, opset: int = 11)
     expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
     outputs = [f"output{index}" for index in range(len(expected))]
     spatial = {axis: name for axis, name in zip(range(2, example.dim()), ("height", "width", "depth"))}
-    torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                      keep_initializers_as_inputs=True, training=torch.onnx.TrainingMode.PRESERVE,
-                      do_constant_folding=False, input_names=["input"], output_names=outputs,
-                      dynamic_axes={name: {0: "batch", **spatial} for name in ["input", *outputs]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter is deprecated: that is the point here
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                          keep_initializers_as_inputs=True, training=torch.onnx.TrainingMode.PRESERVE,
+                          do_constant_folding=False, input_names=["input"], output_names=outputs,
+                          dynamic_axes={name: {0: "batch", **spatial} for name in ["input", *outputs]})
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # ORT warns once per initializer input: what this file is meant to show
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
