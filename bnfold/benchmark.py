@@ -37,6 +37,9 @@ CUDA_MEMORY_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # The statistic the folded/original ratio compares: the median resists the odd scheduler hiccup.
 RATIO_STATISTIC = "p50_ms"
 JSON_SCHEMA = "bnfold.bench/1"
+# bnfold.fold's keywords that bench(fold=True) passes on, as `bnfold` takes them.
+FOLD_KEYWORDS = frozenset({"fold_input_initializers", "keep_input_initializers", "skip", "inline_functions",
+                           "standalone", "local_check"})
 
 ModelLike = Union[str, "os.PathLike[str]", onnx.ModelProto]
 Progress = Callable[[int, int, str], None]
@@ -126,6 +129,7 @@ class BenchResult:
     seed: int
     cudnn_conv_algo_search: str
     onnxruntime_version: str
+    fold_report: Optional[object] = None  # a bnfold.FoldReport when bench folded the model itself (fold=True)
 
     @property
     def failures(self) -> List[BenchRow]:
@@ -151,6 +155,9 @@ class BenchResult:
             "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
             "ratio_of": RATIO_STATISTIC if len(self.models) > 1 else None,
             "rows": [row.to_dict() for row in self.rows],
+            "fold": None if self.fold_report is None else {
+                key: value for key, value in self.fold_report.to_dict().items()
+                if key in ("bn_total", "bn_folded", "bn_kept", "merges_done", "removed_inputs")},
         }
 
     def table(self, with_problems: bool = True) -> str:
@@ -179,6 +186,8 @@ class BenchResult:
         if len(self.models) > 1:
             lines.append(f"ratio: p50 of the row / p50 of {self.models[0]} on the same provider and opt level "
                          "(below 1: faster)")
+        if self.fold_report is not None:
+            lines.append(self.fold_line())
         if with_problems:
             lines += self.problems()
         return "\n".join(lines)
@@ -200,6 +209,16 @@ class BenchResult:
 
     def plot(self, path) -> None:
         plot(self, path)
+
+    def fold_line(self) -> str:
+        """What the in-memory fold did; when it did nothing, that both rows time the same model."""
+        report = self.fold_report
+        if not report.changed:
+            return (f"folded in memory: nothing was folded ({report.kept_count} BN kept; `bnfold MODEL --dry-run` "
+                    f"says why), so {self.models[-1]} is the same model as {self.models[0]}")
+        removed = f"; {len(report.removed_inputs)} unread initializer inputs removed" if report.removed_inputs else ""
+        return (f"folded in memory: {report.folded_count} of {len(report.decisions)} BN folded, {report.kept_count} "
+                f"kept{removed}")
 
 
 def default_intra_op_threads() -> int:
@@ -310,6 +329,8 @@ def _fallback_warning(provider: str, active: Sequence[str]) -> Optional[str]:
 def bench(
     models,
     *,
+    fold: bool = False,
+    fold_options: Optional[Mapping[str, object]] = None,
     providers: Sequence[str] = ("cpu",),
     opt_levels: Sequence[str] = DEFAULT_OPT_LEVELS,
     warmup: int = 10,
@@ -329,6 +350,8 @@ def bench(
     random data). A provider that is missing or that ORT silently replaced makes its rows fail with the reason
     (see BenchResult.failures) unless allow_fallback, which runs them on what ORT has and sets `warning`.
     progress(done, total, description) is called before each row and once at the end.
+    fold: `models` is one model, timed against its fold in memory, folded as `bnfold.fold(model, **fold_options)`
+    (e.g. {"keep_input_initializers": True}) folds it; result.fold_report says what was folded.
     """
     if warmup < 0 or iterations < 1:
         raise UsageError(f"need warmup >= 0 and iterations >= 1 (got warmup={warmup}, iterations={iterations})")
@@ -347,6 +370,11 @@ def bench(
         raise UsageError("bench needs at least one execution provider, such as cpu")
     ort = import_onnxruntime()
     labelled = _labelled_models(models)
+    fold_report = None
+    if fold:
+        labelled, fold_report = _with_fold(labelled, fold_options)
+    elif fold_options:
+        raise UsageError("fold_options apply to the fold bench makes itself: pass fold=True (--fold) with them")
     _check_same_inputs(labelled)
     shapes = input_shapes if isinstance(input_shapes, Mapping) else parse_shape_specs(input_shapes or ())
     feeds = make_inputs(labelled[0][1], shapes=shapes, provided=inputs, seed=seed)
@@ -383,7 +411,24 @@ def bench(
         seed=seed,
         cudnn_conv_algo_search=cudnn_conv_algo_search,
         onnxruntime_version=ort.__version__,
+        fold_report=fold_report,
     )
+
+
+def _with_fold(labelled: List[Tuple[str, onnx.ModelProto]], fold_options) -> Tuple[list, object]:
+    """The one model and its in-memory fold, labelled "folded", with the fold's report."""
+    from .folding import fold
+    from .options import as_mapping
+
+    if len(labelled) != 1:
+        raise UsageError(f"fold=True (--fold) takes exactly one model (got {len(labelled)}); it compares it with "
+                         "its folded form")
+    options = as_mapping(fold_options, "fold_options")
+    unknown = sorted(set(options) - FOLD_KEYWORDS)
+    if unknown:
+        raise UsageError(f"fold_options: unknown option(s) {unknown}; options are: {', '.join(sorted(FOLD_KEYWORDS))}")
+    folded, report = fold(labelled[0][1], **options)
+    return [*labelled, ("folded", folded)], report
 
 
 def _bench_row(label, model_bytes, provider, opt_level, feeds, *, warmup, iterations, threads, batch_size,

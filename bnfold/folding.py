@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
 
@@ -22,7 +22,7 @@ from .engine import Engine
 from .graph import DEFAULT_DOMAINS, subgraphs
 from .graph.order import sort_nodes
 from .graphsurgeon import fold_graphsurgeon, is_graphsurgeon_graph
-from .initializer_inputs import kept_for_them, removed_inputs, survey
+from .initializer_inputs import as_constants, kept_for_them, removed_inputs, survey
 from .options import VerifyOptions, as_flag, as_names
 from .report import FoldReport
 from .rules import RULE_NAMES
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class FoldOptions:
-    """fold_input_initializers: treat initializers that are also graph inputs (IR >= 4) as constants.
+    """fold_input_initializers: treat initializers that are also graph inputs (IR >= 4) as constants; the default
+    when at least 90% of the initializers are inputs (bnfold.initializer_inputs), unless keep_input_initializers.
     skip: rules (forward, backward, decomposed, standalone) or producers (conv, conv_transpose, gemm, matmul) not to
     use; see bnfold.rules.RULE_NAMES.
     inline_functions: inline model-local functions first, so BNs fed by function inputs fold per call site.
@@ -41,6 +42,7 @@ class FoldOptions:
     1.1-1.5x slower than the BatchNormalization it replaces, measured by benchmarks/runtime_latency.py)."""
 
     fold_input_initializers: bool = False
+    keep_input_initializers: bool = False
     skip: Tuple[str, ...] = ()
     inline_functions: bool = False
     local_check: bool = True
@@ -50,6 +52,9 @@ class FoldOptions:
         unknown = sorted(set(self.skip) - set(RULE_NAMES))
         if unknown:
             raise UsageError(f"unknown rule(s) {unknown}; rules are: {', '.join(RULE_NAMES)}")
+        if self.fold_input_initializers and self.keep_input_initializers:
+            raise UsageError("--fold-input-initializers and --keep-input-initializers contradict each other; "
+                             "pass one of them")
 
 
 def count_ops(model: onnx.ModelProto) -> Dict[str, int]:
@@ -67,6 +72,7 @@ def fold(
     model: Union[onnx.ModelProto, str, "os.PathLike[str]", "onnx_graphsurgeon.Graph"],
     *,
     fold_input_initializers: bool = False,
+    keep_input_initializers: bool = False,
     skip: Union[str, Sequence[str]] = (),
     inline_functions: bool = False,
     inplace: bool = False,
@@ -79,19 +85,23 @@ def fold(
     `model` is a ModelProto (copied unless inplace=True), a path, or an onnx-graphsurgeon Graph (then a new Graph
     is returned: see bnfold.graphsurgeon for what that round trip keeps). `skip` is a rule name or a sequence of
     them. Every BN is either folded or listed in the report with the reason it stays; the graph's outputs, opsets
-    and metadata are unchanged, and so are its inputs, except that fold_input_initializers removes the initializer
-    inputs the fold left unread (report.removed_inputs). Nodes out of topological order are sorted first
-    (report.sorted_graphs); a cycle raises InvalidModelError.
+    and metadata are unchanged, and so are its inputs, except for initializers listed as inputs that the fold left
+    unread (report.removed_inputs): those go when they are constants, below IR 4, with fold_input_initializers, and
+    by default when at least 90% of the initializers are inputs (old PyTorch exports; report.initializer_inputs),
+    unless keep_input_initializers keeps every such input overridable. Nodes out of topological order are sorted
+    first (report.sorted_graphs); a cycle raises InvalidModelError.
 
     local_check: run every fold's replaced piece and its replacement on their own in ONNX Runtime (see
     bnfold.checking.local); a fold that fails is not applied and its BN stays, with the reason. With inplace=True
     the model is serialized once first, to fold again without the failing BNs should one fail.
     """
     options = FoldOptions(fold_input_initializers=as_flag(fold_input_initializers, "fold_input_initializers"),
+                          keep_input_initializers=as_flag(keep_input_initializers, "keep_input_initializers"),
                           skip=as_names(skip, "skip"), inline_functions=as_flag(inline_functions, "inline_functions"),
                           local_check=as_flag(local_check, "local_check"), standalone=as_flag(standalone, "standalone"))
     if is_graphsurgeon_graph(model):
         return fold_graphsurgeon(model, skip=options.skip, fold_input_initializers=options.fold_input_initializers,
+                                 keep_input_initializers=options.keep_input_initializers,
                                  inline_functions=options.inline_functions, local_check=options.local_check,
                                  standalone=options.standalone)
     if isinstance(model, (str, os.PathLike)):
@@ -113,8 +123,13 @@ def fold(
     started = time.perf_counter()
     sorted_graphs = sort_nodes(model)
     report = FoldReport(ops_before=count_ops(model), initializer_bytes_before=tensor_bytes(model),
-                        initializer_inputs=survey(model, options.fold_input_initializers),
+                        initializer_inputs=survey(model, fold_input_initializers=options.fold_input_initializers,
+                                                  keep_input_initializers=options.keep_input_initializers),
                         sorted_graphs=sorted_graphs)
+    # The engine reads one flag: initializer inputs are constants when asked for or when the exporter's habit is clear.
+    options = replace(options, fold_input_initializers=as_constants(report.initializer_inputs,
+                                                                    options.fold_input_initializers),
+                      keep_input_initializers=False)
     inputs_before = [value.name for value in model.graph.input]
     excluded: Dict[tuple, str] = {}
     while True:
@@ -131,9 +146,10 @@ def fold(
     model = working
     report.decisions = engine.decisions
     report.decomposed = engine.decomposed
+    report.removed_inputs = removed_inputs(inputs_before, model)
     if report.initializer_inputs is not None:
         report.initializer_inputs.bn_kept = kept_for_them(report.decisions)
-    report.removed_inputs = removed_inputs(inputs_before, model)
+        report.initializer_inputs.inputs_removed = len(report.removed_inputs)
     report.merges = engine.merges
     report.local_check = engine.local_summary
     report.ops_after = count_ops(model)
@@ -169,6 +185,7 @@ def fold_file(
     external_data: Optional[bool] = None,
     verify_options: Union[None, VerifyOptions, Dict[str, object]] = None,
     fold_input_initializers: bool = False,
+    keep_input_initializers: bool = False,
     skip: Union[str, Sequence[str]] = (),
     inline_functions: bool = False,
     require_end_to_end: bool = False,
@@ -181,6 +198,7 @@ def fold_file(
     size of a dynamic input dim lets the original run, the check is skipped and the report says why
     (report.verification_skipped), unless require_end_to_end, which raises UnresolvedShapeError instead.
 
+    fold_input_initializers, keep_input_initializers, skip, inline_functions and standalone fold as bnfold.fold does.
     The input is never overwritten unless `destination` names it and overwrite=True. When verification fails the
     output is not written (unless force=True) and VerificationFailed is raised, carrying `.result` and `.report`.
     """
@@ -198,17 +216,19 @@ def fold_file(
     with holding(source) as held:
         return _fold_file(source, destination, held, started, verify=verify, force=force, dry_run=dry_run,
                           check=check, external_data=external_data, verify_options=verify_options,
-                          fold_input_initializers=fold_input_initializers, skip=skip,
+                          fold_input_initializers=fold_input_initializers,
+                          keep_input_initializers=keep_input_initializers, skip=skip,
                           inline_functions=inline_functions, require_end_to_end=require_end_to_end,
                           standalone=standalone)
 
 
 def _fold_file(source: Path, destination, held: Optional[HeldTensors], started: float, *, verify, force, dry_run,
-               check, external_data, verify_options: VerifyOptions, fold_input_initializers, skip, inline_functions,
-               require_end_to_end, standalone) -> FoldReport:
+               check, external_data, verify_options: VerifyOptions, fold_input_initializers, keep_input_initializers,
+               skip, inline_functions, require_end_to_end, standalone) -> FoldReport:
     """fold_file's work, with large initializers held in the file (see bnfold.held) from load to save."""
     model = load_checked_model(source, check=check, held=held)
-    folded, report = fold(model, fold_input_initializers=fold_input_initializers, skip=skip,
+    folded, report = fold(model, fold_input_initializers=fold_input_initializers,
+                          keep_input_initializers=keep_input_initializers, skip=skip,
                           inline_functions=inline_functions, inplace=True, local_check=verify, standalone=standalone,
                           _reload=lambda: load_model(source, held=held))
     report.source = str(source)

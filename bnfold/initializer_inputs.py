@@ -1,9 +1,10 @@
 """Initializers listed as graph inputs: old PyTorch exporters' default (keep_initializers_as_inputs).
 
-From IR 4 on, an initializer that is also a graph input is a default the caller may override, so bnfold keeps the
-BNs whose weights or statistics are such inputs unless --fold-input-initializers says they are constants. When
-nearly every initializer of a model is one, that is the exporter's habit rather than a wish for overridable
-weights: the report says so once, with the number of BNs it keeps and the flag.
+From IR 4 on, an initializer that is also a graph input is a default the caller may override. When nearly every
+initializer of a model is one, that is the exporter's habit rather than a wish for overridable weights (nobody
+overrides BN statistics at inference time): bnfold treats them as constants by default, removes the ones the fold
+leaves unread from the inputs, and says so once. keep_input_initializers (--keep-input-initializers) keeps them
+overridable; fold_input_initializers (--fold-input-initializers) treats them as constants below that share too.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from .report import BnDecision, InitializerInputs
 ARTIFACT_SHARE = 0.9
 
 
-def survey(model: onnx.ModelProto, fold_input_initializers: bool) -> Optional[InitializerInputs]:
-    """The model (before the fold) as the report describes it when its initializers are nearly all graph inputs;
-    None for other models, and below IR 4, where such initializers are constants anyway."""
+def survey(model: onnx.ModelProto, *, fold_input_initializers: bool = False,
+           keep_input_initializers: bool = False) -> Optional[InitializerInputs]:
+    """The model (before the fold) as the report describes it when its initializers are nearly all graph inputs,
+    with whether they are folded as constants and what decided it; None for other models, and below IR 4, where
+    such initializers are constants anyway."""
     if model.ir_version < 4:
         return None
     names = [tensor.name for tensor in model.graph.initializer]
@@ -29,8 +32,15 @@ def survey(model: onnx.ModelProto, fold_input_initializers: bool) -> Optional[In
     listed = sum(name in inputs for name in names)
     if not names or listed < ARTIFACT_SHARE * len(names):
         return None
+    decided_by = ("keep_input_initializers" if keep_input_initializers else
+                  "fold_input_initializers" if fold_input_initializers else "default")
     return InitializerInputs(initializers=len(names), listed_as_inputs=listed,
-                             folded_as_constants=fold_input_initializers)
+                             folded_as_constants=not keep_input_initializers, decided_by=decided_by)
+
+
+def as_constants(info: Optional[InitializerInputs], fold_input_initializers: bool) -> bool:
+    """Whether the fold treats initializer inputs as constants: asked for, or the exporter's signature is clear."""
+    return fold_input_initializers or (info is not None and info.folded_as_constants)
 
 
 def kept_for_them(decisions: List[BnDecision]) -> int:

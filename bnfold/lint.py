@@ -12,6 +12,7 @@ from typing import Iterator, List, Optional
 
 from .errors import EXIT_OK, EXIT_VERIFY_FAILED, ArgumentTypeError
 from .options import as_count, as_paths
+from .report import kept_lines
 
 
 # Why a normalization other than BatchNormalization cannot become constants in a neighbour's weights.
@@ -42,6 +43,7 @@ class ModelCheck:
     standalone: list = field(default_factory=list)   # BnDecision that would only become Mul+Add
     kept: list = field(default_factory=list)         # BnDecision that must stay, each with its reason
     other_normalizations: List[OtherNormalization] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # what the model made the fold do, said once (FoldReport's)
     violations: List[str] = field(default_factory=list)
     error: Optional[str] = None
     error_code: int = EXIT_OK
@@ -64,15 +66,18 @@ class ModelCheck:
                            if limit is not None and len(items) > limit]
         return self
 
-    def render(self) -> str:
+    def render(self, verbose: bool = False) -> str:
+        """The verdict, each BN by outcome and the other normalizations; a reason several kept BNs share is said
+        once with the count unless verbose."""
         if self.error is not None:
             return self.error if self.error.startswith(self.source) else f"{self.source}: {self.error}"
         verdict = "FAIL (" + "; ".join(self.violations) + ")" if self.violations else "ok"
         lines = [f"{self.source}: {len(self.foldable)} BN foldable into weights, {len(self.standalone)} only as "
                  f"Mul+Add, {len(self.kept)} kept: {verdict}"]
+        lines += [f"  {note}" for note in self.notes]
         lines += [f"  foldable  {d.label} into {d.into_op} {d.into} [{d.rule}]" for d in self.foldable]
         lines += [f"  mul+add   {d.label} (nothing to fold into; --standalone)" for d in self.standalone]
-        lines += [f"  kept      {d.label}: {d.reason}" for d in self.kept]
+        lines += kept_lines(self.kept, "BN", verbose, prefix="  kept      ")
         lines += [f"  {o.op_type} {o.node}{'' if o.graph == 'main' else ' in ' + o.graph}: not foldable, it {o.why}"
                   for o in self.other_normalizations]
         return "\n".join(lines)
@@ -83,16 +88,19 @@ class ModelCheck:
                 "bn_foldable": len(self.foldable), "bn_standalone": len(self.standalone), "bn_kept": len(self.kept),
                 "foldable": [asdict(d) for d in self.foldable], "standalone": [asdict(d) for d in self.standalone],
                 "kept": [asdict(d) for d in self.kept],
-                "other_normalizations": [asdict(o) for o in self.other_normalizations]}
+                "other_normalizations": [asdict(o) for o in self.other_normalizations], "notes": list(self.notes)}
 
 
-def check(path, *, check_model: bool = True, fold_input_initializers: bool = False, skip=(),
-          inline_functions: bool = False, max_foldable: Optional[int] = 0, max_standalone: Optional[int] = None,
+def check(path, *, check_model: bool = True, fold_input_initializers: bool = False,
+          keep_input_initializers: bool = False, skip=(), inline_functions: bool = False,
+          max_foldable: Optional[int] = 0, max_standalone: Optional[int] = None,
           max_kept: Optional[int] = None) -> ModelCheck:
     """Fold the model at `path` in memory (nothing written, ONNX Runtime not imported) and sort its BNs.
 
     Raises bnfold's typed errors for a model that cannot be read. The limits (None: unlimited) set
-    `violations` and `exit_code` (1 when a count is above its limit).
+    `violations` and `exit_code` (1 when a count is above its limit). The BNs are sorted as `bnfold` with the
+    same options folds them: those reading initializers listed as graph inputs of an old PyTorch export count as
+    foldable unless keep_input_initializers.
     """
     from .folding import fold
     from .held import holding
@@ -105,9 +113,10 @@ def check(path, *, check_model: bool = True, fold_input_initializers: bool = Fal
     with holding(source[0]) as held:
         model = load_checked_model(source[0], check=check_model, held=held)
         others = list(_other_normalizations(model))
-        _, report = fold(model, inplace=True, fold_input_initializers=fold_input_initializers, skip=skip,
+        _, report = fold(model, inplace=True, fold_input_initializers=fold_input_initializers,
+                         keep_input_initializers=keep_input_initializers, skip=skip,
                          inline_functions=inline_functions, local_check=False)
-    result = ModelCheck(source=source[0], other_normalizations=others)
+    result = ModelCheck(source=source[0], other_normalizations=others, notes=report.model_lines())
     for decision in report.decisions:
         if decision.folded:
             result.foldable.append(decision)  # what `bnfold MODEL -o OUT` folds by default, merges included

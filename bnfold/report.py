@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
+
+# A quoted name in a reason ('conv_out', or "it's" as repr writes a name with an apostrophe); an apostrophe after a
+# letter (BN's) opens nothing.
+_QUOTED_NAME = re.compile(r"(?<!\w)'[^']*'|(?<!\w)\"[^\"]*\"")
 
 
 @dataclass
@@ -45,20 +50,32 @@ class BnDecision:
 
 @dataclass
 class InitializerInputs:
-    """A model whose initializers are nearly all graph inputs too (IR >= 4), as old PyTorch exporters wrote them:
-    overridable defaults to ONNX, so their BNs stay unless --fold-input-initializers treats them as constants."""
+    """A model whose initializers are nearly all graph inputs too (IR >= 4), as old PyTorch exporters wrote them
+    (keep_initializers_as_inputs). ONNX calls them overridable defaults; bnfold folds them as constants unless
+    keep_input_initializers, and removes from the inputs those the fold left unread."""
 
     initializers: int
     listed_as_inputs: int
-    folded_as_constants: bool  # --fold-input-initializers was given
+    folded_as_constants: bool
+    decided_by: str = "default"  # or "fold_input_initializers", "keep_input_initializers" (the option given)
     bn_kept: int = 0  # BNs kept because what they need is such an input
+    inputs_removed: int = 0  # graph inputs the fold left unread and removed
 
     def describe(self) -> str:
-        share = f"{self.listed_as_inputs} of {self.initializers} initializers are also graph inputs"
-        if self.folded_as_constants:
-            return f"{share} (an old exporter's default); folded as constants (--fold-input-initializers)"
-        return (f"{share} (an old exporter's default; from IR 4 on overridable defaults): {self.bn_kept} BN kept "
-                "because of it; pass --fold-input-initializers to fold them as constants")
+        share = (f"{self.listed_as_inputs} of {self.initializers} initializers are also graph inputs (an old "
+                 "exporter's keep_initializers_as_inputs)")
+        if not self.folded_as_constants:
+            return (f"{share}: kept as overridable inputs (--keep-input-initializers), {self.bn_kept} BN kept "
+                    "because of it")
+        removed = f"{self.inputs_removed} graph input{'' if self.inputs_removed == 1 else 's'} removed"
+        if self.decided_by == "fold_input_initializers":
+            return f"{share}: folded as constants (--fold-input-initializers); {removed} (the unread ones)"
+        return (f"{share}: folded as constants; {removed} (the unread ones; --keep-input-initializers keeps them "
+                "as overridable inputs)")
+
+    @property
+    def worth_saying(self) -> bool:
+        return bool(self.bn_kept or self.inputs_removed or self.decided_by != "default")
 
 
 @dataclass
@@ -202,28 +219,23 @@ class FoldReport:
         total = len(self.decisions)
         lines.append(f"BatchNormalization: {self.folded_count} of {total} folded ({len(self.into_weights)} into "
                      f"weights, {len(self.standalone)} as Mul + Add), {self.kept_count} kept  ({self.elapsed_s:.2f} s)")
-        lines.extend(self._model_lines())
+        lines.extend(self.model_lines())
         for decision in self.folded if verbose else ():
             lines.append(f"  folded {decision.describe()}")
-        for decision in self.kept:
-            lines.append(f"  kept   {decision.label}: {decision.reason}")
+        lines.extend(kept_lines(self.kept, "BN", verbose))
         if self.decomposed:
             done = [d for d in self.decomposed if d.folded]
             lines.append(f"decomposed BN (Mul/Add chains after a producer): {len(done)} of {len(self.decomposed)} "
                          "folded into weights")
             for decision in (done if verbose else ()):
                 lines.append(f"  folded {decision.describe()}")
-            for decision in self.decomposed:
-                if not decision.folded:
-                    lines.append(f"  kept   {decision.label}: {decision.reason}")
+            lines.extend(kept_lines([d for d in self.decomposed if not d.folded], "chain", verbose))
         if self.merges:
             lines.append(f"parallel branches (RepVGG-style Add / Sum of one input): {len(self.merged)} of "
                          f"{len(self.merges)} merged into one Conv")
             for merge in (self.merged if verbose else ()):
                 lines.append(f"  merged {merge.describe()}")
-            for merge in self.merges:
-                if not merge.merged:
-                    lines.append(f"  kept   {merge.label}: {merge.reason}")
+            lines.extend(kept_lines([m for m in self.merges if not m.merged], "Add / Sum", verbose))
         if self.local_check and self.local_check.get("ran") and (self.local_check["checked"] or
                                                                   self.local_check["skipped"]):
             worst = self.local_check.get("worst_error")
@@ -240,7 +252,7 @@ class FoldReport:
             lines.append(self.verification_skipped)
         return "\n".join(lines)
 
-    def _model_lines(self) -> List[str]:
+    def model_lines(self) -> List[str]:
         """What the model itself made bnfold do or leave: said once, not per BN."""
         lines = []
         if self.sorted_graphs:
@@ -248,12 +260,38 @@ class FoldReport:
                                                          if len(self.sorted_graphs) > 3 else "")
             lines.append(f"nodes were not in topological order; sorted ({where})")
         info = self.initializer_inputs
-        if info is not None and (info.bn_kept or info.folded_as_constants):
+        if info is not None and info.worth_saying:
             lines.append(info.describe())
-        if self.removed_inputs:
+        elif info is None and self.removed_inputs:
             lines.append(f"graph inputs removed: {len(self.removed_inputs)} (initializers listed as inputs that "
                          "the fold left unread; the other inputs are unchanged)")
         return lines
+
+
+def reason_kind(reason: Optional[str]) -> str:
+    """A reason with the names it quotes blanked: the same hint about different tensors and nodes reads the same."""
+    return _QUOTED_NAME.sub("'…'", reason or "")
+
+
+def kept_lines(items: Sequence, noun: str, verbose: bool, prefix: str = "  kept   ",
+               reason: Callable[[object], Optional[str]] = lambda item: item.reason) -> List[str]:
+    """One 'label: reason' line per kept item. Unless verbose, a reason several items share (up to the names it
+    quotes) is said once, where its first item stands, with the count and that item as the example; every
+    distinct reason keeps its own line."""
+    if verbose:
+        return [f"{prefix}{item.label}: {reason(item)}" for item in items]
+    groups: Dict[str, list] = {}
+    for item in items:
+        groups.setdefault(reason_kind(reason(item)), []).append(item)
+    lines = []
+    for group in groups.values():
+        if len(group) == 1:
+            lines.append(f"{prefix}{group[0].label}: {reason(group[0])}")
+        else:
+            first = group[0]
+            lines.append(f"{prefix}{len(group)} {noun} for the same reason (-v lists each), e.g. {first.label}: "
+                         f"{reason(first)}")
+    return lines
 
 
 def _size(count: int) -> str:

@@ -186,12 +186,14 @@ def weight_as_input(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
-def initializer_as_input(seed: int = 0, ir_version: int = IR_VERSION) -> onnx.ModelProto:
-    """Every initializer also listed as a graph input: constants below IR 4, overridable defaults from IR 4 on."""
+def initializer_as_input(seed: int = 0, ir_version: int = IR_VERSION, names=None) -> onnx.ModelProto:
+    """Every initializer (or those `names` lists) also a graph input: constants below IR 4, overridable defaults
+    from IR 4 on (folded as constants by default when nearly all are, as old PyTorch exports list them)."""
     model = conv_bn(seed=seed)
     model.ir_version = ir_version
     for tensor in model.graph.initializer:
-        model.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        if names is None or tensor.name in names:
+            model.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     return model
 
 

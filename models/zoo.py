@@ -375,6 +375,30 @@ class ConvMixerHead(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+class CenterFaceStyle(nn.Module):
+    """CenterFace-style face detector: MobileNetV2 stem and inverted residuals, a ConvTranspose+BN upsampling neck
+    with a lateral 1x1 Conv+BN, and four 1x1 heads (heatmap, box scale, offset, five landmarks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = _conv_bn_relu(3, 16, stride=2)
+        self.stage1 = InvertedResidual(16, 16, stride=1, expand=2)
+        self.stage2 = nn.Sequential(InvertedResidual(16, 24, stride=2, expand=3),
+                                    InvertedResidual(24, 24, stride=1, expand=3))
+        self.up = nn.ConvTranspose2d(24, 16, 4, stride=2, padding=1, bias=False)
+        self.up_bn = nn.BatchNorm2d(16)
+        self.lateral = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.neck = _conv_bn_relu(16, 16)
+        self.heads = nn.ModuleList(nn.Conv2d(16, channels, 1) for channels in (1, 2, 2, 10))
+
+    def forward(self, x):
+        low = self.stage1(self.stem(x))
+        up = torch.relu(self.up_bn(self.up(self.stage2(low))))
+        feature = self.neck(up + self.lateral(low))
+        heatmap, scale, offset, landmarks = (head(feature) for head in self.heads)
+        return torch.sigmoid(heatmap), scale, offset, landmarks
+
+
 def resnet_style() -> nn.Module:
     """ResNet-style classifier: Conv+BN stem and residual blocks with Conv+BN shortcuts."""
     return _build(ResNetStyle)
@@ -440,6 +464,11 @@ def convmixer_head() -> nn.Module:
     return _build(ConvMixerHead)
 
 
+def centerface_style() -> nn.Module:
+    """CenterFace-style detector (four outputs), exported as old PyTorch did: see INITIALIZER_INPUT_EXPORTS."""
+    return _build(CenterFaceStyle)
+
+
 FACTORIES = {
     "resnet_style": resnet_style,
     "mobilenet_style": mobilenet_style,
@@ -454,6 +483,13 @@ FACTORIES = {
     "mixconv_style": mixconv_style,
     "token_mlp": token_mlp,
     "convmixer_head": convmixer_head,
+}
+
+# Architectures stored as old PyTorch exporters wrote them by default (keep_initializers_as_inputs=True: every
+# initializer also a graph input, as in CenterFace and many other third-party files): name -> (factory, example
+# input shape). models/build_zoo.py writes models/zoo/<name>_initializer_inputs.onnx, dynamic batch, height, width.
+INITIALIZER_INPUT_EXPORTS = {
+    "centerface_style": (centerface_style, (1, 3, 64, 64)),
 }
 
 INPUT_SHAPES = {

@@ -12,6 +12,8 @@ import click
 from ..errors import OutputError, ProviderError, UsageError
 from ..runtime import OPT_LEVELS
 from .common import input_shape_option, inputs_option, seed_option
+from .fold_options import (fold_input_initializers_option, inline_functions_option, keep_input_initializers_option,
+                           refuse_bad_fold_options, skip_option, standalone_option)
 
 DEFAULT_OPT_LEVELS = "disable,all"  # mirrors bnfold.benchmark.DEFAULT_OPT_LEVELS; kept here so --help stays import-light
 
@@ -23,7 +25,13 @@ def split_list(text: str) -> list:
 @click.command("bench")
 @click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL...]")
 @click.option("--fold", "fold_in_memory", is_flag=True,
-              help="Fold the single MODEL in memory and compare it with the folded result.")
+              help="Fold the single MODEL in memory, as `bnfold` folds it with the same fold options below, and "
+                   "compare it with the folded result.")
+@fold_input_initializers_option
+@keep_input_initializers_option
+@inline_functions_option
+@standalone_option
+@skip_option
 @click.option("--providers", default="cpu", show_default=True, metavar="LIST",
               help="Comma-separated execution providers: cpu, cuda, or any name ONNX Runtime reports.")
 @click.option("--ort-opt-level", "opt_levels", multiple=True, metavar="LEVEL",
@@ -48,7 +56,8 @@ def split_list(text: str) -> list:
 @click.option("--json", "json_path", metavar="PATH", help="Write the results as JSON to PATH ('-' for stdout).")
 @click.option("--plot", "plot_path", metavar="PNG", help="Write a bar chart of p50 and p90 (needs bnfold[plot]).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def bench(models, fold_in_memory, providers, opt_levels, warmup, iterations, input_shapes, input_files, seed,
+def bench(models, fold_in_memory, fold_input_initializers, keep_input_initializers, inline_functions, standalone,
+          skip_rules, providers, opt_levels, warmup, iterations, input_shapes, input_files, seed,
           intra_op_threads, allow_fallback, cudnn_conv_algo_search, json_path, plot_path, quiet):
     """Time MODELs on ONNX Runtime: each model x provider x optimization level, same seeded inputs for all.
 
@@ -62,6 +71,13 @@ def bench(models, fold_in_memory, providers, opt_levels, warmup, iterations, inp
     from ..benchmark import bench as run_bench, import_matplotlib_figure
     from ..inputs import graph_inputs, load_input_files, parse_shape_specs
 
+    fold_options = {"fold_input_initializers": fold_input_initializers,
+                    "keep_input_initializers": keep_input_initializers, "inline_functions": inline_functions,
+                    "standalone": standalone, "skip": skip_rules}
+    if not fold_in_memory and any(fold_options.values()):
+        raise UsageError("fold options (--fold-input-initializers, --keep-input-initializers, --inline-functions, "
+                         "--standalone, --skip) apply to --fold only")
+    refuse_bad_fold_options(**fold_options)
     if plot_path:
         import_matplotlib_figure()  # fail before minutes of timing, not after
     labelled = _load_models(models, fold_in_memory)
@@ -71,6 +87,8 @@ def bench(models, fold_in_memory, providers, opt_levels, warmup, iterations, inp
     with contextlib.ExitStack() as stack:
         result = run_bench(
             labelled,
+            fold=fold_in_memory,
+            fold_options=fold_options if fold_in_memory else None,
             providers=split_list(providers),
             opt_levels=levels,
             warmup=warmup,
@@ -98,18 +116,12 @@ def bench(models, fold_in_memory, providers, opt_levels, warmup, iterations, inp
 
 
 def _load_models(paths, fold_in_memory: bool) -> list:
-    """(label, ModelProto) pairs: the files as given, or with --fold the one file and its in-memory fold."""
+    """(label, ModelProto) pairs of the files as given; with --fold the one file (bench folds it)."""
     from ..loading import load_model
 
-    if not fold_in_memory:
-        return [(Path(path).name, load_model(path)) for path in paths]
-    if len(paths) != 1:
+    if fold_in_memory and len(paths) != 1:
         raise UsageError(f"--fold takes exactly one MODEL (got {len(paths)}); it compares it with its folded form")
-    from ..folding import fold
-
-    original = load_model(paths[0])
-    folded, _report = fold(original)
-    return [(Path(paths[0]).name, original), ("folded", folded)]
+    return [(Path(path).name, load_model(path)) for path in paths]
 
 
 def _progress_bar(stack: contextlib.ExitStack):

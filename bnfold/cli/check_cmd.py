@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from .common import json_target_option, write_json
+from .fold_options import (fold_input_initializers_option, inline_functions_option, keep_input_initializers_option,
+                           refuse_bad_fold_options, skip_option)
 
 
 @click.command("check", epilog="Exit codes: 0 every model within the limits, 1 a limit exceeded, 2 a model that "
@@ -17,15 +19,16 @@ from .common import json_target_option, write_json
 @click.option("--max-kept", type=click.IntRange(min=0), default=None,
               help="BNs per model that must stay (listed with reasons). Default: no limit.")
 @click.option("--no-check", is_flag=True, help="Do not run onnx.checker on the input.")
-@click.option("--fold-input-initializers", is_flag=True,
-              help="Treat initializers that are also graph inputs (IR >= 4) as constants, as `bnfold --fold-input-"
-                   "initializers` would.")
-@click.option("--inline-functions", is_flag=True, help="Check as `bnfold --inline-functions` would fold.")
-@click.option("--skip", "skip_rules", multiple=True, metavar="RULE", help="Do not apply this rule (repeatable).")
+@fold_input_initializers_option
+@keep_input_initializers_option
+@inline_functions_option
+@skip_option
 @json_target_option
+@click.option("-v", "--verbose", is_flag=True, help="List each kept BN of a reason several share (said once by "
+                                                         "default).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the models over a limit or in error.")
-def check(models, max_foldable, max_standalone, max_kept, no_check, fold_input_initializers, inline_functions,
-          skip_rules, json_target, quiet):
+def check(models, max_foldable, max_standalone, max_kept, no_check, fold_input_initializers,
+          keep_input_initializers, inline_functions, skip_rules, json_target, verbose, quiet):
     """Report every BatchNormalization in MODELs that bnfold would fold, and every one that must stay.
 
     Each model is folded in memory (nothing is written, ONNX Runtime is not needed). A directory is searched
@@ -36,17 +39,20 @@ def check(models, max_foldable, max_standalone, max_kept, no_check, fold_input_i
     from ..errors import BnfoldError
     from ..lint import ModelCheck, check as check_model
 
+    refuse_bad_fold_options(fold_input_initializers=fold_input_initializers,
+                            keep_input_initializers=keep_input_initializers, skip=skip_rules)
     checks = []
     for path, _ in collect_models(models):
         try:
             result = check_model(path, check_model=not no_check, fold_input_initializers=fold_input_initializers,
-                                 skip=skip_rules, inline_functions=inline_functions, max_foldable=max_foldable,
+                                 keep_input_initializers=keep_input_initializers, skip=skip_rules,
+                                 inline_functions=inline_functions, max_foldable=max_foldable,
                                  max_standalone=max_standalone, max_kept=max_kept)
         except BnfoldError as error:
             result = ModelCheck(source=str(path), error=str(error), error_code=error.exit_code)
         checks.append(result)
         if json_target != "-" and not (quiet and result.exit_code == 0):
-            click.echo(("bnfold: error: " if result.error is not None else "") + result.render(),
+            click.echo(("bnfold: error: " if result.error is not None else "") + result.render(verbose=verbose),
                        err=result.error is not None)
     exit_code = worst_exit_code(result.exit_code for result in checks)
     if json_target is not None:

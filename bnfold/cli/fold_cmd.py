@@ -10,6 +10,8 @@ import click
 
 from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_option, json_target_option,
                      parse_tolerances, rtol_option, seed_option, write_json)
+from .fold_options import (fold_input_initializers_option, inline_functions_option, keep_input_initializers_option,
+                           refuse_bad_fold_options, skip_option, standalone_option)
 
 
 @click.command(cls=ToleranceCommand, epilog="Rules: see `bnfold rules`. Exit codes: 0 ok (kept BNs are listed), 1 verification failed, "
@@ -31,15 +33,11 @@ from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_o
                    "dynamic input dim lets the original model run; by default the fold is written and the skip said.")
 @click.option("--force", is_flag=True, help="Write the folded model even if verification fails (exit code stays 1).")
 @click.option("--no-check", is_flag=True, help="Do not run onnx.checker on the input.")
-@click.option("--fold-input-initializers", is_flag=True,
-              help="Treat initializers that are also graph inputs (IR >= 4: overridable defaults) as constants; "
-                   "those the fold leaves unread are removed, from the inputs too.")
-@click.option("--inline-functions", is_flag=True,
-              help="Inline model-local functions first, so BNs fed by function inputs fold per call site.")
-@click.option("--standalone", is_flag=True,
-              help="Replace a BN with nothing to fold into (after an input, Concat, pooling, a residual Add) by Mul + "
-                   "Add. Off by default: ONNX Runtime runs Mul + Add 1.1-1.5x slower than BatchNormalization.")
-@click.option("--skip", "skip_rules", multiple=True, metavar="RULE", help="Do not apply this rule (repeatable).")
+@fold_input_initializers_option
+@keep_input_initializers_option
+@inline_functions_option
+@standalone_option
+@skip_option
 @click.option("--external-data/--no-external-data", default=None,
               help="Write weights to OUTPUT.data beside the model. Default: only above protobuf's 2 GiB limit.")
 @input_shape_option
@@ -48,11 +46,12 @@ from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_o
 @atol_option
 @rtol_option
 @json_target_option
-@click.option("-v", "--verbose", is_flag=True, help="Also list every folded BN.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also list every folded BN, and each kept BN of a reason several share (said once by default).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end, force, no_check,
-         fold_input_initializers, inline_functions, standalone, skip_rules, external_data, input_shapes, input_files,
-         seed, atol, rtol, json_target, verbose, quiet):
+         fold_input_initializers, keep_input_initializers, inline_functions, standalone, skip_rules, external_data,
+         input_shapes, input_files, seed, atol, rtol, json_target, verbose, quiet):
     """Fold eval-mode BatchNormalization in MODEL into neighbouring weights and write it to OUTPUT.
 
     The folded model is checked against the original in ONNX Runtime (graph optimizations disabled) before it is
@@ -69,9 +68,12 @@ def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end
     """
     from ..options import VerifyOptions
 
+    refuse_bad_fold_options(fold_input_initializers=fold_input_initializers,
+                            keep_input_initializers=keep_input_initializers, skip=skip_rules)
     fold_options = {
         "verify": not no_verify, "force": force, "overwrite": overwrite, "check": not no_check,
-        "external_data": external_data, "fold_input_initializers": fold_input_initializers, "skip": skip_rules,
+        "external_data": external_data, "fold_input_initializers": fold_input_initializers,
+        "keep_input_initializers": keep_input_initializers, "skip": skip_rules,
         "inline_functions": inline_functions, "require_end_to_end": require_end_to_end, "standalone": standalone,
         "verify_options": VerifyOptions(input_shapes=list(input_shapes) or None, input_files=input_files, seed=seed,
                                         atol=parse_tolerances(atol, "--atol"), rtol=parse_tolerances(rtol, "--rtol")),
