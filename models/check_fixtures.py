@@ -9,6 +9,7 @@ Each is a correct model with BNs to fold; a sound check folds and verifies every
 - attention_large_logits: a self-attention block whose softmax inputs reach ~1e5, with Conv+BN projections;
 - db_head: a text-detector head whose sigmoid map carries signal only on large images (a 32x32 input leaves it
   ~1e-8 everywhere), with a planted error helper for the check to catch;
+- flat_region_detector: an output with signal only for image-like inputs (white noise leaves it ~0);
 - wide_detector: a detector-sized model (about 400 intermediates at 1x3x800x800) for the check's cost.
 """
 
@@ -196,6 +197,31 @@ def db_head(*, channels: int = 8, seed: int = 0) -> onnx.ModelProto:
     return make_model(nodes, inputs, outputs, initializers)
 
 
+def flat_region_detector(*, channels: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """A detector of flat image regions on N x 3 x H x W (H, W dynamic): the local mean of squared differences of
+    neighbouring pixels, through a steep Sigmoid, after a Conv+BN stem. White noise has no flat region (the map is
+    ~0 at every size); an image-like input (random blocks) has many: an output that carries signal only for
+    inputs that look like images."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers = [], []
+    x = _conv_bn_layer(nodes, initializers, rng, "x", "stem", 3, channels, kernel=1, relu=False)
+    difference = np.zeros((channels, 1, 1, 2), np.float32)
+    difference[:, 0, 0] = [1.0, -1.0]
+    initializers += [numpy_helper.from_array(difference, "difference_w"),
+                     numpy_helper.from_array(np.array(-2000.0, np.float32), "steepness"),
+                     numpy_helper.from_array(np.array(5.0, np.float32), "level")]
+    nodes += [helper.make_node("Conv", [x, "difference_w"], ["edges"], name="edges", group=channels),
+              helper.make_node("Mul", ["edges", "edges"], ["energy"], name="energy"),
+              helper.make_node("AveragePool", ["energy"], ["local"], name="local", kernel_shape=[5, 5],
+                               pads=[2, 2, 2, 2]),
+              helper.make_node("Mul", ["local", "steepness"], ["scaled"], name="scaled"),
+              helper.make_node("Add", ["scaled", "level"], ["logits"], name="logits"),
+              helper.make_node("Sigmoid", ["logits"], ["flat"], name="flat")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])]
+    outputs = [helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["N", channels, "H", "w"])]
+    return make_model(nodes, inputs, outputs, initializers)
+
+
 def wide_detector(*, size: int = 800, stages: int = 5, blocks: int = 10, channels: int = 24, seed: int = 0
                   ) -> onnx.ModelProto:
     """Detector-sized: a 1 x 3 x size x size input, `stages` strided stages of `blocks` residual Conv+BN+Relu
@@ -243,4 +269,4 @@ def plant_bias_error(folded: onnx.ModelProto, conv_name_part: str, fraction: flo
 
 
 ALL: List[str] = ["paddle_style_dims", "zero_channel_conv", "depthwise_large_scales", "float16_interior",
-                  "attention_large_logits", "db_head"]
+                  "attention_large_logits", "db_head", "flat_region_detector"]

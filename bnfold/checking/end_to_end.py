@@ -212,14 +212,15 @@ def verify(
                        candidate_label, ort_opt_level, atol, rtol, output_names,
                        flowing_dtypes(reference_model, elem_types), elem_types)
         if plan.groups:
-            shapes, notes, first_feeds, evidence = _first_run(check, reference_specs, plan, provided, seed, branches)
+            shapes, notes, first_feeds, evidence, texture = _first_run(check, reference_specs, plan, provided, seed,
+                                                                       branches)
         else:  # nothing to choose: the first comparison run is the first run
-            shapes, notes, evidence = next(plan.candidates())[0], list(plan.notes), None
+            shapes, notes, evidence, texture = next(plan.candidates())[0], list(plan.notes), None, "noise"
             first_feeds = branch_variants(make_feeds(reference_specs, shapes, provided, seed), branches)[0]
         problems = _input_problems(reference_specs, graph_inputs(candidate_model), first_feeds)
         if problems:
             return VerifyResult([], reference_label, candidate_label, problems=problems)
-        check.feed_sets = _feed_sets(reference_specs, shapes, provided, seed, runs, branches, first_feeds)
+        check.feed_sets = _feed_sets(reference_specs, shapes, provided, seed, runs, branches, first_feeds, texture)
         check.shapes = {spec.name: tuple(np.shape(first_feeds[spec.name])) for spec in reference_specs}
         swept = [] if shared is None else list(shared.names)
         if intermediates == "boundaries":
@@ -245,13 +246,13 @@ def verify(
         return result
 
 
-def _feed_sets(specs, shapes, provided, seed, runs, branches, first_feeds) -> List[Dict[str, np.ndarray]]:
+def _feed_sets(specs, shapes, provided, seed, runs, branches, first_feeds, texture) -> List[Dict[str, np.ndarray]]:
     """Every feed set the check runs: `runs` seeded draws, each with every If-deciding input both ways."""
     from .feeds import branch_variants, make_feeds
 
     feed_sets = []
     for run_index in range(runs):
-        base = first_feeds if run_index == 0 else make_feeds(specs, shapes, provided, seed + run_index)
+        base = first_feeds if run_index == 0 else make_feeds(specs, shapes, provided, seed + run_index, texture)
         variants = branch_variants(base, branches)
         feed_sets.extend([first_feeds, *variants[1:]] if run_index == 0 else variants)
     return feed_sets
@@ -344,33 +345,37 @@ def _joined(first: VerifyResult, second: VerifyResult) -> VerifyResult:
 
 
 def _first_run(check: _Check, specs, plan, provided, seed, branches):
-    """Find shapes the reference runs with, trying sizes for open dims and then larger ones while an output
-    carries no signal; return the shapes, notes, the feeds and each output's evidence (checking.evidence), for
-    the size where the fewest outputs lack signal."""
+    """Find shapes the reference runs with, trying sizes for open dims, then larger ones and image-like inputs
+    (checking.feeds) while an output carries no signal; return the shapes, notes, the feeds, each output's evidence
+    (checking.evidence) and the input texture, for the first try where the fewest outputs lack signal."""
     from .evidence import lacking, output_evidence
-    from .feeds import EVIDENCE_SIZES, TRIAL_SIZES, branch_variants, make_feeds
+    from .feeds import EVIDENCE_SIZES, TEXTURES, TRIAL_SIZES, branch_variants, make_feeds
 
     runner = check.runner("reference")
-    failures = []
+    failures, ran = [], []
     best = None
-    for shapes, chosen in plan.candidates(TRIAL_SIZES + EVIDENCE_SIZES):
-        size = next(iter(chosen.values()), None)
-        if best is not None and size not in EVIDENCE_SIZES:
-            continue  # a size ran: only the larger ones can add signal
-        feeds = branch_variants(make_feeds(specs, shapes, provided, seed), branches)[0]
-        try:
-            values = runner.run(feeds, quiet=bool(plan.groups))
-        except InvalidModelError as error:
-            if not chosen:
-                raise
-            failures.append((size, str(error)))
-            continue
-        outputs = {name: values[name] for name in check.output_names if name in values}
-        evidence = output_evidence(outputs, check.atol, check.rtol, check.flowing)
-        del values, outputs
-        if best is None or lacking(evidence) < lacking(best[3]):
-            best = (shapes, chosen, feeds, evidence)
-        if not lacking(evidence):
+    for texture in TEXTURES:
+        # White noise: every trial size until one runs, then the larger ones; blocks: the sizes that ran.
+        sizes = TRIAL_SIZES + EVIDENCE_SIZES if texture == TEXTURES[0] else tuple(ran)
+        for shapes, chosen in plan.candidates(sizes):
+            size = next(iter(chosen.values()), None)
+            if ran and texture == TEXTURES[0] and size not in EVIDENCE_SIZES:
+                continue  # a size ran: only the larger ones can add signal
+            feeds = branch_variants(make_feeds(specs, shapes, provided, seed, texture), branches)[0]
+            try:
+                values = runner.run(feeds, quiet=bool(plan.groups))
+            except InvalidModelError as error:
+                failures.append((size, str(error)))
+                continue
+            ran.append(size)
+            outputs = {name: values[name] for name in check.output_names if name in values}
+            evidence = output_evidence(outputs, check.atol, check.rtol, check.flowing)
+            del values, outputs
+            if best is None or lacking(evidence) < lacking(best[3]):
+                best = (shapes, chosen, feeds, evidence, texture)
+            if not lacking(evidence):
+                break
+        if best is None or not lacking(best[3]):
             break
     if best is None:
         give = " ".join(f"--input-shape {name}:" + "x".join(_placeholder(d) for d in dims)
@@ -381,16 +386,17 @@ def _first_run(check: _Check, specs, plan, provided, seed, branches):
             f"{', '.join(str(size) for size in TRIAL_SIZES + EVIDENCE_SIZES)}; last error: {last_error}); "
             f"give the shapes, e.g. {give}"
         )
-    shapes, chosen, feeds, evidence = best
+    shapes, chosen, feeds, evidence, texture = best
     notes = list(plan.notes)
-    if chosen:
-        size = next(iter(chosen.values()))
-        smaller = [str(tried) for tried, _ in failures if tried < size and tried not in EVIDENCE_SIZES]
-        tried = f" ({', '.join(smaller)} did not run)" if smaller else ""
-        larger = " (an output carried no signal at the first size that ran)" if size in EVIDENCE_SIZES else ""
-        notes.append("dynamic dims chosen: " + ", ".join(f"{group}={size}" for group, size in chosen.items())
-                     + tried + larger + "; --input-shape sets them")
-    return shapes, notes, feeds, evidence
+    size = next(iter(chosen.values()))
+    smaller = sorted({str(tried) for tried, _ in failures if tried < ran[0]}, key=int)
+    tried = f" ({', '.join(smaller)} did not run)" if smaller else ""
+    larger = " (an output carried no signal at the first size that ran)" if size != ran[0] else ""
+    notes.append("dynamic dims chosen: " + ", ".join(f"{group}={size}" for group in chosen) + tried + larger
+                 + "; --input-shape sets them")
+    if texture != TEXTURES[0]:
+        notes.append(f"image inputs: random {texture} (white noise left an output with no signal)")
+    return shapes, notes, feeds, evidence, texture
 
 
 def _placeholder(dim) -> str:

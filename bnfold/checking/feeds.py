@@ -4,7 +4,9 @@ Dynamic dims: batch (axis 0) is 1; another dim takes its size from --input-shape
 its dim_param, else from a concrete size the model declares for the input in value_info, else sizes that suit an
 image or sequence (TRIAL_SIZES, multiples of 32 first) are tried until the original model runs; when an output then
 carries no signal (checking.evidence), the larger sizes a detector would see (EVIDENCE_SIZES) are tried too, and
-the size where most outputs carry signal is used. A declared dim of 0 or below is open, as exporters mean it.
+the size where most outputs carry signal is used; where white noise gives none at any size, image inputs get
+random blocks (TEXTURES: edges and flat regions, as images have). A declared dim of 0 or below is open, as
+exporters mean it.
 A bool input that
 decides an If runs both ways (True and False), so both branches are checked; integer inputs are small and
 non-negative (they are often indices).
@@ -119,9 +121,29 @@ def branch_inputs(model, specs: Sequence[InputSpec]) -> List[str]:
 
 
 def make_feeds(specs: Sequence[InputSpec], shapes: Mapping[str, Tuple[int, ...]],
-               provided: Mapping[str, np.ndarray], seed: int) -> Dict[str, np.ndarray]:
-    """The user's arrays where given, seeded random data of the planned shape elsewhere."""
-    return feeds_for(specs, shapes, provided, seed)
+               provided: Mapping[str, np.ndarray], seed: int, texture: str = "noise") -> Dict[str, np.ndarray]:
+    """The user's arrays where given, seeded random data of the planned shape elsewhere. texture="blocks": float
+    image inputs (rank 4, both spatial dims at least 2 * BLOCK) get piecewise-constant random blocks instead of
+    white noise: edges and flat regions, as images have, where a detector trained on images finds something."""
+    feeds = feeds_for(specs, shapes, provided, seed)
+    if texture == "blocks":
+        rng = np.random.default_rng([seed, 1])
+        for spec in specs:
+            shape = feeds[spec.name].shape
+            if spec.name not in provided and len(shape) == 4 and np.issubdtype(spec.dtype, np.floating) \
+                    and min(shape[2:]) >= 2 * BLOCK:
+                feeds[spec.name] = _blocks(shape, rng).astype(spec.dtype)
+    return feeds
+
+
+BLOCK = 8  # pixels per block of the "blocks" texture
+TEXTURES = ("noise", "blocks")
+
+
+def _blocks(shape: Tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    n, c, h, w = shape
+    small = rng.standard_normal((n, c, -(-h // BLOCK), -(-w // BLOCK)))
+    return small.repeat(BLOCK, axis=2).repeat(BLOCK, axis=3)[:, :, :h, :w]
 
 
 def branch_variants(feeds: Dict[str, np.ndarray], names: Sequence[str]) -> List[Dict[str, np.ndarray]]:

@@ -201,8 +201,10 @@ class VerifyResult:
         lines.append("")
         if self.passed:
             inside = f" and {len(self.intermediates)} intermediates" if self.intermediates else ""
+            weak = "" if not self.evidence or any(item.signal for item in self.evidence.values()) else \
+                "; no output carried signal, so this proves little"
             lines.append(f"PASSED: {len(self.outputs)} output{'s' if len(self.outputs) != 1 else ''}{inside} "
-                         "within tolerance")
+                         f"within tolerance{weak}")
         else:
             failed = self.failed_outputs
             if failed:

@@ -165,3 +165,14 @@ def test_an_unresolved_unnamed_dim_is_given_a_placeholder_in_the_example():
     model.ir_version = 8
     with pytest.raises(UnresolvedShapeError, match=r"--input-shape x:1xN\b"):
         bnfold.verify(model, model)
+
+
+def test_image_inputs_get_random_blocks_when_white_noise_leaves_an_output_without_signal():
+    model = check_fixtures.flat_region_detector()
+    folded, _ = bnfold.fold(model)
+    result = bnfold.verify(model, folded)
+    assert result.passed and result.evidence["flat"].signal
+    assert any("random blocks" in note for note in result.shape_notes)
+    noise_only = bnfold.verify(model, folded, inputs={"x": np.random.default_rng(0).standard_normal(
+        (1, 3, 32, 32)).astype(np.float32)})
+    assert not noise_only.evidence["flat"].signal and "proves little" in noise_only.summary()
