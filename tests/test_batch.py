@@ -100,7 +100,7 @@ def test_cli_several_files_need_an_existing_directory(tmp_path):
     for name in ("a.onnx", "b.onnx"):
         onnx.save(conv_bn(), tmp_path / name)
     result = invoke(tmp_path / "a.onnx", tmp_path / "b.onnx", "-o", tmp_path / "out.onnx")
-    assert result.exit_code == 2 and "-o must name an existing directory" in result.stderr
+    assert result.exit_code == 2 and "-o must name a directory, not a model file" in result.stderr
     result = invoke(tmp_path / "a.onnx", tmp_path / "b.onnx")
     assert result.exit_code == 2 and "no output directory" in result.stderr
     result = invoke(tmp_path / "a.onnx", tmp_path / "b.onnx", "--dry-run", "--no-verify", "--json", "-j", "1")

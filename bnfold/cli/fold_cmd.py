@@ -89,19 +89,33 @@ def _names_directory(output: str) -> bool:
 
 def _single_destination(model: str, output):
     """-o FILE as given; -o DIR (existing, or written with a trailing /) means DIR/<model's file name>."""
-    from ..errors import OutputError
-
     if output is None or not _names_directory(output):
         return output
-    if not os.path.isdir(output):
-        raise OutputError(f"{output}: output directory does not exist")
-    return os.path.join(output, Path(model).name)
+    return os.path.join(_output_directory(output), Path(model).name)
+
+
+def _output_directory(output: str) -> str:
+    """-o DIR for a directory of models, several models or `-o DIR/`: created (with its parents) if missing."""
+    from ..errors import OutputError
+
+    if os.path.isdir(output):
+        return output
+    if os.path.lexists(output.rstrip("/" + os.sep) or output):
+        raise OutputError(f"{output}: exists and is not a directory; -o must name a directory here")
+    try:
+        os.makedirs(output)
+    except OSError as error:
+        raise OutputError(f"{output}: cannot create the output directory ({error.strerror or error})") from None
+    return output
 
 
 def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet) -> None:
+    import time
+
     from ..errors import VerificationFailed
     from ..folding import fold_file
 
+    started = time.time()
     try:
         report = fold_file(model, output, dry_run=dry_run, **fold_options)
     except VerificationFailed as failure:
@@ -110,6 +124,8 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
             _print(report, json_target, verbose, quiet)
         raise
     _print(report, json_target, verbose, quiet)
+    if report.written and not quiet and json_target != "-":
+        click.echo(_wrote_line(report, started))
     if quiet and report.verification_skipped:
         click.echo(f"bnfold: warning: {report.verification_skipped}", err=True)
     if report.verification is not None and not report.verification.passed:
@@ -127,15 +143,35 @@ def _print(report, json_target, verbose: bool, quiet: bool) -> None:
         click.echo(report.verification.summary())
 
 
+def _wrote_line(report, started: float) -> str:
+    """'wrote OUT (82.4 KiB) in 0.52 s', with the external data file this run wrote beside it."""
+    from ..report import _size
+
+    path = Path(report.destination)
+    sizes = [f"{_size(path.stat().st_size)}"]
+    data = Path(os.path.realpath(path)).with_name(Path(os.path.realpath(path)).name + ".data")
+    if data.is_file() and data.stat().st_mtime >= started - 1:
+        sizes.append(f"weights in {data.name}: {_size(data.stat().st_size)}")
+    return f"wrote {report.destination} ({', '.join(sizes)}) in {report.elapsed_s:.2f} s"
+
+
 def _fold_many(models, output, jobs, dry_run, fold_options, json_target, quiet) -> None:
     from ..batch import fold_files
     from ..errors import UsageError
 
     if output is None and not dry_run:
+        if len(models) == 2 and os.path.isfile(models[0]) and not os.path.lexists(models[1]):
+            raise UsageError(f"{models[1]} does not exist, so it is not a model to fold: to write the folded "
+                             f"model there, pass -o: bnfold {models[0]} -o {models[1]}")
         raise UsageError("no output directory: pass -o DIR (or --dry-run to only report)")
-    if output is not None and not os.path.isdir(output):
+    if output is not None:
         given = f"{models[0]} is a directory" if len(models) == 1 else f"{len(models)} models given"
-        raise UsageError(f"{given}: -o must name an existing directory ({output} is not one)")
+        if output.endswith(".onnx") and not os.path.isdir(output):
+            raise UsageError(f"{given}: -o must name a directory, not a model file ({output})")
+        if not dry_run:
+            _output_directory(output)
+        elif not os.path.isdir(output):
+            raise UsageError(f"{given}: with --dry-run, -o must name an existing directory ({output} is not one)")
     show_lines = not quiet and json_target != "-"
     bar = None
     if show_lines and sys.stderr.isatty():
