@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
-from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_option, json_target_option,
-                     parse_tolerances, rtol_option, seed_option, write_json)
+from .common import (ToleranceCommand, atol_option, exit_codes_epilog, input_shape_option, inputs_option,
+                     json_target_option, parse_tolerances, quiet_option, rtol_option, runs_option, seed_option,
+                     write_json)
 
 
-@click.command(cls=ToleranceCommand, epilog="Rules: see `bnfold rules`. Exit codes: 0 ok (kept BNs are listed), 1 verification failed, "
-               "2 bad usage, input or output (also: no input shape for the end-to-end check with --require-end-to-end), "
-               "3 internal error, 130 interrupted. A skipped end-to-end check is said and exits 0. With several models: the worst "
-               "model's code (3 > 2 > 1 > 0).")
+@click.command(cls=ToleranceCommand, epilog=exit_codes_epilog(
+    "Rules: see `bnfold rules`. A skipped end-to-end check (no input size lets the original model run) is said in "
+    "one line and exits 0; --require-end-to-end makes it exit 2."))
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str),
               help="Where to write the folded model: a file, or an existing directory (a trailing / says so) to "
@@ -45,14 +45,15 @@ from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_o
 @input_shape_option
 @inputs_option
 @seed_option
+@runs_option
 @atol_option
 @rtol_option
 @json_target_option
 @click.option("-v", "--verbose", is_flag=True, help="Also list every folded BN.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@quiet_option
 def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end, force, no_check,
          fold_input_initializers, inline_functions, standalone, skip_rules, external_data, input_shapes, input_files,
-         seed, atol, rtol, json_target, verbose, quiet):
+         seed, runs, atol, rtol, json_target, verbose, quiet):
     """Fold eval-mode BatchNormalization in MODEL into neighbouring weights and write it to OUTPUT.
 
     The folded model is checked against the original in ONNX Runtime (graph optimizations disabled) before it is
@@ -74,7 +75,8 @@ def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end
         "external_data": external_data, "fold_input_initializers": fold_input_initializers, "skip": skip_rules,
         "inline_functions": inline_functions, "require_end_to_end": require_end_to_end, "standalone": standalone,
         "verify_options": VerifyOptions(input_shapes=list(input_shapes) or None, input_files=input_files, seed=seed,
-                                        atol=parse_tolerances(atol, "--atol"), rtol=parse_tolerances(rtol, "--rtol")),
+                                        runs=runs, atol=parse_tolerances(atol, "--atol"),
+                                        rtol=parse_tolerances(rtol, "--rtol")),
     }
     if len(models) == 1 and not os.path.isdir(models[0]):
         _fold_one(models[0], _single_destination(models[0], output), dry_run, fold_options, json_target, verbose,
