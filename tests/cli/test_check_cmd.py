@@ -143,6 +143,14 @@ def test_one_summary_line_and_the_command_that_fixes_it(tmp_path):
         assert quiet.exit_code == 1 and not any(line.startswith(f"{kept}: ") for line in quiet.stdout.splitlines())
         assert quiet.stdout.splitlines()[-2:] == lines[-2:]
     assert json.loads((tmp_path / "check.json").read_text())["exit_code"] == 1
+
+
+@pytest.mark.slow
+def test_the_fix_command_check_prints_folds_every_model_it_names(tmp_path):
+    """Run as a shell would, with `bnfold` on the path: afterwards the same check passes."""
+    kept = save(multi_consumer_conv(), tmp_path / "kept.onnx")
+    first, second = save(conv_bn(), tmp_path / "a b.onnx"), save(standalone_bn(), tmp_path / "c.onnx")
+    lines = invoke(kept, first, second, "--max-standalone", "0").stdout.splitlines()
     fix = lines[-2][len("to fold them: "):]
     shell = f'bnfold() {{ "{sys.executable}" -m bnfold "$@"; }}\n{fix}\n'
     child = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT,
