@@ -202,8 +202,8 @@ class FoldReport:
             before, after = self.ops_before.get(op, 0), self.ops_after.get(op, 0)
             marker = "" if before == after else f"  ({after - before:+d})"
             lines.append(f"{op:{width}}  {before:>10}  {after:>10}{marker}")
-        lines.append(f"{'initializer size':{width}}  {_size(self.initializer_bytes_before):>10}  "
-                     f"{_size(self.initializer_bytes_after):>10}")
+        lines.append(f"{'initializer size':{width}}  {size_text(self.initializer_bytes_before):>10}  "
+                     f"{size_text(self.initializer_bytes_after):>10}")
         total = len(self.decisions)
         lines.append(f"BatchNormalization: {self.folded_count} of {total} folded ({len(self.into_weights)} into "
                      f"weights, {len(self.standalone)} as Mul + Add), {self.kept_count} kept  ({self._times()})")
@@ -269,7 +269,8 @@ class FoldReport:
         return lines
 
 
-def _size(count: int) -> str:
+def size_text(count: int) -> str:
+    """1023 B, 1.4 KiB, 80.4 MiB: a byte count as the report prints it."""
     if count < 1024:
         return f"{count} B"
     for unit in ("KiB", "MiB", "GiB"):

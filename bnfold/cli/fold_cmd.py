@@ -112,12 +112,10 @@ def _output_directory(output: str) -> str:
 
 
 def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet) -> None:
-    import time
-
     from ..errors import VerificationFailed
     from ..folding import fold_file
 
-    started = time.time()
+    data_before = _file_identity(_data_file(output)) if output is not None else None
     try:
         report = fold_file(model, output, dry_run=dry_run, **fold_options)
     except VerificationFailed as failure:
@@ -127,7 +125,7 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
         raise
     _print(report, json_target, verbose, quiet)
     if report.written and not quiet and json_target != "-":
-        click.echo(_wrote_line(report, started))
+        click.echo(_wrote_line(report, data_before))
     if quiet and report.verification_skipped:
         click.echo(f"bnfold: warning: {report.verification_skipped}", err=True)
     if report.verification is not None and not report.verification.passed:
@@ -145,15 +143,29 @@ def _print(report, json_target, verbose: bool, quiet: bool) -> None:
         click.echo(report.verification.summary())
 
 
-def _wrote_line(report, started: float) -> str:
-    """'wrote OUT (82.4 KiB) in 0.52 s', with the external data file this run wrote beside it."""
-    from ..report import _size
+def _data_file(output: str) -> Path:
+    """Where an external data file of `output` goes: beside the file -o names (a symlink followed)."""
+    target = Path(os.path.realpath(output))
+    return target.with_name(target.name + ".data")
 
-    path = Path(report.destination)
-    sizes = [f"{_size(path.stat().st_size)}"]
-    data = Path(os.path.realpath(path)).with_name(Path(os.path.realpath(path)).name + ".data")
-    if data.is_file() and data.stat().st_mtime >= started - 1:
-        sizes.append(f"weights in {data.name}: {_size(data.stat().st_size)}")
+
+def _file_identity(path: Path):
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size
+
+
+def _wrote_line(report, data_before) -> str:
+    """'wrote OUT (82.4 KiB) in 0.52 s', with the external data file when this run wrote one (a write renames a new
+    file into place, so a data file this run did not write keeps its identity)."""
+    from ..report import size_text
+
+    sizes = [size_text(Path(report.destination).stat().st_size)]
+    data = _data_file(report.destination)
+    if data.is_file() and _file_identity(data) != data_before:
+        sizes.append(f"weights in {data.name}: {size_text(data.stat().st_size)}")
     return f"wrote {report.destination} ({', '.join(sizes)}) in {report.elapsed_s:.2f} s"
 
 

@@ -248,3 +248,14 @@ def test_output_directory_for_several_models_is_created(tmp_path):
     assert result.exit_code == 2 and "exists and is not a directory" in result.stderr
     result = invoke(models, "-o", tmp_path / "x.onnx")
     assert result.exit_code == 2 and "not a model file" in result.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_wrote_line_names_the_external_data_file(tmp_path):
+    source = save(fixtures.conv_bn(c_in=16, c_out=32), tmp_path / "m.onnx")
+    result = invoke(source, "-o", tmp_path / "out.onnx", "--external-data", "--no-verify")
+    assert result.exit_code == 0, result.output
+    data = (tmp_path / "out.onnx.data").stat().st_size
+    shown = f"{data} B" if data < 1024 else f"{data / 1024:.1f} KiB"
+    assert f", weights in out.onnx.data: {shown}) in " in result.output.splitlines()[-1]
+    result = invoke(source, "-o", tmp_path / "out.onnx", "--no-verify")  # the old data file is not this run's
+    assert result.exit_code == 0 and "weights in" not in result.output
