@@ -18,9 +18,9 @@ from .common import (ToleranceCommand, atol_option, exit_codes_epilog, input_sha
     "one line and exits 0; --require-end-to-end makes it exit 2."))
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str),
-              help="Where to write the folded model: a file, or an existing directory (a trailing / says so) to "
-                   "write into. Several models, or a directory given as MODEL, need a directory; paths below a "
-                   "MODEL directory are kept.")
+              help="Where to write the folded model: a file, or a directory to write into (an existing one, or one "
+                   "written with a trailing /, created if missing). Several models, or a directory given as MODEL, "
+                   "need a directory (created if missing); paths below a MODEL directory are kept.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes when folding several models. Default: the cores this process may use.")
 @click.option("--overwrite", is_flag=True, help="Allow -o to name the input file itself.")
@@ -65,8 +65,8 @@ def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end
 
     \b
     Several MODELs, or a directory (searched recursively for *.onnx), are folded by -j worker processes into the
-    directory -o names: one line per model (a progress bar on a terminal), then a summary table. A model that
-    fails does not stop the others.
+    directory -o names (created if missing): one line per model (a progress bar on a terminal), then a summary
+    table. A model that fails does not stop the others.
     """
     from ..options import VerifyOptions
 
