@@ -67,14 +67,14 @@ def check(models, max_foldable, max_standalone, max_kept, no_check, fold_input_i
 
 
 def summary_line(checks, exit_code: int) -> str:
-    """'check: 3 models (1 over a limit, 0 unreadable); BN: 5 foldable into weights, 0 only as Mul+Add, 2 kept: FAIL
+    """'check: 3 models (1 over a limit, 0 in error); BN: 5 foldable into weights, 0 only as Mul+Add, 2 kept: FAIL
     (exit 1)'."""
     read = [result for result in checks if result.error is None]
     over = sum(1 for result in read if result.violations)
     count = lambda what: sum(len(getattr(result, what)) for result in read)  # noqa: E731
     verdict = "ok" if exit_code == 0 else "FAIL"
     return (f"check: {len(checks)} model{'s' if len(checks) != 1 else ''} ({over} over a limit, "
-            f"{len(checks) - len(read)} unreadable); BN: {count('foldable')} foldable into weights, "
+            f"{len(checks) - len(read)} in error); BN: {count('foldable')} foldable into weights, "
             f"{count('standalone')} only as Mul+Add, {count('kept')} kept: {verdict} (exit {exit_code})")
 
 

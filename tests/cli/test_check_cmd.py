@@ -134,7 +134,7 @@ def test_one_summary_line_and_the_command_that_fixes_it(tmp_path):
     result = invoke(kept, first, second, "--max-standalone", "0")
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
-    assert lines[-1] == ("check: 3 models (2 over a limit, 0 unreadable); BN: 1 foldable into weights, 1 only as "
+    assert lines[-1] == ("check: 3 models (2 over a limit, 0 in error); BN: 1 foldable into weights, 1 only as "
                          "Mul+Add, 1 kept: FAIL (exit 1)")
     assert lines[-2].startswith("to fold them: for m in ") and "--standalone" in lines[-2]
     assert any(line.startswith(f"{kept}: ") for line in lines)  # without -q, every model is listed
@@ -171,3 +171,13 @@ def test_single_model_fix_and_no_fix_for_kept_bns(tmp_path):
     assert result.stdout.splitlines()[-1].endswith("FAIL (exit 1)")
     result = invoke(model, "--json")
     assert result.exit_code == 1 and json.loads(result.stdout)["exit_code"] == 1  # stdout holds the JSON alone
+
+
+def test_summary_counts_models_in_error(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"junk")
+    result = invoke(save(conv_bn(), tmp_path / "good.onnx"), broken)
+    assert result.exit_code == 2
+    assert result.stdout.splitlines()[-1] == ("check: 2 models (1 over a limit, 1 in error); BN: 1 foldable into "
+                                              "weights, 0 only as Mul+Add, 0 kept: FAIL (exit 2)")
+    assert "broken.onnx" in result.stderr and result.stderr.startswith("bnfold: error: ")
