@@ -136,7 +136,11 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
 def _print(report, json_target, verbose: bool, quiet: bool) -> None:
     if json_target is not None:
         write_json(report.to_dict(), json_target)
-    if quiet or json_target == "-":
+    if json_target == "-":
+        return
+    if quiet:  # only what failed: the comparison that did not pass
+        if report.verification is not None and not report.verification.passed:
+            click.echo(report.verification.summary())
         return
     click.echo(report.render(verbose=verbose))
     if report.verification is not None:

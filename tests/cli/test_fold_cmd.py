@@ -131,6 +131,9 @@ def test_failed_verification_writes_nothing_and_exits_1(tmp_path, monkeypatch):
     forced = invoke(source, "-o", tmp_path / "out.onnx", "--force")
     assert forced.exit_code == 1 and (tmp_path / "out.onnx").read_bytes() != b"previous"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["m.onnx", "out.onnx"]
+    quiet = invoke(source, "-o", tmp_path / "quiet.onnx", "-q")  # -q: only what failed, the comparison
+    assert quiet.exit_code == 1 and quiet.stdout.strip().splitlines()[-1].startswith("FAILED")
+    assert "BatchNormalization:" not in quiet.stdout and "nothing written" in quiet.stderr
 
 
 def test_dynamic_spatial_dims_are_chosen_and_printed(tmp_path):
