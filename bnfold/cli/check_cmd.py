@@ -6,7 +6,7 @@ import shlex
 
 import click
 
-from .common import exit_codes_epilog, json_target_option, quiet_option, write_json
+from .common import exit_codes_epilog, json_option, quiet_option, write_json
 
 
 @click.command("check", epilog=exit_codes_epilog(
@@ -24,7 +24,7 @@ from .common import exit_codes_epilog, json_target_option, quiet_option, write_j
                    "initializers` would.")
 @click.option("--inline-functions", is_flag=True, help="Check as `bnfold --inline-functions` would fold.")
 @click.option("--skip", "skip_rules", multiple=True, metavar="RULE", help="Do not apply this rule (repeatable).")
-@json_target_option
+@json_option("prints only what -q prints: the models over a limit or in error, and the summary")
 @quiet_option
 def check(models, max_foldable, max_standalone, max_kept, no_check, fold_input_initializers, inline_functions,
           skip_rules, json_target, quiet):

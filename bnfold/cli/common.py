@@ -88,10 +88,15 @@ def _json_target(ctx, param, value):
     return value
 
 
-json_target_option = click.option(
-    "--json", "json_target", is_flag=False, flag_value="-", default=None, metavar="[FILE]", callback=_json_target,
-    help="The result as JSON: `--json` alone (or `--json -`) prints it on stdout instead of the text; "
-         "`--json FILE` writes it to FILE (atomically) and prints the text as usual.")
+def json_option(with_file: str = "prints the text as usual"):
+    """--json [FILE], the same on every command; `with_file` says what text a command still prints with a FILE."""
+    return click.option(
+        "--json", "json_target", is_flag=False, flag_value="-", default=None, metavar="[FILE]", callback=_json_target,
+        help="The result as JSON: `--json` alone (or `--json -`) prints it on stdout instead of the text; "
+             f"`--json FILE` writes it to FILE (atomically) and {with_file}.")
+
+
+json_target_option = json_option()
 quiet_option = click.option("-q", "--quiet", is_flag=True,
                             help="Print only what failed (nothing when all is well); errors still go to stderr.")
 runs_option = click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True,
