@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, BnfoldError, UsageError
+from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, BnfoldError, OutputError, UsageError
 from .options import VerifyOptions, as_count, as_paths
 from .tables import format_table
 
@@ -173,7 +173,10 @@ def fold_files(
         raise UsageError("no output directory: pass out_dir (-o DIR), or dry_run=True (--dry-run) to only report")
     out = None if out_dir is None else Path(as_paths(out_dir, "out_dir")[0])
     if out is not None and not dry_run and not out.is_dir():
-        raise UsageError(f"{out}: output directory does not exist")
+        try:
+            out.mkdir(parents=True)  # as `bnfold DIR -o OUT` does: the output directory is created
+        except OSError as error:
+            raise OutputError(f"{out}: cannot create the output directory ({error.strerror or error})") from None
     models = collect_models(paths, exclude=out)
     tasks = [(str(source), None if out is None else str(out / relative), dry_run, fold_options)
              for source, relative in models]

@@ -7,41 +7,21 @@ that every BatchNormalization survives, folds with its rules (each BN folded or 
 PyTorch module (in eval mode), the exported model and the folded model on the same inputs:
 torch vs onnx, torch vs folded, onnx vs folded must all be within tolerance.
 
-Exporters (`exporter=`):
-  torchscript (default)  torch.onnx.export(dynamo=False, training=TrainingMode.PRESERVE) on the eval() module: BN
-                         nodes stay (training_mode=0). With the exporter's own default, training=EVAL, its constant
-                         folding fuses Conv+BN, but not ConvTranspose+BN, Gemm/MatMul+BN, BN before a conv, or a BN
-                         whose conv has several consumers. Honours opsets below 18; deprecated by PyTorch.
-  dynamo                 torch.onnx.export(dynamo=True, optimize=False): with optimize=True, onnxscript's optimizer
-                         fuses Conv/ConvTranspose/Gemm+BN. With it off, the graph computes constants at run time
-                         (a zero bias for every bias-less conv: Shape(weight) -> Expand -> CastLike(0, x) -> Expand;
-                         reduction axes through Reshape), the zero bias of a bias-less Conv3d has the wrong shape
-                         ([C, 2]: ONNX Runtime refuses it; onnxscript 0.7), and the lowest opset is 18 (its version
-                         converter cannot take every graph down to 17). `_clean_dynamo_graph` repairs the first two.
+The two exporters and their repairs are in bnfold.torch_exporters.
 
 torch and onnxscript are imported inside the functions here, and no other bnfold module imports this one at
 import time: bnfold works without PyTorch, and only exporting asks for it.
-
-Over 300 lines on purpose: two exporters, their cleanup and the three-way comparison with PyTorch are one
-export.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io as text_io
-import logging
-import re
-import tempfile
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import onnx
 
-from .loading import check_model, load_model
+from .loading import check_model
 from .saving import save_model
 from .errors import ExportError, InvalidModelError, MissingDependencyError, UsageError, VerificationFailed
 from .folding import count_ops, fold as fold_model
@@ -50,13 +30,13 @@ from .checking.compare import Tolerance, compare_outputs
 from .checking.result import VerifyResult
 from .checking.run import run_model
 from .tables import format_table
+from .torch_batchnorm import batchnorm_modules, has_initial_statistics, randomized_batchnorm
+from .torch_exporters import (INSTALL_TORCH, check_dynamic_batch, export_dynamo, export_torchscript,  # noqa: F401
+                              one_line)
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "torchscript"  # keeps every BN on all zoo models at opset 17 and runs without repairs
 DEFAULT_OPSETS = {"torchscript": 17, "dynamo": 18}  # the dynamo exporter implements nothing below opset 18
-DYNAMO_MIN_OPSET = 18
-BATCH_DIM = "batch"
-INSTALL_TORCH = "pip install 'bnfold[torch]'"
 
 TORCH_LABEL = "torch (eval)"
 ONNX_LABEL = "onnx (exported)"
@@ -66,7 +46,6 @@ PAIRS = {  # comparison name -> (reference, candidate)
     "torch vs folded": (TORCH_LABEL, FOLDED_LABEL),
     "onnx vs folded": (ONNX_LABEL, FOLDED_LABEL),
 }
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def import_torch():
@@ -90,7 +69,7 @@ def load_module_factory(target: str) -> Callable:
     except ImportError as error:
         raise UsageError(f"cannot import {module_name!r} for {target}: {error}") from None
     except Exception as error:  # the user's module raised while being imported
-        raise ExportError(f"importing {module_name!r} for {target} failed: {_one_line(error)}") from None
+        raise ExportError(f"importing {module_name!r} for {target} failed: {one_line(error)}") from None
     factory = module
     for attribute in attribute_path.split("."):
         if not hasattr(factory, attribute):
@@ -108,7 +87,7 @@ def build_module(target: str):
     try:
         module = factory()
     except Exception as error:
-        raise ExportError(f"calling {target}() failed: {_one_line(error)}") from None
+        raise ExportError(f"calling {target}() failed: {one_line(error)}") from None
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"{target}() returned a {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -120,6 +99,8 @@ class ExportResult:
 
     model: what was (or would be) written, the folded model when fold=True, else the export.
     bn_calls: BatchNorm module calls in one PyTorch forward; bn_nodes: BatchNormalization nodes in the export.
+    bn_initial_statistics: BatchNorm modules still holding a fresh module's statistics (mean 0, var 1), whose fold
+    is nearly the identity, so the comparisons say little; bn_randomized_seed: the seed randomize_bn used.
     comparisons: "torch vs onnx" always, plus "torch vs folded" and "onnx vs folded" when folding.
     """
 
@@ -136,6 +117,9 @@ class ExportResult:
     comparisons: Dict[str, VerifyResult] = field(default_factory=dict)
     path: Optional[str] = None
     written: bool = False
+    bn_modules: int = 0
+    bn_initial_statistics: int = 0
+    bn_randomized_seed: Optional[int] = None
 
     def __iter__(self):
         return iter((self.model, self.fold_report))
@@ -163,6 +147,10 @@ class ExportResult:
             "bn_calls_in_torch": self.bn_calls,
             "bn_nodes_exported": self.bn_nodes,
             "bn_folded_by_exporter": self.bn_folded_by_exporter,
+            "bn_modules": self.bn_modules,
+            "bn_initial_statistics": self.bn_initial_statistics,
+            "bn_randomized": self.bn_randomized_seed is not None,
+            "bn_randomized_seed": self.bn_randomized_seed,
             "fold": self.fold_report.to_dict() if self.fold_report is not None else None,
             "comparisons": {name: comparison.to_dict() for name, comparison in self.comparisons.items()},
             "passed": self.passed,
@@ -184,6 +172,7 @@ class ExportResult:
                 f"  warning: {self.bn_folded_by_exporter} BatchNorm call(s) have no node in the export: the exporter "
                 "fused or removed them itself, so bnfold cannot report on them"
             )
+        lines += self._statistics_lines()
         if self.fold_report is not None:
             lines += ["", self.fold_report.render()]
         lines += ["", _comparison_table(self.comparisons)]
@@ -191,10 +180,25 @@ class ExportResult:
             lines += ["", f"== {name} ==", self.comparisons[name].summary()]
         lines.append("")
         if self.written:
-            lines.append(f"wrote {self.path}" + (" (folded)" if self.fold_report is not None else ""))
+            randomized = ", BatchNorm statistics randomized" if self.bn_randomized_seed is not None else ""
+            folded = ", folded" if self.fold_report is not None else ""
+            lines.append(f"wrote {self.path}" + (f" ({(folded + randomized)[2:]})" if folded or randomized else ""))
         elif self.path:
             lines.append(f"{self.path} not written")
         return "\n".join(lines)
+
+    def _statistics_lines(self) -> List[str]:
+        """Whether the BN statistics make the comparison mean something."""
+        if self.bn_randomized_seed is not None:
+            return [f"BatchNorm statistics and affine parameters of {self.bn_modules} module(s) randomized (seed "
+                    f"{self.bn_randomized_seed}) in a copy of the module: the model exported has them, not yours"]
+        if not self.bn_initial_statistics:
+            return []
+        every = "every BatchNorm holds" if self.bn_initial_statistics == self.bn_modules else \
+            f"{self.bn_initial_statistics} of {self.bn_modules} BatchNorms hold"
+        return [f"  note: {every} a fresh module's statistics (mean 0, var 1), so folding it only scales by "
+                "1/sqrt(1 + eps) and the comparisons prove little; --randomize-bn (randomize_bn=True) exports a "
+                "copy with random statistics to prove the export path"]
 
 
 def _comparison_table(comparisons: Dict[str, VerifyResult]) -> str:
@@ -244,6 +248,8 @@ def export(
     atol: Tolerance = None,
     rtol: Tolerance = None,
     force: bool = False,
+    randomize_bn: bool = False,
+    randomize_seed: int = 0,
 ) -> ExportResult:
     """Export `module` (in eval mode) to ONNX with every BatchNorm kept; with fold=True fold it with bnfold's rules.
 
@@ -255,6 +261,10 @@ def export(
     pairwise with bnfold.verify's tolerances (atol/rtol as there). When a pair is out of tolerance nothing is
     written (unless force=True) and VerificationFailed is raised with the ExportResult as `.result`. The module's
     train/eval state is restored afterwards.
+
+    randomize_bn: export a copy of the module whose BatchNorms get random running statistics and affine parameters
+    (seeded by randomize_seed; `module` itself is not changed), so that a freshly built model, whose statistics
+    (mean 0, var 1) make every fold nearly the identity, still proves the export and fold path.
     """
     torch = import_torch()
     if exporter not in EXPORTERS:
@@ -263,6 +273,9 @@ def export(
         raise UsageError(f"export needs a torch.nn.Module, got {type(module).__name__}")
     opset = opset or DEFAULT_OPSETS[exporter]
     module_name = type(module).__name__
+    if randomize_bn:
+        module = randomized_batchnorm(module, randomize_seed, torch)
+    batchnorms = batchnorm_modules(module, torch)
     inputs = _input_tuple(example_inputs, torch)
     input_names = _names(input_names, "input", len(inputs), "input")
 
@@ -272,13 +285,13 @@ def export(
     try:
         torch_outputs, bn_calls = _run_torch(module, inputs, torch)
         output_names = _names(output_names, "output", len(torch_outputs), "output")
-        export_function = _export_dynamo if exporter == "dynamo" else _export_torchscript
+        export_function = export_dynamo if exporter == "dynamo" else export_torchscript
         exported = export_function(module, inputs, opset, input_names, output_names, dynamic_batch, torch)
     finally:
         for submodule, training in modes.items():
             submodule.train(training)
     if dynamic_batch:
-        _check_dynamic_batch(exported, input_names, exporter, module_name)
+        check_dynamic_batch(exported, input_names, exporter, module_name)
     try:
         check_model(exported)
     except InvalidModelError as error:
@@ -293,6 +306,8 @@ def export(
         model=exported, exported_model=exported, fold_report=None, module_name=module_name, exporter=exporter,
         opset=opset, dynamic_batch=dynamic_batch, was_training=was_training, bn_calls=bn_calls,
         bn_nodes=count_ops(exported).get("BatchNormalization", 0), path=None if path is None else str(path),
+        bn_modules=len(batchnorms), bn_initial_statistics=sum(map(has_initial_statistics, batchnorms)),
+        bn_randomized_seed=randomize_seed if randomize_bn else None,
     )
     if fold:
         result.model, result.fold_report = fold_model(exported)
@@ -338,16 +353,12 @@ def _names(given: Optional[Sequence[str]], stem: str, count: int, what: str) -> 
 def _run_torch(module, inputs: tuple, torch):
     """The eval-mode outputs as numpy arrays (flattened in the exporters' order) and the BatchNorm calls made."""
     calls = []
-    hooks = [
-        layer.register_forward_hook(lambda *_: calls.append(1))
-        for layer in module.modules()
-        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)
-    ]
+    hooks = [layer.register_forward_hook(lambda *_: calls.append(1)) for layer in batchnorm_modules(module, torch)]
     try:
         with torch.no_grad():
             outputs = module(*inputs)
     except Exception as error:
-        raise ExportError(f"{type(module).__name__} failed to run on the example inputs: {_one_line(error)}") from None
+        raise ExportError(f"{type(module).__name__} failed to run on the example inputs: {one_line(error)}") from None
     finally:
         for hook in hooks:
             hook.remove()
@@ -369,137 +380,3 @@ def _flatten_tensors(value, torch) -> list:
 
 def _to_numpy(tensors) -> List[np.ndarray]:
     return [tensor.detach().cpu().numpy() for tensor in tensors]
-
-
-@contextlib.contextmanager
-def _quiet_exporter():
-    """Keep the exporters' prints, warnings and log lines out of the user's terminal (and out of --json)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(text_io.StringIO()), \
-                contextlib.redirect_stderr(text_io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def _export_torchscript(module, inputs, opset, input_names, output_names, dynamic_batch, torch) -> onnx.ModelProto:
-    """TrainingMode.PRESERVE on an eval() module: BN nodes stay, where EVAL would let constant folding fuse them."""
-    dynamic_axes = {name: {0: BATCH_DIM} for name in [*input_names, *output_names]} if dynamic_batch else None
-    with tempfile.TemporaryDirectory(prefix="bnfold-export-") as directory:
-        target = Path(directory) / "model.onnx"
-        try:
-            with _quiet_exporter():
-                torch.onnx.export(
-                    module, inputs, str(target), dynamo=False, opset_version=opset,
-                    training=torch.onnx.TrainingMode.PRESERVE, input_names=input_names, output_names=output_names,
-                    dynamic_axes=dynamic_axes,
-                )
-        except Exception as error:
-            raise _export_error(module, "torchscript", error) from None
-        return load_model(target)
-
-
-def _export_dynamo(module, inputs, opset, input_names, output_names, dynamic_batch, torch) -> onnx.ModelProto:
-    """optimize=False, so onnxscript's optimizer does not fuse BN; then bnfold's own cleanup and opset conversion."""
-    try:
-        import onnx_ir
-        import onnxscript  # noqa: F401 - the dynamo exporter needs it; fail with the install hint, not deep inside
-    except ImportError:
-        raise MissingDependencyError(f"the dynamo exporter needs onnxscript: {INSTALL_TORCH}") from None
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim(BATCH_DIM)
-        dynamic_shapes = tuple({0: batch} if tensor.dim() else None for tensor in inputs)
-        inputs = _batch_of_two(inputs, torch)
-    try:
-        with _quiet_exporter():
-            program = torch.onnx.export(
-                module, inputs, dynamo=True, opset_version=max(opset, DYNAMO_MIN_OPSET), optimize=False,
-                verbose=False, input_names=input_names, output_names=output_names, dynamic_shapes=dynamic_shapes,
-            )
-    except Exception as error:
-        raise _export_error(module, "dynamo", error) from None
-    _clean_dynamo_graph(program.model)
-    model = onnx_ir.serde.serialize_model(program.model)
-    if opset < DYNAMO_MIN_OPSET:
-        model = _convert_opset(model, opset, type(module).__name__)
-    return model
-
-
-def _batch_of_two(inputs, torch) -> tuple:
-    """The example inputs with a batch of 1 doubled: torch.export specialises a dim of size 1 to the constant 1, so
-    a batch-1 example would export a fixed batch however the dim is declared. The values do not matter here: the
-    comparison runs on the caller's own inputs."""
-    return tuple(torch.cat([tensor, tensor]) if tensor.dim() and tensor.shape[0] == 1 else tensor for tensor in inputs)
-
-
-def _check_dynamic_batch(model: onnx.ModelProto, input_names: Sequence[str], exporter: str, module_name: str) -> None:
-    """Refuse an export asked for with a dynamic batch whose inputs still have a fixed first dim."""
-    fixed = []
-    for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
-        if value.name in input_names and len(dims) and dims[0].HasField("dim_value"):
-            shape = ", ".join(str(d.dim_value) if d.HasField("dim_value") else d.dim_param for d in dims)
-            fixed.append(f"{value.name!r} [{shape}]")
-    if fixed:
-        raise ExportError(
-            f"a dynamic batch was asked, but the {exporter} exporter fixed the batch of {module_name}'s input(s) "
-            f"{', '.join(fixed)} (its forward may depend on the batch size); export without --dynamic-batch, or "
-            "make the forward independent of the batch size"
-        )
-
-
-def _clean_dynamo_graph(model) -> None:
-    """Repair what the dynamo exporter leaves with optimize=False, folding no BatchNormalization (onnx_ir, in place).
-
-    Constant folding turns run-time constants (zero biases from Shape -> Expand -> CastLike -> Expand, Reshape'd
-    reduction axes) into values; an all-zero Conv/ConvTranspose bias is then dropped, which is exact and also
-    removes the wrongly shaped zero bias the exporter gives a bias-less Conv3d. Constants become initializers, as
-    in the torchscript exporter's output, so fold rules find every weight in one place.
-    """
-    import onnx_ir
-    import onnx_ir.passes.common as common_passes
-    from onnxscript import optimizer
-
-    optimizer.fold_constants(model)
-    for node in onnx_ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type in ("Conv", "ConvTranspose") and node.domain == "" and len(node.inputs) == 3:
-            bias = node.inputs[2]
-            tensor = onnx_ir.convenience.get_const_tensor(bias) if bias is not None else None
-            if tensor is not None and not np.any(tensor.numpy()):
-                node.resize_inputs(2)
-    common_passes.RemoveUnusedNodesPass()(model)
-    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-
-
-def _convert_opset(model: onnx.ModelProto, opset: int, module_name: str) -> onnx.ModelProto:
-    """onnx's version converter from the dynamo exporter's opset 18 down to `opset`; refuse what it gets wrong."""
-    try:
-        converted = onnx.version_converter.convert_version(model, opset)
-        onnx.checker.check_model(converted)
-    except Exception as error:
-        raise ExportError(
-            f"the dynamo exporter emits opset {DYNAMO_MIN_OPSET} or later, and onnx's version converter could not "
-            f"take {module_name} down to opset {opset} ({_one_line(error)}); use opset {DYNAMO_MIN_OPSET}+ or the "
-            "torchscript exporter"
-        ) from None
-    return converted
-
-
-def _export_error(module, exporter: str, error: Exception) -> ExportError:
-    """ExportError naming the module and the root cause: the exporters wrap it in generic 'step N/3' errors."""
-    cause = error
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    return ExportError(f"the {exporter} exporter failed on {type(module).__name__}: {_one_line(cause)}")
-
-
-def _one_line(error: BaseException, limit: int = 300) -> str:
-    text = _ANSI_ESCAPE.sub("", str(error)).strip()
-    first = text.splitlines()[0].strip() if text else ""
-    message = f"{type(error).__name__}: {first}" if first else type(error).__name__
-    return message if len(message) <= limit else message[: limit - 3] + "..."

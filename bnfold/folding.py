@@ -154,7 +154,7 @@ def fold(
     report.local_check = engine.local_summary
     report.ops_after = count_ops(model)
     report.initializer_bytes_after = tensor_bytes(model)
-    report.elapsed_s = time.perf_counter() - started
+    report.elapsed_s = report.fold_s = time.perf_counter() - started
     return model, report
 
 
@@ -241,8 +241,12 @@ def _fold_file(source: Path, destination, held: Optional[HeldTensors], started: 
         pending = PendingSave(folded, destination, external_data=external_data, on_written=_read_from_output)
     try:
         if checked:
-            _check_end_to_end(source, folded, report, started, verify_options=verify_options, force=force,
-                              require_end_to_end=require_end_to_end)
+            checking = time.perf_counter()
+            try:
+                _check_end_to_end(source, folded, report, started, verify_options=verify_options, force=force,
+                                  require_end_to_end=require_end_to_end)
+            finally:
+                report.verify_s = time.perf_counter() - checking
         if pending is not None:
             pending.commit()
             pending = None

@@ -100,7 +100,7 @@ def test_cli_several_files_need_an_existing_directory(tmp_path):
     for name in ("a.onnx", "b.onnx"):
         onnx.save(conv_bn(), tmp_path / name)
     result = invoke(tmp_path / "a.onnx", tmp_path / "b.onnx", "-o", tmp_path / "out.onnx")
-    assert result.exit_code == 2 and "-o must name an existing directory" in result.stderr
+    assert result.exit_code == 2 and "-o must name a directory, not a model file" in result.stderr
     result = invoke(tmp_path / "a.onnx", tmp_path / "b.onnx")
     assert result.exit_code == 2 and "no output directory" in result.stderr
     result = invoke(tmp_path / "a.onnx", tmp_path / "b.onnx", "--dry-run", "--no-verify", "--json", "-j", "1")
@@ -139,3 +139,13 @@ def test_workers_write_the_same_bytes_as_one_process(tmp_path):
     assert [m.exit_code for m in parallel.models] == [m.exit_code for m in sequential.models]
     assert [m.report.to_dict()["decisions"] for m in parallel.models[:4]] == \
         [m.report.to_dict()["decisions"] for m in sequential.models[:4]]
+
+
+def test_fold_files_creates_the_output_directory(tmp_path):
+    onnx.save(conv_bn(), tmp_path / "a.onnx")
+    result = bnfold.fold_files([tmp_path / "a.onnx"], tmp_path / "new" / "deeper", jobs=1)
+    assert result.exit_code == 0 and [n.op_type for n in onnx.load(tmp_path / "new" / "deeper" / "a.onnx").graph.node] \
+        == ["Conv"]
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(bnfold.OutputError, match="cannot create the output directory"):
+        bnfold.fold_files([tmp_path / "a.onnx"], tmp_path / "file", jobs=1)

@@ -15,6 +15,7 @@ from bnfold.benchmark import (
     BenchResult,
     bench,
     make_runner,
+    model_labels,
     plot,
     summarize,
     time_runs,
@@ -322,3 +323,11 @@ def test_cuda_run_uses_iobinding_and_reports_cuda_active(models):
     for row in result.rows:
         assert not row.failed and row.active_providers[0] == "CUDAExecutionProvider"
         assert_ordered_positive(row)
+
+
+def test_model_labels_are_the_shortest_distinguishing_path_ends():
+    assert model_labels(["a/x.onnx", "b/x.onnx", "y.onnx"]) == ["a/x.onnx", "b/x.onnx", "y.onnx"]
+    assert model_labels(["m/a/x.onnx", "n/a/x.onnx"]) == ["m/a/x.onnx", "n/a/x.onnx"]
+    assert model_labels(["x.onnx", "d/x.onnx"]) == ["x.onnx", "d/x.onnx"]
+    assert model_labels(["./d/x.onnx", "d/x.onnx"]) == ["x.onnx", "x.onnx#2"]  # the same file twice
+    assert model_labels(["/abs/p/x.onnx", "/abs/q/x.onnx", "/abs/q/z.onnx"]) == ["p/x.onnx", "q/x.onnx", "z.onnx"]

@@ -108,7 +108,7 @@ def test_dynamic_batch_runs_at_batch_1_and_7(torch, zoo, exporter, example_batch
 def test_dynamic_batch_that_the_exporter_fixed_is_refused(torch, monkeypatch, tmp_path):
     """A forward that branches on a batch of 1, traced from the batch-1 example as given: torch.export fixes the
     batch at 1 (as with timm's efficientvit_m0). bnfold says so and writes nothing."""
-    import bnfold.exporting
+    import bnfold.torch_exporters
 
     class BatchOfOneBranch(torch.nn.Module):
         def __init__(self):
@@ -118,7 +118,7 @@ def test_dynamic_batch_that_the_exporter_fixed_is_refused(torch, monkeypatch, tm
         def forward(self, x):
             return self.bn(x * 2 if x.shape[0] == 1 else x * 3)
 
-    monkeypatch.setattr(bnfold.exporting, "_batch_of_two", lambda inputs, torch: inputs)
+    monkeypatch.setattr(bnfold.torch_exporters, "batch_of_two", lambda inputs, torch: inputs)
     with pytest.raises(ExportError, match=r"fixed the batch of BatchOfOneBranch's input\(s\) 'input' \[1, 3, 8, 8\]"):
         bnfold_export(BatchOfOneBranch(), torch.randn(1, 3, 8, 8), tmp_path / "net.onnx", exporter="dynamo",
                       dynamic_batch=True)

@@ -344,6 +344,19 @@ def _joined(first: VerifyResult, second: VerifyResult) -> VerifyResult:
     return first
 
 
+def choose_inputs(model, specs, plan, provided, seed: int, label: str = "model"):
+    """(feeds, notes): the inputs the check would choose for `model` where `plan` (checking.feeds.plan_shapes) leaves
+    dims open, found by running it as the check's first run does; for `bnfold bench`, which times on them."""
+    from .intermediates import element_types
+    from .noise import flowing_dtypes
+
+    types = element_types(model)
+    check = _Check(model, model, label, model, model, label, "disable", None, None,
+                   [value.name for value in model.graph.output], flowing_dtypes(model, types), types)
+    _shapes, notes, feeds, _evidence, _texture = _first_run(check, specs, plan, provided, seed, [])
+    return feeds, notes
+
+
 def _first_run(check: _Check, specs, plan, provided, seed, branches):
     """Find shapes the reference runs with, trying sizes for open dims, then larger ones and image-like inputs
     (checking.feeds) while an output carries no signal; return the shapes, notes, the feeds, each output's evidence

@@ -13,15 +13,9 @@ import click
 
 from ..errors import EXIT_INTERNAL, BnfoldError
 from . import bench_cmd, check_cmd, export_cmd, fold_cmd, verify_cmd
+from .common import exit_codes_epilog
 
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0  success (BNs that had to stay are listed, not an error)
-  1  numerical equivalence check failed
-  2  bad usage, unreadable or invalid input, output not writable
-  3  internal error (a bug: please report it; BNFOLD_DEBUG=1 shows the traceback)
-  130 interrupted (Ctrl-C)
-  With several models: the worst model's code (3 > 2 > 1 > 0)."""
+EXIT_CODES_HELP = exit_codes_epilog()
 
 
 class DefaultGroup(click.Group):

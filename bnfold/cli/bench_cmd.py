@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
-from pathlib import Path
 
 import click
 
-from ..errors import OutputError, ProviderError, UsageError
+from ..errors import ProviderError, UsageError
 from ..runtime import OPT_LEVELS
-from .common import input_shape_option, inputs_option, seed_option
+from .common import (exit_codes_epilog, input_shape_option, inputs_option, json_target_option, quiet_option,
+                     seed_option, write_json)
 from .fold_options import (fold_input_initializers_option, inline_functions_option, keep_input_initializers_option,
                            refuse_bad_fold_options, skip_option, standalone_option)
 
@@ -22,7 +21,8 @@ def split_list(text: str) -> list:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-@click.command("bench")
+@click.command("bench", epilog=exit_codes_epilog(
+    "Here exit 2 also means a requested execution provider is missing or ONNX Runtime fell back from it."))
 @click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL...]")
 @click.option("--fold", "fold_in_memory", is_flag=True,
               help="Fold the single MODEL in memory, as `bnfold` folds it with the same fold options below, and "
@@ -53,20 +53,24 @@ def split_list(text: str) -> list:
               case_sensitive=False), default="EXHAUSTIVE", show_default=True,
               help="CUDA: how cuDNN picks convolution algorithms. EXHAUSTIVE benchmarks them during the first "
               "runs, which are therefore slow.")
-@click.option("--json", "json_path", metavar="PATH", help="Write the results as JSON to PATH ('-' for stdout).")
+@json_target_option
 @click.option("--plot", "plot_path", metavar="PNG", help="Write a bar chart of p50 and p90 (needs bnfold[plot]).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def bench(models, fold_in_memory, fold_input_initializers, keep_input_initializers, inline_functions, standalone,
           skip_rules, providers, opt_levels, warmup, iterations, input_shapes, input_files, seed,
-          intra_op_threads, allow_fallback, cudnn_conv_algo_search, json_path, plot_path, quiet):
+          intra_op_threads, allow_fallback, cudnn_conv_algo_search, json_target, plot_path, quiet):
     """Time MODELs on ONNX Runtime: each model x provider x optimization level, same seeded inputs for all.
 
     \b
       bnfold bench model.onnx folded.onnx --providers cpu,cuda --input-shape input:8x3x224x224
       bnfold bench model.onnx --fold --json out.json --plot latency.png
 
-    The ratio column is each row's p50 over the first model's p50 (same provider and level). A provider that is
-    missing, or that ORT silently replaced with CPU, fails its rows and the command exits 2 unless --allow-fallback.
+    The ratio column is each row's p50 over the first model's p50 (same provider and level). Models are labelled
+    by the shortest end of their path that tells them apart. Inputs are chosen as `bnfold MODEL -o OUT` chooses
+    them for its check (dynamic dims: batch 1, other sizes tried until the first model runs; the choice is
+    printed). A provider that is missing, or that ORT silently replaced with CPU, fails its rows and the command
+    exits 2 unless --allow-fallback. -q prints no progress bar and no table (use it with --json FILE or --plot),
+    only the rows that failed.
     """
     from ..benchmark import bench as run_bench, import_matplotlib_figure
     from ..inputs import graph_inputs, load_input_files, parse_shape_specs
@@ -83,7 +87,7 @@ def bench(models, fold_in_memory, fold_input_initializers, keep_input_initialize
     labelled = _load_models(models, fold_in_memory)
     provided = load_input_files(input_files, graph_inputs(labelled[0][1])) if input_files else None
     levels = [level for text in (opt_levels or [DEFAULT_OPT_LEVELS]) for level in split_list(text)]
-    show_progress = not quiet and sys.stderr.isatty()
+    show_progress = not quiet and json_target != "-" and sys.stderr.isatty()
     with contextlib.ExitStack() as stack:
         result = run_bench(
             labelled,
@@ -101,9 +105,10 @@ def bench(models, fold_in_memory, fold_input_initializers, keep_input_initialize
             cudnn_conv_algo_search=cudnn_conv_algo_search,
             progress=_progress_bar(stack) if show_progress else None,
         )
-    click.echo(result.table(with_problems=False), err=json_path == "-")
-    if json_path:
-        _write_json(result.to_dict(), json_path)
+    if json_target is not None:
+        write_json(result.to_dict(), json_target)
+    if not quiet and json_target != "-":
+        click.echo(result.table(with_problems=False))
     if plot_path and len(result.failures) < len(result.rows):
         result.plot(plot_path)
     for line in result.problems():
@@ -117,11 +122,12 @@ def bench(models, fold_in_memory, fold_input_initializers, keep_input_initialize
 
 def _load_models(paths, fold_in_memory: bool) -> list:
     """(label, ModelProto) pairs of the files as given; with --fold the one file (bench folds it)."""
+    from ..benchmark import model_labels
     from ..loading import load_model
 
     if fold_in_memory and len(paths) != 1:
         raise UsageError(f"--fold takes exactly one MODEL (got {len(paths)}); it compares it with its folded form")
-    return [(Path(path).name, load_model(path)) for path in paths]
+    return [(label, load_model(path)) for label, path in zip(model_labels(paths), paths)]
 
 
 def _progress_bar(stack: contextlib.ExitStack):
@@ -138,14 +144,3 @@ def _progress_bar(stack: contextlib.ExitStack):
         bar.update(done - bar.pos, description)
 
     return update
-
-
-def _write_json(document: dict, path: str) -> None:
-    text = json.dumps(document, indent=2)
-    if path == "-":
-        click.echo(text)
-        return
-    try:
-        Path(path).write_text(text + "\n", encoding="utf-8")
-    except OSError as error:
-        raise OutputError(f"{path}: cannot write the JSON results ({error.strerror or error})") from None

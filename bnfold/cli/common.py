@@ -88,10 +88,45 @@ def _json_target(ctx, param, value):
     return value
 
 
-json_target_option = click.option(
-    "--json", "json_target", is_flag=False, flag_value="-", default=None, metavar="[FILE]", callback=_json_target,
-    help="The report as JSON: `--json` alone (or `--json -`) prints it instead of the table; `--json FILE` "
-         "writes it to FILE (atomically).")
+def json_option(with_file: str = "prints the text as usual"):
+    """--json [FILE], the same on every command; `with_file` says what text a command still prints with a FILE."""
+    return click.option(
+        "--json", "json_target", is_flag=False, flag_value="-", default=None, metavar="[FILE]", callback=_json_target,
+        help="The result as JSON: `--json` alone (or `--json -`) prints it on stdout instead of the text; "
+             f"`--json FILE` writes it to FILE (atomically) and {with_file}.")
+
+
+json_target_option = json_option()
+quiet_option = click.option("-q", "--quiet", is_flag=True,
+                            help="Print only what failed (nothing when all is well); errors still go to stderr.")
+runs_option = click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True,
+                           help="Random input draws to compare (seed, seed+1, ...); inputs given by file stay fixed.")
+
+# The exit codes of every command, worded once: `bnfold --help`, each command's --help and the README's table.
+EXIT_CODES = (
+    ("0", "success; BNs that had to stay are listed with their reason (not an error)"),
+    ("1", "a check failed: the numerical equivalence check (fold, verify, export; nothing is written unless "
+          "--force) or a `bnfold check` limit"),
+    ("2", "bad usage, unreadable or invalid input, output that cannot be written; no input size for the end-to-end "
+          "check (`bnfold verify`, or `--require-end-to-end`); a missing execution provider (`bnfold bench`)"),
+    ("3", "internal error (a bug: please report it; BNFOLD_DEBUG=1 shows the traceback)"),
+    ("130", "interrupted (Ctrl-C), at any moment including start-up: one line `bnfold: interrupted`"),
+)
+WORST_EXIT_CODE = "With several models the exit code is the worst model's: 130 > 3 > 2 > 1 > 0."
+
+
+def exit_codes_epilog(note: str = "") -> str:
+    """The exit-code table as click prints it (`\b` keeps the lines), after an optional command-specific note."""
+    import textwrap
+
+    lines = ["\b", "Exit codes:"]
+    for code, meaning in EXIT_CODES:
+        wrapped = textwrap.wrap(meaning, 96)
+        lines.append(f"  {code:<4} {wrapped[0]}")
+        lines += [f"       {more}" for more in wrapped[1:]]
+    lines.append(WORST_EXIT_CODE)
+    block = "\n".join(lines)
+    return f"{note}\n\n{block}" if note else block
 
 
 def write_json(data: dict, target: str) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import click
 
 from ..errors import UsageError, VerificationFailed
-from .common import ToleranceCommand, atol_option, parse_tolerances, rtol_option, seed_option
+from .common import (ToleranceCommand, atol_option, exit_codes_epilog, json_target_option, parse_tolerances,
+                     quiet_option, rtol_option, seed_option, write_json)
 
 EXPORTERS = ("torchscript", "dynamo")  # mirrors bnfold.exporting.EXPORTERS; kept here so --help never imports torch
 
@@ -18,7 +18,9 @@ def split_names(text):
     return [name.strip() for name in text.split(",") if name.strip()] if text else None
 
 
-@click.command("export", cls=ToleranceCommand)
+@click.command("export", cls=ToleranceCommand, epilog=exit_codes_epilog(
+    "Here exit 1 means a comparison is out of tolerance; 2 also covers a module that cannot be imported, built or "
+    "exported."))
 @click.argument("target", metavar="MODULE:CALLABLE")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the ONNX model.")
 @click.option("--input-shape", "input_shapes", multiple=True, required=True, metavar="[NAME:]D0xD1x...",
@@ -37,10 +39,15 @@ def split_names(text):
 @atol_option
 @rtol_option
 @seed_option
+@click.option("--randomize-bn", is_flag=True,
+              help="Export a copy of the module whose BatchNorms have random statistics and affine parameters "
+                   "(seeded by --seed): a fresh module's statistics (mean 0, var 1) make every fold nearly the "
+                   "identity, so the comparison proves little. The model written has the random values.")
 @click.option("--force", is_flag=True, help="Write the model even when a comparison is out of tolerance.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of the text.")
+@json_target_option
+@quiet_option
 def export(target, output, input_shapes, dynamic_batch, opset, exporter, input_names, output_names, fold_model,
-           atol, rtol, seed, force, as_json):
+           atol, rtol, seed, randomize_bn, force, json_target, quiet):
     """Export the nn.Module built by MODULE:CALLABLE to ONNX with every BatchNorm kept, and report each BN.
 
     \b
@@ -78,12 +85,14 @@ def export(target, output, input_shapes, dynamic_batch, opset, exporter, input_n
             atol=parse_tolerances(atol, "--atol"),
             rtol=parse_tolerances(rtol, "--rtol"),
             force=force,
+            randomize_bn=randomize_bn,
+            randomize_seed=seed,
         )
     except VerificationFailed as failure:
         if failure.result is not None:
-            _show(failure.result, as_json)
+            _show(failure.result, json_target, quiet=False)
         raise
-    _show(result, as_json)
+    _show(result, json_target, quiet)
 
 
 def _example_inputs(input_shapes, seed: int, torch):
@@ -101,5 +110,9 @@ def _example_inputs(input_shapes, seed: int, torch):
     return tensors, (names if all(names) else None)
 
 
-def _show(result, as_json: bool) -> None:
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
+def _show(result, json_target, quiet: bool) -> None:
+    """The JSON where --json sends it; the text unless it went to stdout, or -q and all passed."""
+    if json_target is not None:
+        write_json(result.to_dict(), json_target)
+    if json_target != "-" and not (quiet and result.passed):
+        click.echo(result.render())

@@ -8,21 +8,21 @@ from pathlib import Path
 
 import click
 
-from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_option, json_target_option,
-                     parse_tolerances, rtol_option, seed_option, write_json)
+from .common import (ToleranceCommand, atol_option, exit_codes_epilog, input_shape_option, inputs_option,
+                     json_target_option, parse_tolerances, quiet_option, rtol_option, runs_option, seed_option,
+                     write_json)
 from .fold_options import (fold_input_initializers_option, inline_functions_option, keep_input_initializers_option,
                            refuse_bad_fold_options, skip_option, standalone_option)
 
 
-@click.command(cls=ToleranceCommand, epilog="Rules: see `bnfold rules`. Exit codes: 0 ok (kept BNs are listed), 1 verification failed, "
-               "2 bad usage, input or output (also: no input shape for the end-to-end check with --require-end-to-end), "
-               "3 internal error, 130 interrupted. A skipped end-to-end check is said and exits 0. With several models: the worst "
-               "model's code (3 > 2 > 1 > 0).")
+@click.command(cls=ToleranceCommand, epilog=exit_codes_epilog(
+    "Rules: see `bnfold rules`. A skipped end-to-end check (no input size lets the original model run) is said in "
+    "one line and exits 0; --require-end-to-end makes it exit 2."))
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str),
-              help="Where to write the folded model: a file, or an existing directory (a trailing / says so) to "
-                   "write into. Several models, or a directory given as MODEL, need a directory; paths below a "
-                   "MODEL directory are kept.")
+              help="Where to write the folded model: a file, or a directory to write into (an existing one, or one "
+                   "written with a trailing /, created if missing). Several models, or a directory given as MODEL, "
+                   "need a directory (created if missing); paths below a MODEL directory are kept.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes when folding several models. Default: the cores this process may use.")
 @click.option("--overwrite", is_flag=True, help="Allow -o to name the input file itself.")
@@ -43,15 +43,16 @@ from .fold_options import (fold_input_initializers_option, inline_functions_opti
 @input_shape_option
 @inputs_option
 @seed_option
+@runs_option
 @atol_option
 @rtol_option
 @json_target_option
 @click.option("-v", "--verbose", is_flag=True,
               help="Also list every folded BN, and each kept BN of a reason several share (said once by default).")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@quiet_option
 def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end, force, no_check,
          fold_input_initializers, keep_input_initializers, inline_functions, standalone, skip_rules, external_data,
-         input_shapes, input_files, seed, atol, rtol, json_target, verbose, quiet):
+         input_shapes, input_files, seed, runs, atol, rtol, json_target, verbose, quiet):
     """Fold eval-mode BatchNormalization in MODEL into neighbouring weights and write it to OUTPUT.
 
     The folded model is checked against the original in ONNX Runtime (graph optimizations disabled) before it is
@@ -63,8 +64,8 @@ def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end
 
     \b
     Several MODELs, or a directory (searched recursively for *.onnx), are folded by -j worker processes into the
-    directory -o names: one line per model (a progress bar on a terminal), then a summary table. A model that
-    fails does not stop the others.
+    directory -o names (created if missing): one line per model (a progress bar on a terminal), then a summary
+    table. A model that fails does not stop the others.
     """
     from ..options import VerifyOptions
 
@@ -76,7 +77,8 @@ def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end
         "keep_input_initializers": keep_input_initializers, "skip": skip_rules,
         "inline_functions": inline_functions, "require_end_to_end": require_end_to_end, "standalone": standalone,
         "verify_options": VerifyOptions(input_shapes=list(input_shapes) or None, input_files=input_files, seed=seed,
-                                        atol=parse_tolerances(atol, "--atol"), rtol=parse_tolerances(rtol, "--rtol")),
+                                        runs=runs, atol=parse_tolerances(atol, "--atol"),
+                                        rtol=parse_tolerances(rtol, "--rtol")),
     }
     if len(models) == 1 and not os.path.isdir(models[0]):
         _fold_one(models[0], _single_destination(models[0], output), dry_run, fold_options, json_target, verbose,
@@ -91,19 +93,31 @@ def _names_directory(output: str) -> bool:
 
 def _single_destination(model: str, output):
     """-o FILE as given; -o DIR (existing, or written with a trailing /) means DIR/<model's file name>."""
-    from ..errors import OutputError
-
     if output is None or not _names_directory(output):
         return output
-    if not os.path.isdir(output):
-        raise OutputError(f"{output}: output directory does not exist")
-    return os.path.join(output, Path(model).name)
+    return os.path.join(_output_directory(output), Path(model).name)
+
+
+def _output_directory(output: str) -> str:
+    """-o DIR for a directory of models, several models or `-o DIR/`: created (with its parents) if missing."""
+    from ..errors import OutputError
+
+    if os.path.isdir(output):
+        return output
+    if os.path.lexists(output.rstrip("/" + os.sep) or output):
+        raise OutputError(f"{output}: exists and is not a directory; -o must name a directory here")
+    try:
+        os.makedirs(output)
+    except OSError as error:
+        raise OutputError(f"{output}: cannot create the output directory ({error.strerror or error})") from None
+    return output
 
 
 def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet) -> None:
     from ..errors import VerificationFailed
     from ..folding import fold_file
 
+    data_before = _file_identity(_data_file(output)) if output is not None else None
     try:
         report = fold_file(model, output, dry_run=dry_run, **fold_options)
     except VerificationFailed as failure:
@@ -112,6 +126,8 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
             _print(report, json_target, verbose, quiet)
         raise
     _print(report, json_target, verbose, quiet)
+    if report.written and not quiet and json_target != "-":
+        click.echo(_wrote_line(report, data_before))
     if quiet and report.verification_skipped:
         click.echo(f"bnfold: warning: {report.verification_skipped}", err=True)
     if report.verification is not None and not report.verification.passed:
@@ -122,11 +138,41 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
 def _print(report, json_target, verbose: bool, quiet: bool) -> None:
     if json_target is not None:
         write_json(report.to_dict(), json_target)
-    if quiet or json_target == "-":
+    if json_target == "-":
+        return
+    if quiet:  # only what failed: the comparison that did not pass
+        if report.verification is not None and not report.verification.passed:
+            click.echo(report.verification.summary())
         return
     click.echo(report.render(verbose=verbose))
     if report.verification is not None:
         click.echo(report.verification.summary())
+
+
+def _data_file(output: str) -> Path:
+    """Where an external data file of `output` goes: beside the file -o names (a symlink followed)."""
+    target = Path(os.path.realpath(output))
+    return target.with_name(target.name + ".data")
+
+
+def _file_identity(path: Path):
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size
+
+
+def _wrote_line(report, data_before) -> str:
+    """'wrote OUT (82.4 KiB) in 0.52 s', with the external data file when this run wrote one (a write renames a new
+    file into place, so a data file this run did not write keeps its identity)."""
+    from ..report import size_text
+
+    sizes = [size_text(Path(report.destination).stat().st_size)]
+    data = _data_file(report.destination)
+    if data.is_file() and _file_identity(data) != data_before:
+        sizes.append(f"weights in {data.name}: {size_text(data.stat().st_size)}")
+    return f"wrote {report.destination} ({', '.join(sizes)}) in {report.elapsed_s:.2f} s"
 
 
 def _fold_many(models, output, jobs, dry_run, fold_options, json_target, quiet) -> None:
@@ -134,10 +180,18 @@ def _fold_many(models, output, jobs, dry_run, fold_options, json_target, quiet) 
     from ..errors import UsageError
 
     if output is None and not dry_run:
+        if len(models) == 2 and os.path.isfile(models[0]) and not os.path.lexists(models[1]):
+            raise UsageError(f"{models[1]} does not exist, so it is not a model to fold: to write the folded "
+                             f"model there, pass -o: bnfold {models[0]} -o {models[1]}")
         raise UsageError("no output directory: pass -o DIR (or --dry-run to only report)")
-    if output is not None and not os.path.isdir(output):
+    if output is not None:
         given = f"{models[0]} is a directory" if len(models) == 1 else f"{len(models)} models given"
-        raise UsageError(f"{given}: -o must name an existing directory ({output} is not one)")
+        if output.endswith(".onnx") and not os.path.isdir(output):
+            raise UsageError(f"{given}: -o must name a directory, not a model file ({output})")
+        if not dry_run:
+            _output_directory(output)
+        elif not os.path.isdir(output):
+            raise UsageError(f"{given}: with --dry-run, -o must name an existing directory ({output} is not one)")
     show_lines = not quiet and json_target != "-"
     bar = None
     if show_lines and sys.stderr.isatty():

@@ -251,7 +251,7 @@ def test_internal_error_is_one_line_with_exit_code_3(good_model, out_dir, monkey
 
 def test_help_documents_the_exit_codes():
     text = invoke("--help").output
-    for line in ("0  success", "1  numerical equivalence check failed", "2  bad usage", "3  internal error"):
+    for line in ("0    success", "1    a check failed", "2    bad usage", "3    internal error", "130  interrupted"):
         assert line in text
 
 
@@ -371,9 +371,13 @@ def test_output_dash_is_refused(good_model, tmp_path, monkeypatch):
     assert not (tmp_path / "-").exists()
 
 
-def test_output_trailing_slash_names_a_directory_that_must_exist(good_model, out_dir):
-    assert_refused(invoke(good_model[0], "-o", f"{out_dir / 'missing'}/", "--no-verify"), out_dir, [good_model],
-                   match="does not exist")
+def test_output_trailing_slash_names_a_directory_created_if_missing(good_model, out_dir, tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    assert_refused(invoke(good_model[0], "-o", f"{tmp_path / 'file'}/", "--no-verify"), out_dir, [good_model],
+                   match="not a directory")
+    result = invoke(good_model[0], "-o", f"{tmp_path / 'missing' / 'deeper'}/", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert [n.op_type for n in load_model(tmp_path / "missing" / "deeper" / "model.onnx").graph.node] == ["Conv"]
     result = invoke(good_model[0], "-o", f"{out_dir}/", "--no-verify")
     assert result.exit_code == 0, result.output
     assert [p.name for p in out_dir.iterdir()] == ["model.onnx"]

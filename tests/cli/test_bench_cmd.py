@@ -90,12 +90,61 @@ def test_json_file_and_opt_levels(model_files, tmp_path):
     assert all(row["error"] is None and row["p50_ms"] > 0 for row in document["rows"])
 
 
-def test_json_to_stdout_moves_the_table_to_stderr(model_files):
-    result = invoke(*model_files, "--ort-opt-level", "disable", "--json", "-", *FAST)
+def test_json_alone_prints_json_instead_of_the_table_and_quiet_prints_no_table(model_files, tmp_path):
+    result = invoke(*model_files, "--ort-opt-level", "disable", "--json", *FAST)
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert len(document["rows"]) == 2
-    assert "p50 ms" in result.stderr
+    assert len(document["rows"]) == 2 and "p50 ms" not in result.output
+    out = tmp_path / "bench.json"
+    result = invoke(*model_files, "--ort-opt-level", "disable", "--json", str(out), "-q", *FAST)
+    assert result.exit_code == 0 and result.output == ""
+    assert len(json.loads(out.read_text())["rows"]) == 2
+    result = invoke(*model_files, "--ort-opt-level", "disable", "--json", str(out), *FAST)
+    assert result.exit_code == 0 and "p50 ms" in result.stdout
+
+
+def test_files_with_the_same_name_are_labelled_by_their_folders(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first, _ = conv_bn_relu_files(tmp_path / "a")
+    second, _ = conv_bn_relu_files(tmp_path / "b", channels=6)
+    result = invoke(first, second, "--ort-opt-level", "disable", *FAST)
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.stdout.splitlines()[2:4]] == ["a/model.onnx", "b/model.onnx"]
+    document = json.loads(invoke(first, second, "--ort-opt-level", "disable", "--json", *FAST).stdout)
+    assert document["models"] == ["a/model.onnx", "b/model.onnx"]
+
+
+def test_dynamic_dims_are_chosen_as_the_fold_check_chooses_them(tmp_path):
+    """PP-OCR-style dynamic H and W: bench tries sizes as fold and verify do, and says what it chose."""
+    import bnfold
+    from models.fixtures import dynamic_detector
+
+    path = tmp_path / "detector.onnx"
+    onnx.save(dynamic_detector(), path)
+    result = invoke(str(path), "--fold", "--ort-opt-level", "disable", "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    checked = bnfold.verify(str(path), str(path))
+    assert document["input_shapes"] == {name: list(shape) for name, shape in checked.input_shapes.items()}
+    assert document["shape_notes"] == checked.shape_notes and "dynamic dims chosen" in document["shape_notes"][-1]
+    assert all(row["error"] is None for row in document["rows"])
+    table = invoke(str(path), "--ort-opt-level", "disable", *FAST).stdout
+    assert "inputs: dynamic dims chosen:" in table.splitlines()[1]
+
+
+def test_dynamic_dim_no_size_fits_names_the_option(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "fixed_reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 21])],
+        [numpy_helper.from_array(np.array([1, 21], np.int64), "shape")])
+    path = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    result = invoke(str(path), "--ort-opt-level", "disable", *FAST)
+    assert result.exit_code == 2
+    assert "no size for the dynamic dim(s) W" in result.stderr and "--input-shape x:1x3xW" in result.stderr
+    result = invoke(str(path), "--input-shape", "x:1x3x7", "--ort-opt-level", "disable", "--json", *FAST)
+    assert result.exit_code == 0 and json.loads(result.stdout)["input_shapes"] == {"x": [1, 3, 7]}
 
 
 def test_same_inputs_from_an_npz(model_files, tmp_path):

@@ -125,3 +125,59 @@ def test_an_identity_bn_a_branch_merge_absorbs_counts_as_foldable(tmp_path):
     result = bnfold.check(save(repvgg_block(), tmp_path / "block.onnx"))
     assert [d.rule for d in result.foldable] == ["forward", "forward", "merge_branches"]
     assert result.standalone == [] and result.kept == []
+
+
+def test_one_summary_line_and_the_command_that_fixes_it(tmp_path):
+    """The run ends with one line; -q and --json FILE print only the failures and it; the fix command works."""
+    kept = save(multi_consumer_conv(), tmp_path / "kept.onnx")
+    first, second = save(conv_bn(), tmp_path / "a b.onnx"), save(standalone_bn(), tmp_path / "c.onnx")
+    result = invoke(kept, first, second, "--max-standalone", "0")
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[-1] == ("check: 3 models (2 over a limit, 0 in error); BN: 1 foldable into weights, 1 only as "
+                         "Mul+Add, 1 kept: FAIL (exit 1)")
+    assert lines[-2].startswith("to fold them: for m in ") and "--standalone" in lines[-2]
+    assert any(line.startswith(f"{kept}: ") for line in lines)  # without -q, every model is listed
+    for brief in (["-q"], ["--json", tmp_path / "check.json"]):
+        quiet = invoke(kept, first, second, "--max-standalone", "0", *brief)
+        assert quiet.exit_code == 1 and not any(line.startswith(f"{kept}: ") for line in quiet.stdout.splitlines())
+        assert quiet.stdout.splitlines()[-2:] == lines[-2:]
+    assert json.loads((tmp_path / "check.json").read_text())["exit_code"] == 1
+
+
+@pytest.mark.slow
+def test_the_fix_command_check_prints_folds_every_model_it_names(tmp_path):
+    """Run as a shell would, with `bnfold` on the path: afterwards the same check passes."""
+    kept = save(multi_consumer_conv(), tmp_path / "kept.onnx")
+    first, second = save(conv_bn(), tmp_path / "a b.onnx"), save(standalone_bn(), tmp_path / "c.onnx")
+    lines = invoke(kept, first, second, "--max-standalone", "0").stdout.splitlines()
+    fix = lines[-2][len("to fold them: "):]
+    shell = f'bnfold() {{ "{sys.executable}" -m bnfold "$@"; }}\n{fix}\n'
+    child = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT,
+                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert child.returncode == 0, child.stderr
+    fixed = invoke(kept, first, second, "--max-standalone", "0")
+    assert fixed.exit_code == 0, fixed.output
+    assert fixed.stdout.splitlines()[-1].endswith("1 kept: ok (exit 0)") and "to fold them" not in fixed.stdout
+
+
+def test_single_model_fix_and_no_fix_for_kept_bns(tmp_path):
+    model = save(conv_bn(), tmp_path / "m.onnx")
+    result = invoke(model, "-q")
+    assert result.stdout.splitlines()[-2] == f"to fold them: bnfold {model} -o {model} --overwrite"
+    kept = save(multi_consumer_conv(), tmp_path / "kept.onnx")
+    result = invoke(kept, "--max-kept", "0")
+    assert result.exit_code == 1 and "to fold them" not in result.stdout
+    assert result.stdout.splitlines()[-1].endswith("FAIL (exit 1)")
+    result = invoke(model, "--json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["exit_code"] == 1  # stdout holds the JSON alone
+
+
+def test_summary_counts_models_in_error(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"junk")
+    result = invoke(save(conv_bn(), tmp_path / "good.onnx"), broken)
+    assert result.exit_code == 2
+    assert result.stdout.splitlines()[-1] == ("check: 2 models (1 over a limit, 1 in error); BN: 1 foldable into "
+                                              "weights, 0 only as Mul+Add, 0 kept: FAIL (exit 2)")
+    assert "broken.onnx" in result.stderr and result.stderr.startswith("bnfold: error: ")

@@ -47,6 +47,9 @@ USER_MODELS = """
 
     def unexportable():
         return Eigen()
+
+    def fresh_net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
 """
 
 
@@ -93,7 +96,7 @@ def test_without_fold_the_bns_are_kept_and_torch_vs_onnx_is_checked(user_project
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_dynamic_batch_model_runs_at_batch_1_and_7(user_project, exporter):
     result = invoke("models.zoo:audio_conv1d", "-o", "audio.onnx", "--input-shape", "2x1x512", "--dynamic-batch",
-                    "--fold", "--exporter", exporter, "--json")
+                    "--fold", "--exporter", exporter, "--json")  # --json alone: the JSON on stdout, no text
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["passed"] and data["dynamic_batch"] and data["exporter"] == exporter
@@ -156,3 +159,40 @@ def test_help_says_user_code_is_imported_and_eval_mode(user_project):
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "this runs your own code" in text and "put in eval()" in text
+
+
+def test_fresh_statistics_are_said_to_prove_little_and_randomize_bn_proves_the_path(user_project):
+    result = invoke("userpkg.models:fresh_net", "-o", "fresh.onnx", "--input-shape", "1x3x8x8", "--fold")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "every BatchNorm holds a fresh module's statistics (mean 0, var 1)" in text
+    assert "prove little" in text and "--randomize-bn" in text
+
+    result = invoke("userpkg.models:fresh_net", "-o", "random.onnx", "--input-shape", "1x3x8x8", "--randomize-bn",
+                    "--seed", "3", "--json", "random.json")
+    assert result.exit_code == 0, result.output
+    assert "prove little" not in result.output and "randomized (seed 3)" in result.output
+    data = json.loads((user_project / "random.json").read_text())
+    assert data["bn_randomized"] and data["bn_randomized_seed"] == 3 and data["bn_initial_statistics"] == 0
+    model = onnx.load(user_project / "random.onnx")
+    bn = next(node for node in model.graph.node if node.op_type == "BatchNormalization")
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    mean, var = values[bn.input[3]], values[bn.input[4]]
+    assert np.all(mean != 0) and np.all((var >= 0.5) & (var <= 2.0)) and len(set(var.tolist())) == 8
+    again = invoke("userpkg.models:fresh_net", "-o", "again.onnx", "--input-shape", "1x3x8x8", "--randomize-bn",
+                   "--seed", "3", "-q")
+    assert again.exit_code == 0 and again.output == ""
+    again_model = onnx.load(user_project / "again.onnx")
+    values_again = {t.name: onnx.numpy_helper.to_array(t) for t in again_model.graph.initializer}
+    np.testing.assert_array_equal(values_again[bn.input[4]], var)  # seeded: the same statistics
+
+
+def test_randomize_bn_leaves_the_callers_module_alone():
+    from bnfold.exporting import export
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    state = {key: value.clone() for key, value in net.state_dict().items()}
+    result = export(net, torch.randn(1, 3, 4, 4), randomize_bn=True, randomize_seed=1, fold=True)
+    assert result.passed and result.bn_randomized_seed == 1 and result.bn_modules == 1
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, state[key]), key

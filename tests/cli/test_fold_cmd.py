@@ -131,6 +131,9 @@ def test_failed_verification_writes_nothing_and_exits_1(tmp_path, monkeypatch):
     forced = invoke(source, "-o", tmp_path / "out.onnx", "--force")
     assert forced.exit_code == 1 and (tmp_path / "out.onnx").read_bytes() != b"previous"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["m.onnx", "out.onnx"]
+    quiet = invoke(source, "-o", tmp_path / "quiet.onnx", "-q")  # -q: only what failed, the comparison
+    assert quiet.exit_code == 1 and quiet.stdout.strip().splitlines()[-1].startswith("FAILED")
+    assert "BatchNormalization:" not in quiet.stdout and "nothing written" in quiet.stderr
 
 
 def test_dynamic_spatial_dims_are_chosen_and_printed(tmp_path):
@@ -185,3 +188,77 @@ def test_help_imports_no_heavy_module():
             "heavy = [m for m in ('onnx', 'onnxruntime', 'torch') if m in sys.modules]\nassert not heavy, heavy\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_what_happened_is_said_in_a_line_each(tmp_path):
+    """Fold time and end-to-end check time apart; `wrote OUT (size)`; `unchanged` when nothing folded."""
+    source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
+    result = invoke(source, "-o", tmp_path / "out.onnx")
+    assert result.exit_code == 0, result.output
+    bn_line = next(line for line in result.output.splitlines() if line.startswith("BatchNormalization:"))
+    assert "(fold " in bn_line and ", end-to-end check " in bn_line
+    size = (tmp_path / "out.onnx").stat().st_size
+    last = result.output.splitlines()[-1]
+    shown = f"{size} B" if size < 1024 else f"{size / 1024:.1f} KiB"
+    assert last.startswith(f"wrote {tmp_path / 'out.onnx'} ({shown}) in "), last
+    assert "unchanged" not in result.output
+    report = json.loads(invoke(source, "-o", tmp_path / "out2.onnx", "--json").output)
+    assert report["verify_s"] > 0 and 0 < report["fold_s"] <= report["elapsed_s"]
+
+    kept = save(fixtures.training_mode_bn(), tmp_path / "kept.onnx")
+    result = invoke(kept, "-o", tmp_path / "kept_out.onnx")
+    assert result.exit_code == 0, result.output
+    assert "unchanged: nothing was folded or merged; the model written has the input's graph" in result.output
+    assert "end-to-end check" not in result.output  # nothing changed, nothing to check
+    assert result.output.splitlines()[-1].startswith(f"wrote {tmp_path / 'kept_out.onnx'}")
+    report = json.loads(invoke(kept, "--dry-run", "--json").output)
+    assert report["verify_s"] is None and report["bn_folded"] == 0
+
+
+def test_decomposed_bn_alone_is_verified_end_to_end(tmp_path):
+    source = save(fixtures.frozen_bn_stem(), tmp_path / "m.onnx")
+    result = invoke(source, "-o", tmp_path / "out.onnx")
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output and "unchanged" not in result.output
+
+
+def test_two_paths_without_o_suggest_it(tmp_path):
+    source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
+    result = invoke(source, tmp_path / "out.onnx")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"bnfold: error: {tmp_path / 'out.onnx'} does not exist, so it is not a model "
+                                     f"to fold: to write the folded model there, pass -o: bnfold {source} -o "
+                                     f"{tmp_path / 'out.onnx'}")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_output_directory_for_several_models_is_created(tmp_path):
+    models = tmp_path / "models"
+    (models / "sub").mkdir(parents=True)
+    save(fixtures.conv_bn(), models / "a.onnx")
+    save(fixtures.gemm_bn(), models / "sub" / "b.onnx")
+    result = invoke(models, "-o", tmp_path / "folded" / "deep", "-j", "1")
+    assert result.exit_code == 0, result.output
+    for relative in ("a.onnx", "sub/b.onnx"):
+        folded = onnx.load(tmp_path / "folded" / "deep" / relative)
+        assert "BatchNormalization" not in [n.op_type for n in folded.graph.node]
+        assert_same_outputs(onnx.load(models / relative), folded)
+    result = invoke(models / "a.onnx", models / "sub" / "b.onnx", "-o", tmp_path / "flat", "-j", "1", "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["a.onnx", "b.onnx"]
+    (tmp_path / "file").write_bytes(b"")
+    result = invoke(models, "-o", tmp_path / "file")
+    assert result.exit_code == 2 and "exists and is not a directory" in result.stderr
+    result = invoke(models, "-o", tmp_path / "x.onnx")
+    assert result.exit_code == 2 and "not a model file" in result.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_wrote_line_names_the_external_data_file(tmp_path):
+    source = save(fixtures.conv_bn(c_in=16, c_out=32), tmp_path / "m.onnx")
+    result = invoke(source, "-o", tmp_path / "out.onnx", "--external-data", "--no-verify")
+    assert result.exit_code == 0, result.output
+    data = (tmp_path / "out.onnx.data").stat().st_size
+    shown = f"{data} B" if data < 1024 else f"{data / 1024:.1f} KiB"
+    assert f", weights in out.onnx.data: {shown}) in " in result.output.splitlines()[-1]
+    result = invoke(source, "-o", tmp_path / "out.onnx", "--no-verify")  # the old data file is not this run's
+    assert result.exit_code == 0 and "weights in" not in result.output

@@ -151,3 +151,19 @@ def test_help_states_default_tolerances():
     for dtype, (atol, rtol) in DEFAULT_TOLERANCES.items():
         assert any(line.split()[:3] == [dtype, f"{atol:g}", f"{rtol:g}"] for line in result.output.splitlines())
     assert "--ort-opt-level" in result.output and "disable" in result.output
+
+
+def test_json_file_and_quiet_follow_the_common_convention(write, tmp_path):
+    """`verify --json v.json` (an optional FILE, as on every command) writes it and prints the table; -q prints
+    nothing on success and the table on failure."""
+    original, folded = conv_bn_pair()
+    reference, candidate = write(original, "a.onnx"), write(folded, "b.onnx")
+    result = invoke(reference, candidate, "--json", str(tmp_path / "v.json"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "v.json").read_text())["passed"] is True
+    assert result.stdout.strip().splitlines()[-1].startswith("PASSED")
+    quiet = invoke(reference, candidate, "-q")
+    assert quiet.exit_code == 0 and quiet.output == ""
+    wrong = write(conv_bn_pair(perturb=1e-3)[1], "wrong.onnx")
+    quiet = invoke(reference, wrong, "-q")
+    assert quiet.exit_code == 1 and quiet.stdout.strip().splitlines()[-1] == "FAILED: 1 of 1 outputs differ (y)"
