@@ -199,7 +199,7 @@ def test_bench_fold_folds_with_the_fold_options_and_says_when_nothing_folded():
 
 
 def test_bench_cli_passes_the_fold_options():
-    fast = ["--warmup", "0", "--iterations", "1", "--intra-op-threads", "1", "--ort-opt-level", "disable", "-q"]
+    fast = ["--warmup", "0", "--iterations", "1", "--intra-op-threads", "1", "--ort-opt-level", "disable"]
     result = CliRunner().invoke(cli, ["bench", str(FIXTURE), "--fold", "--keep-input-initializers", *fast])
     assert result.exit_code == 0, result.output
     assert "nothing was folded (4 BN kept" in result.output
