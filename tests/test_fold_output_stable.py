@@ -31,12 +31,13 @@ def _folded_hash(model: str, options: dict) -> str:
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_default_fold_output_is_unchanged(model):
-    assert _folded_hash(model, {}) == HASHES["default"][model]
+def test_fold_output_is_unchanged(model):
+    """Without the local check (it runs ONNX Runtime and changes output only when a fold fails it): fast."""
+    assert _folded_hash(model, OPTIONS["nocheck"]) == HASHES["nocheck"][model]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("option", [name for name in OPTIONS if name != "default"])
+@pytest.mark.parametrize("option", [name for name in OPTIONS if name != "nocheck"])
 def test_fold_output_is_unchanged_under_options(option):
     changed = [model for model in MODELS if _folded_hash(model, OPTIONS[option]) != HASHES[option][model]]
     assert changed == []
