@@ -2,8 +2,9 @@
 through any sequence of look-through ops, each the only reader of what it reads.
 
 Look-through ops, the one table the rules read:
-- views, which move no element out of its channel: Identity, Cast (float to float), Reshape, Flatten, Squeeze,
-  Unsqueeze (rules.views proves it for each);
+- views, which move no element out of its channel: Identity, Cast (float to float, exact for every value: the
+  same type or a wider one), Reshape, Flatten, Squeeze, Unsqueeze (rules.views proves it for each); a narrowing
+  Cast rounds, so a map moved across it would be rounded too: it is a boundary, as any op not listed here;
 - per-channel affine steps: Add, Sub, Mul, Div by a constant that broadcasts along the channel axis only (Div
   only as the divisor), composed in float64;
 - spatial averages: GlobalAveragePool, and ReduceMean over axes that exclude the channel axis: an average of
@@ -55,6 +56,48 @@ def data_input(node: onnx.NodeProto, index: GraphIndex) -> Optional[str]:
     return node.input[0] if node.input and node.input[0] else None
 
 
+def float_dtype(dtype) -> bool:
+    """float16/32/64 and bfloat16 (ml_dtypes' other floats, float8 and float4, are no look-through types)."""
+    return dtype is not None and (np.dtype(dtype).kind == "f" or np.dtype(dtype).name == "bfloat16")
+
+
+def exact_cast(source, target) -> bool:
+    """Whether casting float type `source` to float type `target` gives every value back unchanged: the target has
+    at least the source's mantissa bits, largest exponent and smallest subnormal."""
+    import ml_dtypes
+
+    if np.dtype(source) == np.dtype(target):
+        return True
+    a, b = ml_dtypes.finfo(source), ml_dtypes.finfo(target)
+    return b.nmant >= a.nmant and b.maxexp >= a.maxexp and b.minexp - b.nmant <= a.minexp - a.nmant
+
+
+def _cast_types(node: onnx.NodeProto, index: GraphIndex):
+    """(source dtype or None, target dtype or None) of a Cast."""
+    to = read_attribute(node, "to", 0)
+    target = np.dtype(helper.tensor_dtype_to_np_dtype(to)) if to in NUMPY_ELEMENT_TYPES else None
+    return index.dtype(node.input[0]), target
+
+
+def boundary(node: onnx.NodeProto, index: GraphIndex) -> Optional[str]:
+    """Why a node of a look-through op type cannot be looked through here (None when it can): a Cast that is not
+    exact for every value rounds what passes it, so no per-channel map may move across it."""
+    if node.op_type != "Cast":
+        return None
+    try:
+        source, target = _cast_types(node, index)
+    except Refuse as why:
+        return str(why)
+    if source is None:
+        return f"the element type of its input {node.input[0]!r} is unknown, so it may round"
+    if not (float_dtype(source) and float_dtype(target)):
+        return f"it casts {source.name} to {target.name if target is not None else 'a non-numeric type'}, " \
+               "not float to float"
+    if not exact_cast(source, target):
+        return f"it narrows {source.name} to {target.name}, rounding values a map moved across it would not see"
+    return None
+
+
 def walk_up(name: str, index: GraphIndex) -> Tuple[Optional[onnx.NodeProto], List, str]:
     """(top, look-through nodes from it to `name` in data-flow order, why the walk stopped there).
 
@@ -72,6 +115,9 @@ def walk_up(name: str, index: GraphIndex) -> Tuple[Optional[onnx.NodeProto], Lis
             return node, nodes[::-1], ""
         if not is_op(node, LOOK_THROUGH) or data_input(node, index) is None:
             return node, nodes[::-1], f"{name!r} comes from {node.op_type} node {node_label(node)!r}"
+        why = boundary(node, index)
+        if why is not None:
+            return node, nodes[::-1], f"{name!r} comes from {node.op_type} node {node_label(node)!r} ({why})"
         nodes.append(node)
         name = data_input(node, index)
 
@@ -84,7 +130,7 @@ def walk_down(name: str, index: GraphIndex) -> Tuple[List[onnx.NodeProto], List[
         if len(readers) != 1 or index.is_graph_output(name):
             return nodes, readers
         node = readers[0]
-        if not is_op(node, LOOK_THROUGH) or data_input(node, index) != name:
+        if not is_op(node, LOOK_THROUGH) or data_input(node, index) != name or boundary(node, index) is not None:
             return nodes, readers
         nodes.append(node)
         name = node.output[0]
@@ -104,10 +150,6 @@ def per_channel(value: np.ndarray, channels: Channels) -> Optional[np.ndarray]:
     return None
 
 
-def _is_float(dtype) -> bool:
-    return dtype is not None and (np.dtype(dtype).kind == "f" or np.dtype(dtype).name == "bfloat16")
-
-
 def track(nodes: List[onnx.NodeProto], index: GraphIndex, channels: Channels) -> Tuple[Channels, Chain]:
     """Follow the channels through look-through nodes in data-flow order and compose their affine steps.
 
@@ -121,7 +163,7 @@ def track(nodes: List[onnx.NodeProto], index: GraphIndex, channels: Channels) ->
             data = data_input(node, index)
             position = list(node.input).index(data)
             constant = index.constant(node.input[1 - position])
-            if not _is_float(constant.dtype):
+            if not float_dtype(constant.dtype):
                 raise Refuse(f"{op} {node_label(node)!r} constant has dtype {constant.dtype.name}")
             values = per_channel(constant, channels)
             if values is None:
@@ -136,10 +178,9 @@ def track(nodes: List[onnx.NodeProto], index: GraphIndex, channels: Channels) ->
         elif op in ("Identity",):
             pass
         elif op == "Cast":
-            to = read_attribute(node, "to", 0)
-            after = helper.tensor_dtype_to_np_dtype(to) if to in NUMPY_ELEMENT_TYPES else None
-            if not (_is_float(index.dtype(node.input[0])) and _is_float(after)):
-                raise Refuse(f"Cast {node_label(node)!r} is not a float-to-float cast")
+            why = boundary(node, index)
+            if why is not None:
+                raise Refuse(f"Cast {node_label(node)!r}: {why}")
         else:
             if channels.dims is None:
                 raise Refuse(f"{op} {node_label(node)!r}: the rank of its input is unknown, so it may move the "
