@@ -6,7 +6,8 @@ an identity: x itself; either may be followed by per-channel affine steps (the M
 BN itself, or an exporter's `0 + conv`), each read by the next only. The
 merged Conv is the earliest branch Conv with the summed kernel (rules.reparam); it takes over the sum's output name,
 so readers and graph outputs are unchanged, and a BN after the sum then folds into it as usual. Each branch's output
-must be read by the sum only.
+must be read by the sum only; a Shape node may read it too (it sees only the shape), and then reads the sum's
+output instead, which has the same shape: every merged branch gives the same output size (rules.reparam).
 """
 
 from __future__ import annotations
@@ -177,6 +178,16 @@ def _steps_map(steps: List[onnx.NodeProto], index: GraphIndex, channels: int, ra
     return scale, shift
 
 
+def _rewire_shape_readers(edit: Edit, removed: List[onnx.NodeProto], index: GraphIndex, total: onnx.NodeProto,
+                          merged: str) -> None:
+    """Point what else reads a removed branch tensor at the merged output. Only Shape nodes can be left (a value
+    reader stops the branch walk, or require_exclusive refuses it), and every branch tensor has the sum's shape."""
+    gone = {id(node) for node in removed} | {id(total)}
+    for node in removed:
+        if any(id(user) not in gone for user in index.users(node.output[0])):
+            edit.replace_uses(node.output[0], merged)  # planned after the removals: only the Shape readers move
+
+
 def plan(branches: Branches, index: GraphIndex) -> Edit:
     """The merge of the branches into their earliest Conv; Refuse with the reason."""
     node = branches.node
@@ -217,11 +228,10 @@ def plan(branches: Branches, index: GraphIndex) -> Edit:
     edit.set_attribute(into, "kernel_shape", list(merged.kernel))
     edit.set_attribute(into, "dilations", list(merged.dilations))
     edit.set_attribute(into, "group", merged.group)
-    for conv in convs[1:]:
-        edit.remove(conv)
-    for branch in branches.branches:
-        for step in branch.steps:
-            edit.remove(step)
+    removed = [*convs[1:], *(step for branch in branches.branches for step in branch.steps)]
+    for gone in removed:
+        edit.remove(gone)
     edit.remove(node)
+    _rewire_shape_readers(edit, removed, index, node, node.output[0])
     edit.rename(into.output[0], node.output[0])
     return edit
