@@ -6,7 +6,9 @@ that scope; in each, every BatchNormalization and decomposed-BN candidate in gra
 3. standalone (opt-in): only where the walk up reached no producer and no reader can absorb it, Mul + Add.
 
 A BN that none of these folds stays, with the first refusal's reason. Each fold is planned as an Edit before the
-graph changes, so a refusal leaves it byte-identical.
+graph changes, so a refusal leaves it byte-identical, and applied all or nothing (graph.edits). An exception of
+any kind while one candidate is matched, planned or applied keeps that BN (or sum, or chain) with the reason
+"internal error in <rule>: ... (please report)"; the rest of the model folds as usual.
 
 Every Add / Sum is offered to merge_branches: parallel branches of one tensor (RepVGG, MobileOne) become one Conv.
 Branch BNs come before their sum in graph order, so they are folded into their Convs (or became Mul + Add) by then,
@@ -57,6 +59,7 @@ class Engine:
         self.decisions: List[BnDecision] = []
         self.decomposed: List[BnDecision] = []
         self.merges: List[BranchMerge] = []
+        self.rule = ""  # the rule at work, named by an internal error
 
     def run(self) -> None:
         self.fold_graph(self.model.graph, None, "main", key=())
@@ -92,13 +95,15 @@ class Engine:
         for position, node in enumerate(index.nodes):
             if not index.is_removed(node) and node.domain in DEFAULT_DOMAINS:
                 if node.op_type == "BatchNormalization":
-                    self.decisions.append(self.fold_batchnorm(node, index))
+                    decision = self._decision(node, index)
+                    self.decisions.append(decision)
+                    self._contained(decision, lambda: self.fold_batchnorm(node, index, decision))
                 else:
                     merged = (node.op_type in merge_branches.SUMS and "merge_branches" not in self.skipped
-                              and self.merge_branches(node, index))
+                              and self._contained(None, lambda: self.merge_branches(node, index), node, index))
                     if not merged and "decomposed" not in self.skipped and node.op_type in ("Add", "Sub", "Mul",
                                                                                             "Div"):
-                        self.fold_decomposed(node, index)
+                        self._contained(None, lambda: self.fold_decomposed(node, index), node, index)
             for attr in node.attribute:
                 bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
                 for number, body in enumerate(bodies):
@@ -108,26 +113,60 @@ class Engine:
                                     function_types=function_types)
         index.editor.finish()
 
+    def _contained(self, record, work, node=None, index=None):
+        """Run one candidate's work; an exception it raises keeps that candidate, with the internal-error reason.
+        `record` is its decision (or merge); None when `work` makes its own: then the last one it made, or (when
+        the exception came before any) a new one for `node`, takes the reason."""
+        self.rule = "forward"
+        made = len(self.merges), len(self.decomposed)
+        try:
+            return work()
+        except Exception as error:  # noqa: BLE001 - one fold never sinks the run
+            reason = f"internal error in {self.rule}: {type(error).__name__}: {error} (please report)"
+            if record is None:
+                record = self._failed_record(node, index, made)
+            if isinstance(record, BranchMerge):
+                record.merged = False
+            else:
+                record.folded = False
+            record.reason, record.internal_error = reason, True
+            return False
+
+    def _failed_record(self, node, index, made):
+        """The merge or decomposed decision the failed work made, or a new one for `node`."""
+        if len(self.merges) > made[0]:
+            return self.merges[-1]
+        if len(self.decomposed) > made[1]:
+            return self.decomposed[-1]
+        if self.rule == "merge_branches":
+            merge = BranchMerge(node=node_label(node), output=node.output[0], graph=index.path, branches=[])
+            self.merges.append(merge)
+            return merge
+        decision = self._decision(node, index)
+        self.decomposed.append(decision)
+        return decision
+
     def _decision(self, node: onnx.NodeProto, index: GraphIndex) -> BnDecision:
         return BnDecision(node=node.name, output=node.output[0] if node.output else "", graph=index.path,
                           folded=False)
 
     def _apply(self, decision: BnDecision, edit: Edit, rule: str, index: GraphIndex) -> None:
+        self.rule = rule
         builder = PieceBuilder(decision.label, edit, index, edit.output_axes) if self.checker is not None else None
         # What keeps its name but not its values: the chain's kept views, and a forward fold's producers.
         changed = (*edit.through, *(edit.into if rule in ("forward", "decomposed") else ()))
-        decision.rewritten = [name for node in changed for name in node.output if name and name != decision.output]
-        index.editor.apply(edit)
-        if builder is not None:
-            self.checker.add(builder.after(), decision, (index.path, decision.output))
+        rewritten = [name for node in changed for name in node.output if name and name != decision.output]
+        piece = index.editor.apply(edit, then=builder.after if builder is not None else None)
+        decision.rewritten = rewritten
+        if piece is not None:
+            self.checker.add(piece, decision, (index.path, decision.output))
         decision.folded, decision.reason, decision.rule = True, None, rule
         decision.into = ", ".join(node_label(node) for node in edit.into)
         decision.into_op = "+".join(node.op_type for node in edit.into)
         decision.through = [node.op_type for node in edit.through]
         decision.rounding_error = edit.rounding_error
 
-    def fold_batchnorm(self, node: onnx.NodeProto, index: GraphIndex) -> BnDecision:
-        decision = self._decision(node, index)
+    def fold_batchnorm(self, node: onnx.NodeProto, index: GraphIndex, decision: BnDecision) -> BnDecision:
         if (index.path, decision.output) in self.excluded:
             decision.reason = self.excluded[(index.path, decision.output)]
             return decision
@@ -179,8 +218,8 @@ class Engine:
         decision.reason = reasons[0] if reasons else f"input {stop}; nothing to fold it into"
         return decision
 
-    @staticmethod
-    def _try(plan, reasons: List[str], rule: str) -> Optional[Edit]:
+    def _try(self, plan, reasons: List[str], rule: str) -> Optional[Edit]:
+        self.rule = rule
         try:
             return plan()
         except (Refuse, NotConstant) as why:
@@ -190,6 +229,7 @@ class Engine:
     def merge_branches(self, node: onnx.NodeProto, index: GraphIndex) -> bool:
         """Merge the parallel branches an Add / Sum sums into one Conv; whether it did. A sum of anything else
         (a residual connection, a bias) is no candidate and is not reported."""
+        self.rule = merge_branches.NAME
         try:
             branches = merge_branches.candidate(node, index)
         except (Refuse, NotConstant):
@@ -209,9 +249,9 @@ class Engine:
             return False
         into = edit.into[0]
         builder = PieceBuilder(merge.label, edit, index, edit.output_axes) if self.checker is not None else None
-        index.editor.apply(edit)
-        if builder is not None:
-            self.checker.add(builder.after(), merge, (index.path, merge.output))
+        piece = index.editor.apply(edit, then=builder.after if builder is not None else None)
+        if piece is not None:
+            self.checker.add(piece, merge, (index.path, merge.output))
         merge.merged, merge.into, merge.rounding_error = True, node_label(into), edit.rounding_error
         merge.kernel, merge.group = list(attribute(into, "kernel_shape")), int(attribute(into, "group"))
         self._absorbed_batchnorms(branches, index, merge)
@@ -228,6 +268,7 @@ class Engine:
                 decision.local_error = merge.local_error
 
     def fold_decomposed(self, node: onnx.NodeProto, index: GraphIndex) -> None:
+        self.rule = decomposed.NAME
         try:
             found = decomposed.candidate(node, index)
         except (Refuse, NotConstant):

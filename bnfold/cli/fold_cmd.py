@@ -110,6 +110,8 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
             _print(report, json_target, verbose, quiet)
         raise
     _print(report, json_target, verbose, quiet)
+    if report.internal_error_warning():
+        click.echo(f"bnfold: warning: {report.internal_error_warning()}", err=True)
     if quiet and report.verification_skipped:
         click.echo(f"bnfold: warning: {report.verification_skipped}", err=True)
     if report.verification is not None and not report.verification.passed:
