@@ -29,13 +29,12 @@ from .graph.pieces import PieceBuilder
 from .report import BnDecision, BranchMerge
 from .rules import PRODUCER_RULES, backward, decomposed, forward, merge_branches, standalone
 from .rules.base import Refuse, read_batchnorm
-from .rules.chain import walk_up
+from .rules.chain import LOOK_THROUGH, walk_up
 from .rules.producers import PRODUCERS
 
 # Ops checked against their ONNX schema before any rule reads them.
-VALIDATED_OPS = frozenset({"BatchNormalization", "Add", "Sub", "Mul", "Div", "DequantizeLinear", "Reshape",
-                           "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "CastLike", "Transpose", "Shape",
-                           "Expand", "ConstantOfShape", "Constant", "GlobalAveragePool", "ReduceMean", *PRODUCERS})
+VALIDATED_OPS = frozenset({"BatchNormalization", "DequantizeLinear", "CastLike", "Transpose", "Shape", "Expand",
+                           "ConstantOfShape", "Constant", *LOOK_THROUGH, *PRODUCERS})
 
 
 class Engine:

@@ -38,7 +38,8 @@ def plan(bn: BatchNorm, index: GraphIndex, allowed=tuple(PRODUCERS)) -> Optional
                          "data input 0")
     rank = index.rank(bn.input) or index.rank(bn.output)
     channels, chain = track(nodes, index, Channels(bn.channels, sizes_of(index.dims(bn.input), rank),
-                                                   1 if rank is not None else None))
+                                                   1 if rank is not None else None),
+                            moved=(bn.scale, bn.shift), upward=False)
     scale, shift = bn.scale * chain.scale, bn.shift * chain.scale + chain.shift
     edit = Edit(into=list(readers), through=list(nodes))
     for reader in readers:

@@ -12,7 +12,8 @@ import onnx
 
 from ..graph import GraphIndex, is_op
 from .base import Refuse
-from .chain import AFFINE, SCALING, SHIFTING, data_input, walk_up
+from .chain import AFFINE, data_input, walk_up
+from .look_through import TABLE
 from .producers import PRODUCERS
 
 NAME = "decomposed"
@@ -26,7 +27,8 @@ def candidate(node: onnx.NodeProto, index: GraphIndex) -> Optional[Tuple[onnx.No
     if not is_op(node, AFFINE) or data_input(node, index) is None:
         return None
     following = index.sole_consumer(node.output[0])
-    if is_op(following, AFFINE + ("BatchNormalization",)) and data_input(following, index) == node.output[0]:
+    if is_op(following, ("BatchNormalization",)) and following.input[0] == node.output[0] or \
+            is_op(following, AFFINE) and data_input(following, index) == node.output[0]:
         return None  # the chain goes on
     producer, nodes, _ = walk_up(node.output[0], index)
     if not is_op(producer, PRODUCERS) or not nodes:
@@ -34,8 +36,8 @@ def candidate(node: onnx.NodeProto, index: GraphIndex) -> Optional[Tuple[onnx.No
     for node_before in nodes[:-1]:
         if len(index.value_readers(node_before.output[0])) != 1 or index.is_graph_output(node_before.output[0]):
             return None  # the chain from the producer is broken: what is left is no BN
-    ops = {n.op_type for n in nodes}
-    if not (ops & set(SCALING) and ops & set(SHIFTING)):
+    entries = [TABLE[n.op_type] for n in nodes]
+    if not (any(entry.scales for entry in entries) and any(entry.shifts for entry in entries)):
         return None
     try:
         PRODUCERS[producer.op_type].output_channels(producer, index)

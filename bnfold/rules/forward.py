@@ -47,7 +47,8 @@ def plan(producer: onnx.NodeProto, nodes: List[onnx.NodeProto], index: GraphInde
     require_exclusive(index, producer.output[0], first_reader, f"{producer.op_type} {node_label(producer)!r}")
     chain_nodes = nodes + ([end] if scale is not None else [])
     require_single_readers(chain_nodes, index)
-    channels, chain = track(nodes, index, producer_channels(producer, index))
+    channels, chain = track(nodes, index, producer_channels(producer, index),
+                            moved=None if scale is None else (scale, shift))
     if scale is not None:
         if channels.axis is None:
             conflict = index.type_conflict(producer.input[0]) or index.type_conflict(producer.output[0])
@@ -99,7 +100,7 @@ def plan_concat(concat: onnx.NodeProto, nodes: List[onnx.NodeProto], index: Grap
     count = sum(part.count for part in parts)
     dims = sizes_of(index.dims(concat.output[0]), rank)
     dims[axis] = type(dims[axis])(count)
-    channels, chain = track(nodes, index, Channels(count, dims, axis))
+    channels, chain = track(nodes, index, Channels(count, dims, axis), moved=(bn.scale, bn.shift))
     if channels.axis != 1:
         raise Refuse(f"BN normalizes axis 1, but the Concat's channels arrive on axis {channels.axis}")
     if bn.channels != count:

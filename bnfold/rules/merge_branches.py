@@ -21,7 +21,7 @@ import onnx
 from ..graph import Edit, GraphIndex, NotConstant, is_op, node_label
 from .affine import compose_affine
 from .base import Refuse, constant_input, read_attribute, read_batchnorm, require_exclusive, set_exact, tensor_hint
-from .chain import AFFINE, data_input
+from .chain import AFFINE, data_input, walk
 from .reparam import ConvBranch, MergeError, affine_after, identity_branch, merge
 from .weights import read_plain_weight
 
@@ -75,19 +75,11 @@ def _step_input(node: onnx.NodeProto, index: GraphIndex) -> Optional[str]:
 def _branch(name: str, index: GraphIndex) -> Branch:
     """Walk up from a summed input through affine steps, each read by the next only, to a Conv read by them only
     (a branch Conv), or to the source: a tensor other nodes read too, or that no Conv or affine step produces."""
-    steps: List[onnx.NodeProto] = []
-    while True:
-        producer = index.producer(name)
-        if producer is None or producer.output[0] != name or len(index.value_readers(name)) != 1 or \
-                index.is_graph_output(name):
-            return Branch(name, None, steps)  # what other nodes read too is the branch's source
-        if is_op(producer, ("Conv",)) and producer.input:
-            return Branch(producer.input[0], producer, steps)
-        step_input = _step_input(producer, index)
-        if step_input is None:
-            return Branch(name, None, steps)
-        steps.insert(0, producer)
-        name = step_input
+    found = walk(name, index, through=lambda node: _step_input(node, index), exclusive=True)
+    top, name = found.top, found.name
+    if not found.shared and is_op(top, ("Conv",)) and top.input and top.output[0] == name:
+        return Branch(top.input[0], top, found.nodes)
+    return Branch(name, None, found.nodes)
 
 
 def candidate(node: onnx.NodeProto, index: GraphIndex) -> Optional[Branches]:

@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import bnfold
-from bnfold.rules.chain import exact_cast
+from bnfold.graph import GraphIndex, ModelScope, scope_types
+from bnfold.rules.look_through import TABLE, exact_cast
 from models.fixtures import bn_node, bn_parameters, make_model
 from support import assert_same_outputs, op_types, run
 
@@ -44,6 +45,16 @@ def test_a_cast_is_exact_exactly_when_every_value_survives_the_round_trip(source
     survives = bool(np.array_equal(back[finite].view(f"u{values.itemsize}"),
                                    values[finite].view(f"u{values.itemsize}")))
     assert exact_cast(FLOATS[source], FLOATS[target]) == survives
+    # The table entry the walk reads says the same: a boundary exactly when some value does not survive.
+    model = make_model([helper.make_node("Cast", ["x"], ["y"], name="cast", to=ONNX_TYPES[target])],
+                       [helper.make_tensor_value_info("x", ONNX_TYPES[source], [4])],
+                       [helper.make_tensor_value_info("y", ONNX_TYPES[target], [4])])
+    index = GraphIndex(model.graph, model=ModelScope(model, model_bytes=0), types=scope_types(model)[()])
+    entry = TABLE["Cast"]
+    why = entry.boundary(index.nodes[0], index)
+    assert (why is None) == survives, why
+    assert survives or why == f"it narrows {source} to {target}, rounding values a map moved across it would not see"
+    assert entry.commutes(index.nodes[0], index) == type(entry.commutes(index.nodes[0], index))(scale=True, shift=True)
 
 
 def _conv_casts_bn(casts, *, dtype=TensorProto.FLOAT, bn_dtype=None, seed=0, scale=1.0) -> onnx.ModelProto:
