@@ -165,6 +165,21 @@ class Unsqueeze(View):
         return unsqueeze_dims(node, index, dims)
 
 
+class Transpose(LookThrough):
+    """Moves axes, and the channel axis with them: input axis a becomes output axis perm.index(a)."""
+
+    op_type = "Transpose"
+
+    def channels(self, node, index, channels):
+        _known_rank(node, channels, "move the channel axis")
+        rank = len(channels.dims)
+        perm = read_attribute(node, "perm", None)
+        perm = list(range(rank))[::-1] if perm is None else [int(p) + rank if p < 0 else int(p) for p in perm]
+        if sorted(perm) != list(range(rank)):
+            raise Refuse(f"Transpose {node_label(node)!r} has perm {perm} for rank {rank}")
+        return Channels(channels.count, [channels.dims[p] for p in perm], perm.index(channels.axis))
+
+
 # --- per-channel affine steps ---------------------------------------------------------------------------------
 
 def per_channel(value: np.ndarray, channels: Channels) -> Optional[np.ndarray]:
@@ -263,5 +278,5 @@ class ReduceMean(LookThrough):
 
 
 TABLE: Dict[str, LookThrough] = {entry.op_type: entry for entry in (
-    Identity(), Cast(), Reshape(), Flatten(), Squeeze(), Unsqueeze(), Add(), Sub(), Mul(), Div(),
+    Identity(), Cast(), Reshape(), Flatten(), Squeeze(), Unsqueeze(), Transpose(), Add(), Sub(), Mul(), Div(),
     GlobalAveragePool(), ReduceMean())}
