@@ -180,6 +180,56 @@ class Transpose(LookThrough):
         return Channels(channels.count, [channels.dims[p] for p in perm], perm.index(channels.axis))
 
 
+class Pad(LookThrough):
+    """Pads (or crops) the non-channel axes, each element staying in its channel. reflect / edge / wrap copy values
+    of the same channel, so both maps cross; a constant border does not follow the map: a zero border commutes with
+    a scale only (0 * s = 0, but 0 + t is not 0), another constant with neither. Padding the channel axis would add
+    channels: refused."""
+
+    op_type = "Pad"
+
+    def _read(self, node, index, rank=None):
+        """(begin and end per axis, mode, border value) from the attributes (opset < 11) or the inputs; without
+        `rank`, the axes are those the pads list (2 per axis)."""
+        mode = read_attribute(node, "mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        try:
+            if len(node.input) > 1 and node.input[1]:
+                pads = [int(p) for p in index.constant(node.input[1]).reshape(-1)]
+                value = index.constant(node.input[2]).reshape(-1) if len(node.input) > 2 and node.input[2] else [0]
+                axes = [int(a) for a in index.constant(node.input[3]).reshape(-1)] \
+                    if len(node.input) > 3 and node.input[3] else None
+            else:
+                pads = list(read_attribute(node, "pads", None) or read_attribute(node, "paddings", None) or [])
+                value, axes = [read_attribute(node, "value", 0.0)], None
+        except NotConstant as why:
+            raise Refuse(f"Pad {node_label(node)!r} pads, value or axes are not constants: {why}") from None
+        axes = list(range(len(pads) // 2 if rank is None else rank)) if axes is None else \
+            [a + rank if a < 0 and rank is not None else a for a in axes]
+        if len(pads) != 2 * len(axes) or rank is not None and any(not 0 <= a < rank for a in axes):
+            raise Refuse(f"Pad {node_label(node)!r} has pads {pads} for axes {axes} of rank {rank}")
+        widths = {axis: (pads[i], pads[i + len(axes)]) for i, axis in enumerate(axes)}
+        return widths, mode, float(np.asarray(value, dtype=np.float64)[0])
+
+    def channels(self, node, index, channels):
+        _known_rank(node, channels, "pad the channel axis")
+        widths, _, _ = self._read(node, index, len(channels.dims))
+        if widths.get(channels.axis, (0, 0)) != (0, 0):
+            raise Refuse(f"Pad {node_label(node)!r} pads the channel axis {channels.axis}, adding channels")
+        dims = [Size(size.known + sum(widths[axis])) if axis in widths and not size.symbols else
+                (Size.unknown() if axis in widths and any(widths[axis]) else size)
+                for axis, size in enumerate(channels.dims)]
+        return Channels(channels.count, dims, channels.axis)
+
+    def commutes(self, node, index):
+        widths, mode, value = self._read(node, index)
+        if mode != "constant" or all(begin <= 0 and end <= 0 for begin, end in widths.values()):
+            return BOTH
+        if value == 0.0:
+            return Commutes(scale=True, shift=False, why="its border of zeros would not receive the shift")
+        return Commutes(scale=False, shift=False, why=f"its border of {value:g} would be neither scaled nor shifted")
+
+
 # --- per-channel affine steps ---------------------------------------------------------------------------------
 
 def per_channel(value: np.ndarray, channels: Channels) -> Optional[np.ndarray]:
@@ -278,5 +328,5 @@ class ReduceMean(LookThrough):
 
 
 TABLE: Dict[str, LookThrough] = {entry.op_type: entry for entry in (
-    Identity(), Cast(), Reshape(), Flatten(), Squeeze(), Unsqueeze(), Transpose(), Add(), Sub(), Mul(), Div(),
+    Identity(), Cast(), Reshape(), Flatten(), Squeeze(), Unsqueeze(), Transpose(), Pad(), Add(), Sub(), Mul(), Div(),
     GlobalAveragePool(), ReduceMean())}
