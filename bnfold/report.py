@@ -93,6 +93,13 @@ class BranchMerge:
                 f"{checked})")
 
 
+def empty_record(report: str, node: str, output: str, graph: str):
+    """A record for the report list `report` ("decisions", "decomposed" or "merges") before a rule filled it in."""
+    if report == "merges":
+        return BranchMerge(node=node, output=output, graph=graph, branches=[])
+    return BnDecision(node=node, output=output, graph=graph, folded=False)
+
+
 @dataclass
 class FoldReport:
     decisions: List[BnDecision] = field(default_factory=list)  # one per BatchNormalization node

@@ -12,10 +12,9 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 import bnfold
-from bnfold import engine
 from bnfold.cli import cli
 from bnfold.graph.edits import Editor
-from bnfold.rules import forward, merge_branches
+from bnfold.rules import chain, forward, merge_branches
 from models import fixtures
 from support import assert_same_outputs, fold_and_compare, op_types
 
@@ -61,7 +60,7 @@ def test_an_exception_while_planning_keeps_that_bn_and_folds_the_rest(monkeypatc
 
 def test_an_exception_while_matching_keeps_that_bn(monkeypatch):
     """The walk up (matching) raises a non-bnfold exception type for one BN."""
-    _raise_on(monkeypatch, engine, "walk_up", lambda name, index: name == f"{FAULTY}_conv",
+    _raise_on(monkeypatch, chain, "walk", lambda name, index, **options: name == f"{FAULTY}_conv",
               error=KeyError("lost"))
     _, report = fold_and_compare(_net())
     _assert_only_the_faulty_bn_kept(report, error="KeyError: 'lost'")

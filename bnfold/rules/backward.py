@@ -7,24 +7,15 @@ Mul/Add nodes disappear, its views and averages stay.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..graph import Edit, GraphIndex, is_op, node_label
-from .base import BatchNorm, Refuse
+from .base import BatchNorm, Candidate, Refuse, Rule
 from .chain import bypass_affine, track, walk_down
 from .views import Channels, sizes_of
 from .producers import PRODUCERS
 
-NAME = "backward"
-DESCRIPTION = ("BatchNormalization -> [look-through chain] -> Conv (unpadded, or any padding when the shift is 0) / "
-               "ConvTranspose (shift 0) / Gemm (transA=0) / MatMul, for every reader")
 
 
-def plan(bn: BatchNorm, index: GraphIndex, allowed=tuple(PRODUCERS)) -> Optional[Edit]:
-    """The backward fold of `bn`, None when no reader is an op of the producer table; Refuse with the reason."""
-    nodes, readers = walk_down(bn.output, index)
-    if not any(is_op(node, allowed) for node in readers):
-        return None
+def _plan(bn: BatchNorm, index: GraphIndex, allowed, nodes, readers) -> Edit:
     last = nodes[-1].output[0] if nodes else bn.output
     if index.is_graph_output(last) or index.is_graph_output(bn.output):
         raise Refuse(f"{last!r} is also a graph output")
@@ -61,3 +52,34 @@ def plan(bn: BatchNorm, index: GraphIndex, allowed=tuple(PRODUCERS)) -> Optional
     bypass_affine(edit, nodes, index, bn.input)  # the views stay, reading what the BN read
     edit.bypass(bn.node, 0)
     return edit
+
+
+class Backward(Rule):
+    """A BN whose walk down reaches readers of which at least one is a producer: every reader must absorb it."""
+
+    name = "backward"
+    description = ("BatchNormalization -> [look-through chain] -> Conv (unpadded, or any padding when the shift is "
+                   "0) / ConvTranspose (shift 0) / Gemm (transA=0) / MatMul, for every reader")
+
+    def match(self, candidate: Candidate):
+        nodes, readers = walk_down(candidate.bn.output, candidate.index)
+        if not any(is_op(node, PRODUCERS) for node in readers):
+            return None
+        return nodes, readers
+
+    def describe(self, match) -> str:
+        return ", ".join(f"{node.op_type} {node_label(node)!r}" for node in match[1] if is_op(node, PRODUCERS)) + \
+            " could absorb it"
+
+    def plan(self, match, candidate: Candidate) -> Edit:
+        nodes, readers = match
+        skipped = sorted({node.op_type for node in readers if is_op(node, PRODUCERS)} - set(candidate.allowed))
+        if skipped:
+            from .base import Skipped
+
+            raise Skipped(f"{self.describe(match)}, but rule(s) "
+                          f"{', '.join(repr(PRODUCERS[op].skip_name) for op in skipped)} skipped")
+        return _plan(candidate.bn, candidate.index, candidate.allowed, nodes, readers)
+
+
+RULE = Backward()

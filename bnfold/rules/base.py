@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import onnx
@@ -120,3 +120,72 @@ def require_exclusive(index: GraphIndex, tensor: str, reader: onnx.NodeProto, wh
     if others:
         labels = ", ".join(sorted({node_label(user) for user in others}))
         raise Refuse(f"{what} output {tensor!r} also feeds {labels}")
+
+
+class Skipped(Refuse):
+    """A rule matched, but the op it would fold into is one the user skipped (--skip): the reason names it."""
+
+
+class Candidate:
+    """One node offered to the rules, with what they share about it, each read once when first asked for: the BN
+    it is (`bn`; Refuse when it is none that folds) and the walk up from its input (`walk`)."""
+
+    def __init__(self, node: onnx.NodeProto, index: GraphIndex, allowed: Tuple[str, ...]):
+        self.node, self.index, self.allowed = node, index, allowed  # allowed: producer ops not skipped
+        self._bn: Optional[BatchNorm] = None
+        self._walk = None
+
+    @property
+    def bn(self) -> BatchNorm:
+        if self._bn is None:
+            self._bn = read_batchnorm(self.node, self.index)
+        return self._bn
+
+    @property
+    def walk(self):
+        if self._walk is None:
+            from .chain import walk
+
+            self._walk = walk(self.bn.input, self.index)
+        return self._walk
+
+
+class Rule:
+    """A way to fold: the engine offers it every node of `candidates` (op types), in RULES order.
+
+    match(candidate) -> Match, or None when the node is not its pattern (nothing to say), or Refuse(why) when it is
+    but cannot fold; plan(match, candidate) -> Edit, or Refuse(why). Neither changes the graph. `report` names the
+    report list its records go to ("decisions": one per BN, made for every BN; "decomposed" and "merges": made
+    for each match). An `opt_in` rule plans, but its edit is applied only when the options ask for it; otherwise
+    `hint` says what it would do. `rewrites_into`: the nodes the fold goes into keep their names but not their
+    values (what the end-to-end check must not compare by name)."""
+
+    name = ""
+    description = ""
+    candidates: Tuple[str, ...] = ("BatchNormalization",)
+    report = "decisions"
+    opt_in = False
+    hint = ""
+    rewrites_into = False
+
+    def match(self, candidate: Candidate):
+        raise NotImplementedError
+
+    def plan(self, match, candidate: Candidate) -> Edit:
+        raise NotImplementedError
+
+    def describe(self, match) -> str:
+        """What the match would fold into, for the reason given when this rule is skipped."""
+        raise NotImplementedError
+
+    def record(self, candidate: Candidate, match):
+        """The report record of a match (rules whose report is not "decisions")."""
+        raise NotImplementedError
+
+    def applied(self, record, match, edit: Edit, decisions) -> None:
+        """Fill in `record` once `edit` is applied; `decisions` are the BN decisions made so far."""
+        record.folded, record.reason, record.rule = True, None, self.name
+        record.into = ", ".join(node_label(node) for node in edit.into)
+        record.into_op = "+".join(node.op_type for node in edit.into)
+        record.through = [node.op_type for node in edit.through]
+        record.rounding_error = edit.rounding_error

@@ -10,18 +10,17 @@ from typing import List, Optional, Tuple
 
 import onnx
 
-from ..graph import GraphIndex, is_op
-from .base import Refuse
+from ..graph import Edit, GraphIndex, NotConstant, is_op, node_label
+from ..report import BnDecision
+from . import forward
+from .base import Candidate, Refuse, Rule, Skipped
 from .chain import AFFINE, data_input, walk_up
 from .look_through import TABLE
 from .producers import PRODUCERS
 
-NAME = "decomposed"
-DESCRIPTION = ("Conv / ConvTranspose / Gemm / MatMul -> Mul|Div and Add|Sub by per-channel constants, in any order, "
-               "through the same chain (FrozenBatchNorm2d)")
 
 
-def candidate(node: onnx.NodeProto, index: GraphIndex) -> Optional[Tuple[onnx.NodeProto, List[onnx.NodeProto]]]:
+def decomposed_chain(node: onnx.NodeProto, index: GraphIndex) -> Optional[Tuple[onnx.NodeProto, List[onnx.NodeProto]]]:
     """(producer, chain ending at `node`) when `node` ends a scaling-and-shifting chain after a producer with a
     constant weight; None otherwise."""
     if not is_op(node, AFFINE) or data_input(node, index) is None:
@@ -44,3 +43,36 @@ def candidate(node: onnx.NodeProto, index: GraphIndex) -> Optional[Tuple[onnx.No
     except Refuse:
         return None
     return producer, nodes
+
+
+class Decomposed(Rule):
+    """The last Mul / Add / Sub / Div of a scaling-and-shifting chain after a producer: the producer absorbs it."""
+
+    name = "decomposed"
+    description = ("Conv / ConvTranspose / Gemm / MatMul -> Mul|Div and Add|Sub by per-channel constants, in any "
+                   "order, through the same chain (FrozenBatchNorm2d)")
+    candidates = AFFINE
+    report = "decomposed"
+    rewrites_into = True
+
+    def match(self, candidate: Candidate):
+        try:
+            return decomposed_chain(candidate.node, candidate.index)
+        except (Refuse, NotConstant):
+            return None
+
+    def describe(self, found) -> str:
+        return f"{found[0].op_type} node {node_label(found[0])!r} could absorb it"
+
+    def record(self, candidate: Candidate, found) -> BnDecision:
+        node, index = candidate.node, candidate.index
+        return BnDecision(node=node_label(found[1][0]), output=node.output[0], graph=index.path, folded=False)
+
+    def plan(self, found, candidate: Candidate) -> Edit:
+        producer, nodes = found
+        if producer.op_type not in candidate.allowed:
+            raise Skipped(f"rule {PRODUCERS[producer.op_type].skip_name!r} is skipped")
+        return forward.plan(producer, nodes, candidate.index, nodes[-1], None, None)
+
+
+RULE = Decomposed()

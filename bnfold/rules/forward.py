@@ -14,14 +14,11 @@ import numpy as np
 import onnx
 
 from ..graph import Edit, GraphIndex, is_op, node_label
-from .base import Refuse, read_attribute, require_exclusive
+from .base import Candidate, Refuse, Rule, Skipped, read_attribute, require_exclusive
 from .chain import bypass_affine, require_single_readers, track
 from .views import Channels, sizes_of
 from .producers import PRODUCERS, Producer
 
-NAME = "forward"
-DESCRIPTION = ("Conv / ConvTranspose / Gemm / MatMul (or a channel Concat of them) -> [Identity, Cast, per-channel "
-               "Add/Sub/Mul/Div, channel-keeping Reshape/Flatten/(Un)Squeeze, spatial average]* -> BatchNormalization")
 
 
 def producer_channels(producer: onnx.NodeProto, index: GraphIndex) -> Channels:
@@ -116,3 +113,35 @@ def plan_concat(concat: onnx.NodeProto, nodes: List[onnx.NodeProto], index: Grap
     edit.remove(bn.node)
     edit.rename(kept, bn.output)
     return edit
+
+
+class Forward(Rule):
+    """A BN whose walk up reaches a producer (or a channel Concat of producers): the producer absorbs it."""
+
+    name = "forward"
+    description = ("Conv / ConvTranspose / Gemm / MatMul (or a channel Concat of them) -> [look-through chain: "
+                   "Identity, exact Cast, per-channel Add/Sub/Mul/Div, channel-keeping Reshape/Flatten/(Un)Squeeze/"
+                   "Transpose, Pad, spatial average]* -> BatchNormalization")
+    rewrites_into = True
+
+    def match(self, candidate: Candidate):
+        walk = candidate.walk
+        if is_op(walk.top, ("Concat",)):
+            return walk
+        if not is_op(walk.top, PRODUCERS):
+            return None
+        if walk.top.op_type not in candidate.allowed:
+            raise Skipped(f"{self.describe(walk)}, but rule {PRODUCERS[walk.top.op_type].skip_name!r} is skipped")
+        return walk
+
+    def describe(self, walk) -> str:
+        return f"{walk.top.op_type} node {node_label(walk.top)!r} could absorb it"
+
+    def plan(self, walk, candidate: Candidate) -> Edit:
+        bn = candidate.bn
+        if walk.top.op_type == "Concat":
+            return plan_concat(walk.top, walk.nodes, candidate.index, bn, candidate.allowed)
+        return plan(walk.top, walk.nodes, candidate.index, bn.node, bn.scale, bn.shift)
+
+
+RULE = Forward()

@@ -18,16 +18,14 @@ from typing import List, Optional
 import numpy as np
 import onnx
 
-from ..graph import Edit, GraphIndex, NotConstant, is_op, node_label
+from ..graph import Edit, GraphIndex, NotConstant, attribute, is_op, node_label
+from ..report import BranchMerge
 from .affine import compose_affine
-from .base import Refuse, constant_input, read_attribute, read_batchnorm, require_exclusive, set_exact, tensor_hint
+from .base import Candidate, Refuse, Rule, constant_input, read_attribute, read_batchnorm, require_exclusive, set_exact, tensor_hint
 from .chain import AFFINE, data_input, walk
 from .reparam import ConvBranch, MergeError, affine_after, identity_branch, merge
 from .weights import read_plain_weight
 
-NAME = "merge_branches"
-DESCRIPTION = ("Conv branches of one input (and the input itself, or a per-channel affine of it) summed by Add / Sum "
-               "-> one Conv (RepVGG, MobileOne)")
 
 SUMS = ("Add", "Sum")
 
@@ -82,7 +80,7 @@ def _branch(name: str, index: GraphIndex) -> Branch:
     return Branch(name, None, found.nodes)
 
 
-def candidate(node: onnx.NodeProto, index: GraphIndex) -> Optional[Branches]:
+def candidate_branches(node: onnx.NodeProto, index: GraphIndex) -> Optional[Branches]:
     """The branches of an Add (two inputs) or Sum when all of them read one tensor and one is a Conv; None when the
     sum is no such block (a residual connection, a bias Add)."""
     if not is_op(node, SUMS) or len(node.input) < 2 or (node.op_type == "Add" and len(node.input) != 2):
@@ -227,3 +225,47 @@ def plan(branches: Branches, index: GraphIndex) -> Edit:
     _rewire_shape_readers(edit, removed, index, node, node.output[0])
     edit.rename(into.output[0], node.output[0])
     return edit
+
+
+class MergeBranches(Rule):
+    """An Add / Sum of parallel branches of one tensor becomes one Conv. A sum of anything else (a residual
+    connection, a bias) is no match and is not reported."""
+
+    name = "merge_branches"
+    description = ("Conv branches of one input (and the input itself, or a per-channel affine of it) summed by "
+                   "Add / Sum -> one Conv (RepVGG, MobileOne)")
+    candidates = SUMS
+    report = "merges"
+
+    def match(self, candidate: Candidate):
+        try:
+            return candidate_branches(candidate.node, candidate.index)
+        except (Refuse, NotConstant):
+            return None
+
+    def describe(self, branches) -> str:
+        return "one Conv could replace the branches"
+
+    def record(self, candidate: Candidate, branches) -> BranchMerge:
+        node = candidate.node
+        return BranchMerge(node=node_label(node), output=node.output[0], graph=candidate.index.path,
+                           branches=branches.describe())
+
+    def plan(self, branches, candidate: Candidate) -> Edit:
+        return plan(branches, candidate.index)
+
+    def applied(self, merge, branches, edit: Edit, decisions) -> None:
+        into = edit.into[0]
+        merge.merged, merge.into, merge.rounding_error = True, node_label(into), edit.rounding_error
+        merge.kernel, merge.group = list(attribute(into, "kernel_shape")), int(attribute(into, "group"))
+        # A BN no rule could fold (an identity BN of a tensor other nodes read) that the merge absorbed is folded.
+        merged = {(merge.graph, step.output[0]) for branch in branches.branches for step in branch.steps
+                  if step.op_type == "BatchNormalization"}
+        for decision in decisions:
+            if not decision.folded and (decision.graph, decision.output) in merged:
+                decision.folded, decision.reason, decision.rule = True, None, self.name
+                decision.into, decision.into_op = merge.into, "Conv"
+                decision.local_error = merge.local_error
+
+
+RULE = MergeBranches()

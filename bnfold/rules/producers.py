@@ -31,6 +31,7 @@ class Producer:
     """An op that can absorb a per-channel affine map; subclasses fill in its geometry and arithmetic."""
 
     op_type = ""
+    skip_name = ""  # the --skip name that keeps BNs out of this op
 
     def output_rank(self, node: onnx.NodeProto, index: GraphIndex) -> Optional[int]:
         raise NotImplementedError
@@ -104,7 +105,7 @@ def _padding(conv: onnx.NodeProto, kernel) -> Optional[str]:
 class Conv(Producer):
     """Weight [C_out, C_in/group, k...]: output channels on axis 0, input channels grouped on axis 1."""
 
-    op_type = "Conv"
+    op_type, skip_name = "Conv", "conv"
 
     def output_rank(self, node, index):
         return _conv_weight(node, index).value.ndim
@@ -142,7 +143,7 @@ class Conv(Producer):
 class ConvTranspose(Producer):
     """Weight [C_in, C_out/group, k...]: output channel g * (C_out/group) + j is column j of the rows of group g."""
 
-    op_type = "ConvTranspose"
+    op_type, skip_name = "ConvTranspose", "conv_transpose"
 
     def output_rank(self, node, index):
         return _conv_weight(node, index).value.ndim
@@ -198,7 +199,7 @@ class Gemm(Producer):
     """Y = alpha * A' @ B' + beta * C, Y [M, N]: output channels are B's columns (rows with transB=1); the bias C may
     be absent, a scalar, [N] or [1, N]. Backward folds need transA=0 (BN's channels are then A's K axis)."""
 
-    op_type = "Gemm"
+    op_type, skip_name = "Gemm", "gemm"
 
     def output_rank(self, node, index):
         return 2
@@ -267,7 +268,7 @@ class MatMul(Producer):
     """MatMul(X, W[K, N]): channels on the last axis of X (K, backward) and of Y (N, forward). MatMul stays MatMul
     (a Gemm would break inputs of rank > 2), so a shift becomes an Add inserted after it."""
 
-    op_type = "MatMul"
+    op_type, skip_name = "MatMul", "matmul"
 
     def output_rank(self, node, index):
         return index.rank(node.input[0])
