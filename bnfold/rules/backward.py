@@ -8,7 +8,7 @@ Mul/Add nodes disappear, its views and averages stay.
 from __future__ import annotations
 
 from ..graph import Edit, GraphIndex, is_op, node_label
-from .base import BatchNorm, Candidate, Refuse, Rule
+from .base import BatchNorm, Candidate, Refuse, Rule, rank_unknown
 from .chain import bypass_affine, track, walk_down
 from .views import Channels, sizes_of
 from .producers import PRODUCERS
@@ -38,8 +38,8 @@ def _plan(bn: BatchNorm, index: GraphIndex, allowed, nodes, readers) -> Edit:
         reader_rank = len(channels.dims) if channels.dims is not None else (
             None if reader.op_type == "MatMul" else entry.output_rank(reader, index))
         if reader_rank is None or channels.axis is None:
-            raise Refuse(f"the rank of {reader.op_type} {node_label(reader)!r}'s input is unknown, so BN's channel "
-                         "axis cannot be matched to its input channels")
+            raise Refuse(f"BN's channel axis cannot be matched to the input channels of {reader.op_type} "
+                         f"{node_label(reader)!r}: {rank_unknown(bn.input if not nodes else nodes[-1].output[0])}")
         if channels.axis != entry.input_channel_axis(reader_rank):
             raise Refuse(f"BN's channels reach {reader.op_type} {node_label(reader)!r} on axis {channels.axis}, "
                          f"its input channels are on axis {entry.input_channel_axis(reader_rank)}")

@@ -72,6 +72,12 @@ def read_batchnorm(bn: onnx.NodeProto, index: GraphIndex) -> BatchNorm:
     return BatchNorm(bn, scale, shift)
 
 
+def rank_unknown(name: str) -> str:
+    """What is missing when a rule needs the rank of tensor `name` and the model does not say it, and what helps."""
+    return (f"the rank of {name!r} is unknown: the model declares no shape for it and ONNX shape inference found "
+            "none; declaring its shape in value_info (or fixing the graph inputs' shapes) would let it fold")
+
+
 def constant_input(index: GraphIndex, node: onnx.NodeProto, position: int, role: str) -> Optional[np.ndarray]:
     """The constant value of `node.input[position]`, None if the optional input is absent; Refuse if not constant."""
     if position >= len(node.input) or not node.input[position]:

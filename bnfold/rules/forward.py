@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from ..graph import Edit, GraphIndex, is_op, node_label
-from .base import Candidate, Refuse, Rule, Skipped, read_attribute, require_exclusive
+from .base import Candidate, Refuse, Rule, Skipped, rank_unknown, read_attribute, require_exclusive
 from .chain import bypass_affine, require_single_readers, track
 from .views import Channels, sizes_of
 from .producers import PRODUCERS, Producer
@@ -49,8 +49,8 @@ def plan(producer: onnx.NodeProto, nodes: List[onnx.NodeProto], index: GraphInde
     if scale is not None:
         if channels.axis is None:
             conflict = index.type_conflict(producer.input[0]) or index.type_conflict(producer.output[0])
-            raise Refuse(conflict or f"the rank of the {producer.op_type} output is unknown, so BN's channel axis "
-                         "cannot be matched to its channels")
+            raise Refuse(conflict or f"BN's channel axis cannot be matched to the {producer.op_type} output's "
+                         f"channels: {rank_unknown(producer.output[0])}")
         if channels.axis != 1:
             raise Refuse(f"BN normalizes axis 1, but the {producer.op_type} output's channels arrive on axis "
                          f"{channels.axis} (rank {len(channels.dims)})")
@@ -88,7 +88,9 @@ def plan_concat(concat: onnx.NodeProto, nodes: List[onnx.NodeProto], index: Grap
     parts = [producer_channels(producer, index) for producer in producers]
     ranks = {len(part.dims) for part in parts if part.dims is not None}
     if len(ranks) != 1 or len(ranks) == 1 and any(part.dims is None for part in parts):
-        raise Refuse(f"the ranks of Concat {node_label(concat)!r}'s inputs are unknown")
+        unknown = [name for name, part in zip(concat.input, parts) if part.dims is None]
+        raise Refuse(f"Concat {node_label(concat)!r}'s inputs cannot be matched to its axis: "
+                     + (rank_unknown(unknown[0]) if unknown else f"they have ranks {sorted(ranks)}"))
     rank = ranks.pop()
     axis = int(read_attribute(concat, "axis", 1))
     axis = axis + rank if axis < 0 else axis

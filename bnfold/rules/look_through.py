@@ -23,7 +23,7 @@ from onnx import helper
 
 from ..graph import NUMPY_ELEMENT_TYPES, GraphIndex, NotConstant, node_label
 from .affine import compose_affine
-from .base import Refuse, read_attribute
+from .base import Refuse, rank_unknown, read_attribute
 from .views import (Channels, Size, axes_of, flatten_dims, relocate, reshape_dims, squeeze_dims, unsqueeze_dims)
 
 
@@ -77,8 +77,7 @@ class LookThrough:
 
 def _known_rank(node: onnx.NodeProto, channels: Channels, what: str) -> None:
     if channels.dims is None:
-        raise Refuse(f"{node.op_type} {node_label(node)!r}: the rank of its input is unknown (shape inference "
-                     f"found none), so it may {what}; declaring the input's shape in value_info would let it fold")
+        raise Refuse(f"{node.op_type} {node_label(node)!r} may {what}: {rank_unknown(node.input[0])}")
 
 
 class Identity(LookThrough):
@@ -268,11 +267,12 @@ class Affine(LookThrough):
         if not float_dtype(constant.dtype):
             raise Refuse(f"{node.op_type} {node_label(node)!r} constant has dtype {constant.dtype.name}")
         values = per_channel(constant, channels)
+        if values is None and channels.dims is None:
+            raise Refuse(f"{node.op_type} {node_label(node)!r} constant of shape {list(constant.shape)} cannot be "
+                         f"matched to the channels: {rank_unknown(node.input[position])}")
         if values is None:
-            rank = "unknown: shape inference found none; declaring it in value_info would help" \
-                if channels.dims is None else len(channels.dims)
             raise Refuse(f"{node.op_type} {node_label(node)!r} constant of shape {list(constant.shape)} is not one "
-                         f"value per channel of axis {channels.axis} (rank {rank})")
+                         f"value per channel of axis {channels.axis} (rank {len(channels.dims)})")
         if node.op_type == "Div" and not np.all(values):
             raise Refuse(f"Div {node_label(node)!r} divides by a constant that contains 0")
         return Step(node.op_type, values, position == 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from onnx import helper
 
 from ..graph import Edit, GraphIndex, is_op
-from .base import BatchNorm, Candidate, Refuse, Rule, set_exact
+from .base import BatchNorm, Candidate, Refuse, Rule, rank_unknown, set_exact
 from .producers import PRODUCERS
 
 
@@ -27,8 +27,7 @@ def plan(bn: BatchNorm, index: GraphIndex) -> Edit:
         raise Refuse(conflict)
     rank = rank_of(bn.input, index) or rank_of(bn.output, index)
     if rank is None:
-        raise Refuse("rank of the BN input is unknown, so per-channel Mul/Add constants cannot be "
-                     "shaped; run ONNX shape inference on the model first")
+        raise Refuse(f"per-channel Mul/Add constants cannot be shaped: {rank_unknown(bn.input)}")
     if rank < 2:
         raise Refuse(f"BN input has rank {rank}; BatchNormalization needs [N, C, ...]")
     dtype = index.dtype(bn.input) or index.dtype(bn.output)
