@@ -23,13 +23,23 @@ from .graph import DEFAULT_DOMAINS, Edit, GraphIndex, ModelScope, NotConstant, f
 from .graph.pieces import PieceBuilder
 from .report import BnDecision, BranchMerge, empty_record
 from .rules import PRODUCERS, RULES
-from .rules.base import Candidate, Refuse, Rule, Skipped
-from .rules.chain import LOOK_THROUGH
+from .rules.base import Refuse, Rule, Skipped
+from .rules.chain import AFFINE, LOOK_THROUGH, Candidate
 
 # Ops checked against their ONNX schema before any rule reads them.
 VALIDATED_OPS = frozenset({"BatchNormalization", "DequantizeLinear", "CastLike", "Transpose", "Shape", "Expand",
                            "ConstantOfShape", "Constant", *LOOK_THROUGH, *PRODUCERS,
                            *(op for rule in RULES for op in rule.candidates)})
+
+
+def _reader_dims(node: onnx.NodeProto, index: GraphIndex):
+    """What a producer reading a tensor says of its dims (its table entry), for the local check's inputs."""
+    if node.op_type not in PRODUCERS or node.domain not in DEFAULT_DOMAINS:
+        return None
+    try:
+        return PRODUCERS[node.op_type].input_dims(node, index)
+    except (Refuse, NotConstant, IndexError):
+        return None
 
 
 class _Outcome:
@@ -62,7 +72,10 @@ class Engine:
 
             model_bytes = tensor_bytes(model)
         self.scope = ModelScope(model, model_bytes=model_bytes, fold_input_initializers=options.fold_input_initializers)
-        self.types = scope_types(model)
+        self.types = scope_types(model, self_describing=tuple(op for op, entry in PRODUCERS.items()
+                                                              if entry.self_describing),
+                                 typed_ops=(*(op for op, entry in PRODUCERS.items() if not entry.self_describing),
+                                            *AFFINE))
         self.skipped = set(options.skip)
         self.allowed = tuple(op for op, entry in PRODUCERS.items() if entry.skip_name not in self.skipped)
         self.rules: Dict[str, List[Rule]] = {}
@@ -201,7 +214,8 @@ class Engine:
         return True
 
     def _apply(self, record, rule: Rule, match, edit: Edit, index: GraphIndex) -> None:
-        builder = PieceBuilder(record.label, edit, index, edit.output_axes) if self.checker is not None else None
+        builder = PieceBuilder(record.label, edit, index, edit.output_axes, reader_dims=_reader_dims) \
+            if self.checker is not None else None
         # What keeps its name but not its values: the chain's kept views, and what a fold rewrote in place.
         changed = (*edit.through, *(edit.into if rule.rewrites_into else ()))
         rewritten = [name for node in changed for name in node.output if name and name != record.output]

@@ -31,40 +31,123 @@ from onnx import helper, numpy_helper
 
 from ..held import HOLDABLE_TYPES, clear_data, held_by, is_held
 from .constants import CONSTANT_OPS
-from .index import NotConstant, node_label, subgraphs
+from .nodes import NotConstant, node_label, subgraphs
+
+
+@dataclass(frozen=True)
+class SetConstant:
+    """node.input[position] reads a constant holding `value` (a new tensor is named after `hint`)."""
+
+    node: onnx.NodeProto
+    position: int
+    value: np.ndarray
+    hint: str
+
+    def run(self, editor: "Editor") -> None:
+        editor.set_constant(self.node, self.position, self.value, self.hint)
+
+
+@dataclass(frozen=True)
+class ReplaceUses:
+    """Every node that reads `old` reads `new` instead."""
+
+    old: str
+    new: str
+
+    def run(self, editor: "Editor") -> None:
+        editor.replace_uses(self.old, self.new)
+
+
+@dataclass(frozen=True)
+class Rename:
+    """The node producing `old` produces `new` instead; `old`'s remaining readers follow."""
+
+    old: str
+    new: str
+
+    def run(self, editor: "Editor") -> None:
+        editor.rename(self.old, self.new)
+
+
+@dataclass(frozen=True)
+class Remove:
+    node: onnx.NodeProto
+
+    def run(self, editor: "Editor") -> None:
+        editor.remove(self.node)
+
+
+@dataclass(frozen=True)
+class Bypass:
+    """Remove `node`; its readers read its input `data_position` (whatever that names when applied)."""
+
+    node: onnx.NodeProto
+    data_position: int
+
+    def run(self, editor: "Editor") -> None:
+        editor.bypass(self.node, self.data_position)
+
+
+@dataclass(frozen=True)
+class SetAttribute:
+    node: onnx.NodeProto
+    name: str
+    value: object
+
+    def run(self, editor: "Editor") -> None:
+        editor.set_attribute(self.node, self.name, self.value)
+
+
+@dataclass(frozen=True)
+class InsertAfter:
+    """New `nodes`, placed right after `anchor` (None: first) in the node order."""
+
+    anchor: Optional[onnx.NodeProto]
+    nodes: Tuple[onnx.NodeProto, ...]
+
+    def run(self, editor: "Editor") -> None:
+        editor.insert_after(self.anchor, list(self.nodes))
+
+
+# The operations that change an existing node in place (what the local check's piece must hold).
+NODE_OPERATIONS = (SetConstant, Remove, Bypass, SetAttribute)
 
 
 @dataclass
 class Edit:
     """The operations of one fold, in order, and what the report says of it."""
 
-    operations: List[Tuple] = field(default_factory=list)
+    operations: List[object] = field(default_factory=list)
     into: List[onnx.NodeProto] = field(default_factory=list)  # the nodes that absorbed the BN
     through: List[onnx.NodeProto] = field(default_factory=list)  # look-through nodes the fold crossed
     rounding_error: float = 0.0
     output_axes: Dict[str, Optional[int]] = field(default_factory=dict)  # channel axis of what the fold outputs
 
     def set_constant(self, node: onnx.NodeProto, index: int, value: np.ndarray, hint: str) -> None:
-        self.operations.append(("set_constant", node, index, value, hint))
+        self.operations.append(SetConstant(node, index, value, hint))
 
     def replace_uses(self, old: str, new: str) -> None:
-        self.operations.append(("replace_uses", old, new))
+        self.operations.append(ReplaceUses(old, new))
 
     def rename(self, old: str, new: str) -> None:
-        self.operations.append(("rename", old, new))
+        self.operations.append(Rename(old, new))
 
     def remove(self, node: onnx.NodeProto) -> None:
-        self.operations.append(("remove", node))
+        self.operations.append(Remove(node))
 
     def bypass(self, node: onnx.NodeProto, data_position: int) -> None:
-        """Remove `node`; its readers read its input `data_position` (whatever that names when applied)."""
-        self.operations.append(("bypass", node, data_position))
+        self.operations.append(Bypass(node, data_position))
 
     def set_attribute(self, node: onnx.NodeProto, name: str, value) -> None:
-        self.operations.append(("set_attribute", node, name, value))
+        self.operations.append(SetAttribute(node, name, value))
 
     def insert_after(self, anchor: Optional[onnx.NodeProto], nodes: List[onnx.NodeProto]) -> None:
-        self.operations.append(("insert_after", anchor, list(nodes)))
+        self.operations.append(InsertAfter(anchor, tuple(nodes)))
+
+    def inserted(self) -> List[onnx.NodeProto]:
+        """The new nodes the edit places."""
+        return [node for operation in self.operations if isinstance(operation, InsertAfter)
+                for node in operation.nodes]
 
 
 _HOLDABLE_DTYPES = {dtype.newbyteorder("=") for dtype in HOLDABLE_TYPES.values()}
@@ -157,7 +240,7 @@ class Editor:
         self.journal = journal = Journal()
         try:
             for operation in edit.operations:
-                getattr(self, operation[0])(*operation[1:])
+                operation.run(self)
             self._check_no_dangling_reads(journal)
             return then() if then is not None else None
         except BaseException:

@@ -8,8 +8,8 @@ Mul/Add nodes disappear, its views and averages stay.
 from __future__ import annotations
 
 from ..graph import Edit, GraphIndex, is_op, node_label
-from .base import BatchNorm, Candidate, Refuse, Rule, rank_unknown
-from .chain import bypass_affine, track, walk_down
+from .base import BatchNorm, Refuse, Rule, rank_unknown
+from .chain import Candidate, bypass_affine, track, walk_down
 from .views import Channels, sizes_of
 from .producers import PRODUCERS
 
@@ -35,8 +35,7 @@ def _plan(bn: BatchNorm, index: GraphIndex, allowed, nodes, readers) -> Edit:
     edit = Edit(into=list(readers), through=list(nodes))
     for reader in readers:
         entry = PRODUCERS[reader.op_type]
-        reader_rank = len(channels.dims) if channels.dims is not None else (
-            None if reader.op_type == "MatMul" else entry.output_rank(reader, index))
+        reader_rank = len(channels.dims) if channels.dims is not None else entry.input_rank(reader, index)
         if reader_rank is None or channels.axis is None:
             raise Refuse(f"BN's channel axis cannot be matched to the input channels of {reader.op_type} "
                          f"{node_label(reader)!r}: {rank_unknown(bn.input if not nodes else nodes[-1].output[0])}")

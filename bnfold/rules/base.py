@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -132,32 +132,9 @@ class Skipped(Refuse):
     """A rule matched, but the op it would fold into is one the user skipped (--skip): the reason names it."""
 
 
-class Candidate:
-    """One node offered to the rules, with what they share about it, each read once when first asked for: the BN
-    it is (`bn`; Refuse when it is none that folds) and the walk up from its input (`walk`)."""
-
-    def __init__(self, node: onnx.NodeProto, index: GraphIndex, allowed: Tuple[str, ...]):
-        self.node, self.index, self.allowed = node, index, allowed  # allowed: producer ops not skipped
-        self._bn: Optional[BatchNorm] = None
-        self._walk = None
-
-    @property
-    def bn(self) -> BatchNorm:
-        if self._bn is None:
-            self._bn = read_batchnorm(self.node, self.index)
-        return self._bn
-
-    @property
-    def walk(self):
-        if self._walk is None:
-            from .chain import walk
-
-            self._walk = walk(self.bn.input, self.index)
-        return self._walk
-
-
 class Rule:
-    """A way to fold: the engine offers it every node of `candidates` (op types), in RULES order.
+    """A way to fold: the engine offers it every node of `candidates` (op types), in RULES order, as a
+    rules.chain.Candidate.
 
     match(candidate) -> Match, or None when the node is not its pattern (nothing to say), or Refuse(why) when it is
     but cannot fold; plan(match, candidate) -> Edit, or Refuse(why). Neither changes the graph. `report` names the
@@ -174,17 +151,17 @@ class Rule:
     hint = ""
     rewrites_into = False
 
-    def match(self, candidate: Candidate):
+    def match(self, candidate: "Candidate"):
         raise NotImplementedError
 
-    def plan(self, match, candidate: Candidate) -> Edit:
+    def plan(self, match, candidate: "Candidate") -> Edit:
         raise NotImplementedError
 
     def describe(self, match) -> str:
         """What the match would fold into, for the reason given when this rule is skipped."""
         raise NotImplementedError
 
-    def record(self, candidate: Candidate, match):
+    def record(self, candidate: "Candidate", match):
         """The report record of a match (rules whose report is not "decisions")."""
         raise NotImplementedError
 

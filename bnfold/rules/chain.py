@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from ..graph import GraphIndex, is_op, node_label
-from .base import Refuse, require_exclusive
+from .base import BatchNorm, Refuse, read_batchnorm, require_exclusive
 from .look_through import TABLE, LookThrough, Step
 from .producers import PRODUCERS
 from .views import Channels
@@ -43,6 +43,28 @@ class Walk:
     name: str
     stop: str = ""
     shared: bool = False
+
+
+class Candidate:
+    """One node offered to the rules, with what they share about it, each read once when first asked for: the BN
+    it is (`bn`; Refuse when it is none that folds) and the walk up from its input (`walk`)."""
+
+    def __init__(self, node: onnx.NodeProto, index: GraphIndex, allowed: Tuple[str, ...]):
+        self.node, self.index, self.allowed = node, index, allowed  # allowed: producer ops not skipped
+        self._bn: Optional[BatchNorm] = None
+        self._walk = None
+
+    @property
+    def bn(self) -> BatchNorm:
+        if self._bn is None:
+            self._bn = read_batchnorm(self.node, self.index)
+        return self._bn
+
+    @property
+    def walk(self):
+        if self._walk is None:
+            self._walk = walk(self.bn.input, self.index)
+        return self._walk
 
 
 def data_input(node: onnx.NodeProto, index: GraphIndex) -> Optional[str]:
@@ -77,8 +99,8 @@ def walk(name: str, index: GraphIndex, *, through: Optional[Callable] = None, ex
             return Walk(node, nodes[::-1], name)
         passed, why = (through(node), None) if through is not None else _crossing(node, index)
         if passed is None or node.output[0] != name:
-            suffix = f" ({why})" if why else ""
-            return Walk(node, nodes[::-1], name, f"{name!r} comes from {node.op_type} node {node_label(node)!r}{suffix}")
+            stop = f"{name!r} comes from {node.op_type} node {node_label(node)!r}" + (f" ({why})" if why else "")
+            return Walk(node, nodes[::-1], name, stop)
         nodes.append(node)
         name = passed
 

@@ -13,8 +13,8 @@ import onnx
 from ..graph import Edit, GraphIndex, NotConstant, is_op, node_label
 from ..report import BnDecision
 from . import forward
-from .base import Candidate, Refuse, Rule, Skipped
-from .chain import AFFINE, data_input, walk_up
+from .base import Refuse, Rule, Skipped
+from .chain import AFFINE, Candidate, data_input, walk_up
 from .look_through import TABLE
 from .producers import PRODUCERS
 

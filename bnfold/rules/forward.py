@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 
 from ..graph import Edit, GraphIndex, is_op, node_label
-from .base import Candidate, Refuse, Rule, Skipped, rank_unknown, read_attribute, require_exclusive
-from .chain import bypass_affine, require_single_readers, track
+from .base import Refuse, Rule, Skipped, rank_unknown, read_attribute, require_exclusive
+from .chain import Candidate, bypass_affine, require_single_readers, track
 from .views import Channels, sizes_of
 from .producers import PRODUCERS, Producer
 

@@ -74,6 +74,10 @@ class LookThrough:
     def step(self, node: onnx.NodeProto, index: GraphIndex, channels: Channels) -> Optional["Step"]:
         return None
 
+    def output_rank(self, node: onnx.NodeProto) -> Optional[int]:
+        """Its output's rank whatever its input's, when the op fixes it (Flatten: 2); None otherwise."""
+        return None
+
 
 def _known_rank(node: onnx.NodeProto, channels: Channels, what: str) -> None:
     if channels.dims is None:
@@ -145,6 +149,9 @@ class Reshape(View):
 
 class Flatten(View):
     op_type = "Flatten"
+
+    def output_rank(self, node):
+        return 2
 
     def out_dims(self, node, index, dims):
         return flatten_dims(node, dims)

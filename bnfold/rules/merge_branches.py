@@ -21,8 +21,9 @@ import onnx
 from ..graph import Edit, GraphIndex, NotConstant, attribute, is_op, node_label
 from ..report import BranchMerge
 from .affine import compose_affine
-from .base import Candidate, Refuse, Rule, constant_input, read_attribute, read_batchnorm, require_exclusive, set_exact, tensor_hint
-from .chain import AFFINE, data_input, walk
+from .base import (Refuse, Rule, constant_input, read_attribute, read_batchnorm, require_exclusive, set_exact,
+                   tensor_hint)
+from .chain import AFFINE, Candidate, data_input, walk
 from .reparam import ConvBranch, MergeError, affine_after, identity_branch, merge
 from .weights import read_plain_weight
 

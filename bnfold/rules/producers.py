@@ -15,7 +15,7 @@ backward arithmetic each.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
@@ -32,8 +32,20 @@ class Producer:
 
     op_type = ""
     skip_name = ""  # the --skip name that keeps BNs out of this op
+    self_describing = True  # its weights say all a fold needs (no tensor types): shape inference may be skipped
+    kernel = False  # it slides a kernel: the local check sizes unknown spatial dims to fit it
+    known_output_rank: Optional[int] = None  # its output's rank whatever its inputs (a Gemm: 2)
 
     def output_rank(self, node: onnx.NodeProto, index: GraphIndex) -> Optional[int]:
+        raise NotImplementedError
+
+    def input_rank(self, node: onnx.NodeProto, index: GraphIndex) -> Optional[int]:
+        """The rank of the data input (input 0), which a backward fold's channel axis must match."""
+        raise NotImplementedError
+
+    def input_dims(self, node: onnx.NodeProto, index: GraphIndex) -> Optional[List[Optional[int]]]:
+        """What the weights say of the data input's dims (None where they say nothing), for the local check of a
+        piece whose input the model does not declare; Refuse or NotConstant when the weights cannot be read."""
         raise NotImplementedError
 
     def output_channel_axis(self, rank: int) -> int:
@@ -106,9 +118,17 @@ class Conv(Producer):
     """Weight [C_out, C_in/group, k...]: output channels on axis 0, input channels grouped on axis 1."""
 
     op_type, skip_name = "Conv", "conv"
+    kernel = True
 
     def output_rank(self, node, index):
         return _conv_weight(node, index).value.ndim
+
+    def input_rank(self, node, index):
+        return _conv_weight(node, index).value.ndim
+
+    def input_dims(self, node, index):
+        weight = _conv_weight(node, index).value
+        return [None, weight.shape[1] * _group(node)] + [None] * (weight.ndim - 2)
 
     def output_channels(self, node, index):
         return _conv_weight(node, index).value.shape[0]
@@ -144,9 +164,17 @@ class ConvTranspose(Producer):
     """Weight [C_in, C_out/group, k...]: output channel g * (C_out/group) + j is column j of the rows of group g."""
 
     op_type, skip_name = "ConvTranspose", "conv_transpose"
+    kernel = True
 
     def output_rank(self, node, index):
         return _conv_weight(node, index).value.ndim
+
+    def input_rank(self, node, index):
+        return _conv_weight(node, index).value.ndim
+
+    def input_dims(self, node, index):
+        weight = _conv_weight(node, index).value
+        return [None, weight.shape[0]] + [None] * (weight.ndim - 2)
 
     def _checked(self, node, index):
         weight = _conv_weight(node, index)
@@ -200,9 +228,18 @@ class Gemm(Producer):
     be absent, a scalar, [N] or [1, N]. Backward folds need transA=0 (BN's channels are then A's K axis)."""
 
     op_type, skip_name = "Gemm", "gemm"
+    known_output_rank = 2
 
     def output_rank(self, node, index):
+        return self.known_output_rank
+
+    def input_rank(self, node, index):
         return 2
+
+    def input_dims(self, node, index):
+        weight = _matrix(index, node, 1, "B").value
+        k = weight.shape[1] if read_attribute(node, "transB", 0) else weight.shape[0]
+        return [k, None] if read_attribute(node, "transA", 0) else [None, k]
 
     def _axis(self, node):
         return 0 if read_attribute(node, "transB", 0) else 1
@@ -269,9 +306,17 @@ class MatMul(Producer):
     (a Gemm would break inputs of rank > 2), so a shift becomes an Add inserted after it."""
 
     op_type, skip_name = "MatMul", "matmul"
+    self_describing = False  # its rank is its input's, which only tensor types say
 
     def output_rank(self, node, index):
         return index.rank(node.input[0])
+
+    def input_rank(self, node, index):
+        return index.rank(node.input[0])
+
+    def input_dims(self, node, index):
+        rank = index.rank(node.input[0]) or 2
+        return [None] * (rank - 1) + [_matrix(index, node, 1, "weight").value.shape[0]]
 
     def output_channel_axis(self, rank):
         return rank - 1
@@ -320,3 +365,4 @@ def _bias_add(node: onnx.NodeProto, index: GraphIndex, bias: np.ndarray, dtype, 
 
 
 PRODUCERS: Dict[str, Producer] = {entry.op_type: entry for entry in (Conv(), ConvTranspose(), Gemm(), MatMul())}
+KERNEL_OPS = tuple(op for op, entry in PRODUCERS.items() if entry.kernel)

@@ -10,14 +10,20 @@ from __future__ import annotations
 from onnx import helper
 
 from ..graph import Edit, GraphIndex, is_op
-from .base import BatchNorm, Candidate, Refuse, Rule, rank_unknown, set_exact
+from .base import BatchNorm, Refuse, Rule, rank_unknown, set_exact
+from .chain import Candidate
+from .look_through import TABLE
 from .producers import PRODUCERS
 
 
 def rank_of(name: str, index: GraphIndex):
+    """The rank the model says, else what the producing op's table entry says (a Gemm or a Flatten: 2)."""
     rank = index.rank(name)
-    if rank is None and is_op(index.producer(name), ("Flatten", "Gemm")):
-        return 2  # both always produce a matrix
+    producer = index.producer(name)
+    if rank is None and is_op(producer, TABLE):
+        return TABLE[producer.op_type].output_rank(producer)
+    if rank is None and is_op(producer, PRODUCERS):
+        return PRODUCERS[producer.op_type].known_output_rank
     return rank
 
 
