@@ -1,7 +1,7 @@
 """The fold engine: every scope (main graph, each If/Loop/Scan body, each function body) with types looked up in
 that scope; in each, every node in graph order is offered to the rules that take its op type (bnfold.rules.RULES,
 in that order) until one folds it. A rule matches the node (or says it is not its pattern, or refuses with the
-reason) and plans an Edit; the engine applies it all or nothing (graph.edits) and records the piece for the local
+reason) and plans an Edit; the engine applies it all or nothing (graph.editor) and records the piece for the local
 check. The rules and their order, fallbacks and --skip names all come from RULES: no rule is named here.
 
 A BN (a rule reporting "decisions") gets one decision whatever happens: folded by the first rule that folds it, or

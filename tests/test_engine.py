@@ -1,7 +1,7 @@
 """The engine contains faults per fold: an exception of any kind while one candidate is matched, planned or applied
 keeps that BN (or merge, or chain) with the reason "internal error in <rule>: ... (please report)", and the rest of
 the model folds, verifies and is written. A fold that fails half-way through being applied leaves the graph as it
-was (graph.edits journals every change)."""
+was (graph.editor journals every change)."""
 
 import json
 
@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 import bnfold
 from bnfold.cli import cli
-from bnfold.graph.edits import Editor
+from bnfold.graph.editor import Editor
 from bnfold.rules import chain, forward, merge_branches
 from models import fixtures
 from support import assert_same_outputs, fold_and_compare, op_types

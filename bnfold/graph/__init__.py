@@ -3,7 +3,8 @@ constants (constants), per-scope tensor types (types), the typed edit operations
 what one fold replaced (pieces)."""
 
 from .constants import CONSTANT_OPS, ConstantBudget
-from .edits import Edit, Editor
+from .editor import Editor
+from .edits import Edit
 from .index import GraphIndex, ModelScope, all_names, default_opset, outer_scope_uses, validate_node
 from .nodes import DEFAULT_DOMAINS, AttributeReference, NotConstant, attribute, is_op, node_label, subgraphs
 from .pieces import Piece, PieceInput

@@ -18,7 +18,7 @@ from onnx import helper
 
 from ..errors import InvalidModelError
 from .constants import ConstantBudget, ConstantEvaluator
-from .edits import Editor
+from .editor import Editor
 from .nodes import DEFAULT_DOMAINS, NotConstant, is_op, node_label, subgraphs
 from .types import NUMPY_ELEMENT_TYPES, ScopeTypes
 
