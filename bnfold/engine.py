@@ -85,6 +85,8 @@ class Engine:
         self.decisions: List[BnDecision] = []
         self.decomposed: List[BnDecision] = []
         self.merges: List[BranchMerge] = []  # (a rule's `report` names one of these three lists)
+        self.rule: Optional[Rule] = None  # the rule at work and the record it fills: what an internal error names
+        self.record = None
 
     def run(self) -> None:
         self.fold_graph(self.model.graph, None, "main", key=())
@@ -138,7 +140,7 @@ class Engine:
             decision = BnDecision(node=node.name, output=node.output[0] if node.output else "", graph=index.path,
                                   folded=False)
             self.decisions.append(decision)
-        self.record, self.rule = decision, rules[0].name
+        self.record, self.rule = decision, rules[0]
         try:
             if decision is not None:
                 if (index.path, decision.output) in self.excluded:
@@ -151,18 +153,18 @@ class Engine:
                     return
             outcome = _Outcome()
             for rule in rules:
-                self.rule = rule.name
+                self.rule = rule
                 if self._offer(rule, candidate, decision, outcome):
                     return
             if decision is not None:
                 decision.reason = outcome.reason(candidate)
         except Exception as error:  # noqa: BLE001 - one fold never sinks the run
             record = self.record
-            if record is None:
-                record = empty_record(rules[-1].report if decision is None else "decisions", node_label(node),
-                                      node.output[0] if node.output else "", index.path)
-                getattr(self, rules[-1].report).append(record)
-            record.reason = f"internal error in {self.rule}: {type(error).__name__}: {error} (please report)"
+            if record is None:  # the rule raised before it made its record
+                record = empty_record(self.rule.report, node_label(node), node.output[0] if node.output else "",
+                                      index.path)
+                getattr(self, self.rule.report).append(record)
+            record.reason = f"internal error in {self.rule.name}: {type(error).__name__}: {error} (please report)"
             record.internal_error = True
             if isinstance(record, BranchMerge):
                 record.merged = False

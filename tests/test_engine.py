@@ -135,3 +135,15 @@ def test_an_edit_that_would_leave_a_reader_of_a_removed_tensor_is_undone(monkeyp
     reasons = [merge.reason for merge in report.merges if not merge.merged]
     assert reasons and reasons[0].startswith("internal error in merge_branches: RuntimeError: the edit removes")
     assert "shape_of_b1" in reasons[0]
+
+
+def test_an_exception_while_matching_a_sum_is_reported_as_the_merge_it_was(monkeypatch):
+    """The merge rule raises before it made its record: the sum is listed among the merges with the reason."""
+    _raise_on(monkeypatch, merge_branches, "candidate_branches", lambda node, index: node.name == "block_add0",
+              error=IndexError("no branch"))
+    model = fixtures.repvgg_block()
+    folded, report = fold_and_compare(model)
+    failed = [merge for merge in report.merges if merge.internal_error]
+    assert [(merge.node, merge.reason) for merge in failed] == [
+        ("block_add0", "internal error in merge_branches: IndexError: no branch (please report)")]
+    assert not any(decision.internal_error for decision in report.decomposed)
