@@ -47,7 +47,7 @@ def _plan(bn: BatchNorm, index: GraphIndex, allowed, nodes, readers) -> Edit:
             raise Refuse(f"channel mismatch: {reader.op_type} {node_label(reader)!r} has {count} input channels, "
                          f"BN has {bn.channels}")
         entry.backward(reader, index, scale, shift, edit)
-        edit.output_axes[reader.output[0]] = -1 if reader.op_type == "MatMul" else 1
+        edit.output_axes[reader.output[0]] = entry.output_axis
     bypass_affine(edit, nodes, index, bn.input)  # the views stay, reading what the BN read
     edit.bypass(bn.node, 0)
     return edit

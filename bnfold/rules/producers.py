@@ -35,6 +35,7 @@ class Producer:
     self_describing = True  # its weights say all a fold needs (no tensor types): shape inference may be skipped
     kernel = False  # it slides a kernel: the local check sizes unknown spatial dims to fit it
     known_output_rank: Optional[int] = None  # its output's rank whatever its inputs (a Gemm: 2)
+    output_axis = 1  # its output channels' axis, counted from the end when negative (whatever the rank)
 
     def output_rank(self, node: onnx.NodeProto, index: GraphIndex) -> Optional[int]:
         raise NotImplementedError
@@ -306,6 +307,7 @@ class MatMul(Producer):
     (a Gemm would break inputs of rank > 2), so a shift becomes an Add inserted after it."""
 
     op_type, skip_name = "MatMul", "matmul"
+    output_axis = -1
     self_describing = False  # its rank is its input's, which only tensor types say
 
     def output_rank(self, node, index):
