@@ -8,7 +8,7 @@ Mul/Add nodes disappear, its views and averages stay.
 from __future__ import annotations
 
 from ..graph import Edit, GraphIndex, is_op, node_label
-from .base import BatchNorm, Refuse, Rule, rank_unknown
+from .base import BatchNorm, Refuse, Rule, Skipped, rank_unknown
 from .chain import Candidate, bypass_affine, track, walk_down
 from .views import Channels, sizes_of
 from .producers import PRODUCERS
@@ -74,10 +74,8 @@ class Backward(Rule):
         nodes, readers = match
         skipped = sorted({node.op_type for node in readers if is_op(node, PRODUCERS)} - set(candidate.allowed))
         if skipped:
-            from .base import Skipped
-
-            raise Skipped(f"{self.describe(match)}, but rule(s) "
-                          f"{', '.join(repr(PRODUCERS[op].skip_name) for op in skipped)} skipped")
+            names = ", ".join(repr(PRODUCERS[op].skip_name) for op in skipped)
+            raise Skipped(f"{self.describe(match)}, but rule {names} {'is' if len(skipped) == 1 else 'are'} skipped")
         return _plan(candidate.bn, candidate.index, candidate.allowed, nodes, readers)
 
 

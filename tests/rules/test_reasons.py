@@ -66,3 +66,9 @@ def test_declaring_the_shape_as_the_reason_says_lets_it_fold():
         mystery = next(node for node in graph.node if node.op_type == "Mystery")
         mystery.op_type, mystery.domain = "Identity", ""
     assert_same_outputs(model, folded)
+
+
+def test_a_skipped_producer_is_named_in_the_reason():
+    _, report = bnfold.fold(fixtures.bn_conv(), skip="conv")
+    assert report.folded_count == 0
+    assert report.decisions[0].reason.startswith("Conv 'conv' could absorb it, but rule 'conv' is skipped")
