@@ -1,16 +1,14 @@
 """The fold engine: every scope (main graph, each If/Loop/Scan body, each function body) with types looked up in
-that scope; in each, every BatchNormalization and decomposed-BN candidate in graph order, offered to the rules:
+that scope; in each, every node in graph order is offered to the rules that take its op type (bnfold.rules.RULES,
+in that order) until one folds it. A rule matches the node (or says it is not its pattern, or refuses with the
+reason) and plans an Edit; the engine applies it all or nothing (graph.editor) and records the piece for the local
+check. The rules and their order, fallbacks and --skip names all come from RULES: no rule is named here.
 
-1. forward: walk up through the look-through chain to a producer and fold into it;
-2. backward: walk down to the readers and fold into them;
-3. standalone (opt-in): only where the walk up reached no producer and no reader can absorb it, Mul + Add.
-
-A BN that none of these folds stays, with the first refusal's reason. Each fold is planned as an Edit before the
-graph changes, so a refusal leaves it byte-identical.
-
-Every Add / Sum is offered to merge_branches: parallel branches of one tensor (RepVGG, MobileOne) become one Conv.
-Branch BNs come before their sum in graph order, so they are folded into their Convs (or became Mul + Add) by then,
-and a BN after the sum folds into the merged Conv when it is visited.
+A BN (a rule reporting "decisions") gets one decision whatever happens: folded by the first rule that folds it, or
+kept with the most specific reason a rule gave (a refusal of a rule whose pattern matched comes before "nothing to
+fold it into"), plus what an opt-in rule would do. A refusal leaves the graph byte-identical. An exception of any
+kind while a candidate is matched, planned or applied keeps it with the reason "internal error in <rule>: ...
+(please report)"; the rest of the model folds as usual.
 """
 
 from __future__ import annotations
@@ -21,19 +19,43 @@ import onnx
 from onnx import helper
 
 from .checking.folds import LocalChecker
-from .graph import (DEFAULT_DOMAINS, Edit, GraphIndex, ModelScope, NotConstant, attribute, function_types,
-                    is_op, node_label, scope_types)
+from .graph import DEFAULT_DOMAINS, Edit, GraphIndex, ModelScope, NotConstant, function_types, node_label, scope_types
 from .graph.pieces import PieceBuilder
-from .report import BnDecision, BranchMerge
-from .rules import PRODUCER_RULES, backward, decomposed, forward, merge_branches, standalone
-from .rules.base import Refuse, read_batchnorm
-from .rules.chain import walk_up
-from .rules.producers import PRODUCERS
+from .report import BnDecision, BranchMerge, empty_record
+from .rules import PRODUCERS, RULES
+from .rules.base import Refuse, Rule, Skipped
+from .rules.chain import AFFINE, LOOK_THROUGH, Candidate
 
 # Ops checked against their ONNX schema before any rule reads them.
-VALIDATED_OPS = frozenset({"BatchNormalization", "Add", "Sub", "Mul", "Div", "DequantizeLinear", "Reshape",
-                           "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "CastLike", "Transpose", "Shape",
-                           "Expand", "ConstantOfShape", "Constant", "GlobalAveragePool", "ReduceMean", *PRODUCERS})
+VALIDATED_OPS = frozenset({"BatchNormalization", "DequantizeLinear", "CastLike", "Transpose", "Shape", "Expand",
+                           "ConstantOfShape", "Constant", *LOOK_THROUGH, *PRODUCERS,
+                           *(op for rule in RULES for op in rule.candidates)})
+
+
+def _reader_dims(node: onnx.NodeProto, index: GraphIndex):
+    """What a producer reading a tensor says of its dims (its table entry), for the local check's inputs."""
+    if node.op_type not in PRODUCERS or node.domain not in DEFAULT_DOMAINS:
+        return None
+    try:
+        return PRODUCERS[node.op_type].input_dims(node, index)
+    except (Refuse, NotConstant, IndexError):
+        return None
+
+
+class _Outcome:
+    """What the rules said of one BN that none folded, to give the most specific reason first."""
+
+    def __init__(self):
+        self.refusals: List[str] = []  # of rules whose pattern matched, in RULES order
+        self.hints: List[str] = []  # what opt-in rules would do
+        self.skipped_opt_in: List[str] = []
+
+    def reason(self, candidate: Candidate) -> str:
+        hints = "; ".join(self.hints)
+        if self.refusals:
+            return self.refusals[0] + (f"; {hints}" if hints else "")
+        reason = f"input {candidate.walk.stop}; nothing to fold it into" + (f" ({hints})" if hints else "")
+        return reason + "".join(f", and rule {name!r} is skipped" for name in self.skipped_opt_in)
 
 
 class Engine:
@@ -50,13 +72,21 @@ class Engine:
 
             model_bytes = tensor_bytes(model)
         self.scope = ModelScope(model, model_bytes=model_bytes, fold_input_initializers=options.fold_input_initializers)
-        self.types = scope_types(model)
-        skipped = set(options.skip)
-        self.producers = tuple(op for op, name in PRODUCER_RULES.items() if name not in skipped)
-        self.skipped = skipped
+        self.types = scope_types(model, self_describing=tuple(op for op, entry in PRODUCERS.items()
+                                                              if entry.self_describing),
+                                 typed_ops=(*(op for op, entry in PRODUCERS.items() if not entry.self_describing),
+                                            *AFFINE))
+        self.skipped = set(options.skip)
+        self.allowed = tuple(op for op, entry in PRODUCERS.items() if entry.skip_name not in self.skipped)
+        self.rules: Dict[str, List[Rule]] = {}
+        for rule in RULES:
+            for op in rule.candidates:
+                self.rules.setdefault(op, []).append(rule)
         self.decisions: List[BnDecision] = []
         self.decomposed: List[BnDecision] = []
-        self.merges: List[BranchMerge] = []
+        self.merges: List[BranchMerge] = []  # (a rule's `report` names one of these three lists)
+        self.rule: Optional[Rule] = None  # the rule at work and the record it fills: what an internal error names
+        self.record = None
 
     def run(self) -> None:
         self.fold_graph(self.model.graph, None, "main", key=())
@@ -90,15 +120,8 @@ class Engine:
         index = GraphIndex(graph, model=self.scope, path=path, parent=parent, types=types,
                            function=key is None, validated_ops=VALIDATED_OPS)
         for position, node in enumerate(index.nodes):
-            if not index.is_removed(node) and node.domain in DEFAULT_DOMAINS:
-                if node.op_type == "BatchNormalization":
-                    self.decisions.append(self.fold_batchnorm(node, index))
-                else:
-                    merged = (node.op_type in merge_branches.SUMS and "merge_branches" not in self.skipped
-                              and self.merge_branches(node, index))
-                    if not merged and "decomposed" not in self.skipped and node.op_type in ("Add", "Sub", "Mul",
-                                                                                            "Div"):
-                        self.fold_decomposed(node, index)
+            if not index.is_removed(node) and node.domain in DEFAULT_DOMAINS and node.op_type in self.rules:
+                self.offer(node, index)
             for attr in node.attribute:
                 bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
                 for number, body in enumerate(bodies):
@@ -108,145 +131,99 @@ class Engine:
                                     function_types=function_types)
         index.editor.finish()
 
-    def _decision(self, node: onnx.NodeProto, index: GraphIndex) -> BnDecision:
-        return BnDecision(node=node.name, output=node.output[0] if node.output else "", graph=index.path,
-                          folded=False)
-
-    def _apply(self, decision: BnDecision, edit: Edit, rule: str, index: GraphIndex) -> None:
-        builder = PieceBuilder(decision.label, edit, index, edit.output_axes) if self.checker is not None else None
-        # What keeps its name but not its values: the chain's kept views, and a forward fold's producers.
-        changed = (*edit.through, *(edit.into if rule in ("forward", "decomposed") else ()))
-        decision.rewritten = [name for node in changed for name in node.output if name and name != decision.output]
-        index.editor.apply(edit)
-        if builder is not None:
-            self.checker.add(builder.after(), decision, (index.path, decision.output))
-        decision.folded, decision.reason, decision.rule = True, None, rule
-        decision.into = ", ".join(node_label(node) for node in edit.into)
-        decision.into_op = "+".join(node.op_type for node in edit.into)
-        decision.through = [node.op_type for node in edit.through]
-        decision.rounding_error = edit.rounding_error
-
-    def fold_batchnorm(self, node: onnx.NodeProto, index: GraphIndex) -> BnDecision:
-        decision = self._decision(node, index)
-        if (index.path, decision.output) in self.excluded:
-            decision.reason = self.excluded[(index.path, decision.output)]
-            return decision
+    def offer(self, node: onnx.NodeProto, index: GraphIndex) -> None:
+        """Offer `node` to the rules that take its op type, in order, until one folds it."""
+        rules = self.rules[node.op_type]
+        candidate = Candidate(node, index, self.allowed)
+        decision = None
+        if any(rule.report == "decisions" for rule in rules):
+            decision = BnDecision(node=node.name, output=node.output[0] if node.output else "", graph=index.path,
+                                  folded=False)
+            self.decisions.append(decision)
+        self.record, self.rule = decision, rules[0]
         try:
-            bn = read_batchnorm(node, index)
-        except Refuse as why:
-            decision.reason = str(why)
-            return decision
-        reasons = []
-        producer, nodes, stop = walk_up(bn.input, index)
-        if is_op(producer, ("Concat",)) and "forward" not in self.skipped:
-            concat_reasons: List[str] = []  # a Concat that cannot absorb the BN is no producer: it may fold otherwise
-            edit = self._try(lambda: forward.plan_concat(producer, nodes, index, bn, self.producers), concat_reasons,
-                             "forward")
-            if edit is not None:
-                self._apply(decision, edit, "forward", index)
-                return decision
-            stop += f" ({concat_reasons[0]})"
-        if not is_op(producer, PRODUCERS):
-            producer = None
-        if producer is not None:
-            if producer.op_type not in self.producers or "forward" in self.skipped:
-                which = "forward" if "forward" in self.skipped else PRODUCER_RULES[producer.op_type]
-                reasons.append(f"{producer.op_type} node {node_label(producer)!r} could absorb it, but rule "
-                               f"{which!r} is skipped")
+            if decision is not None:
+                if (index.path, decision.output) in self.excluded:
+                    decision.reason = self.excluded[(index.path, decision.output)]
+                    return
+                try:
+                    candidate.bn
+                except Refuse as why:  # no BN a rule may fold (training mode, parameters that are no constants)
+                    decision.reason = str(why)
+                    return
+            outcome = _Outcome()
+            for rule in rules:
+                self.rule = rule
+                if self._offer(rule, candidate, decision, outcome):
+                    return
+            if decision is not None:
+                decision.reason = outcome.reason(candidate)
+        except Exception as error:  # noqa: BLE001 - one fold never sinks the run
+            record = self.record
+            if record is None:  # the rule raised before it made its record
+                record = empty_record(self.rule.report, node_label(node), node.output[0] if node.output else "",
+                                      index.path)
+                getattr(self, self.rule.report).append(record)
+            record.reason = f"internal error in {self.rule.name}: {type(error).__name__}: {error} (please report)"
+            record.internal_error = True
+            if isinstance(record, BranchMerge):
+                record.merged = False
             else:
-                edit = self._try(lambda: forward.plan(producer, nodes, index, node, bn.scale, bn.shift),
-                                 reasons, "forward")
-                if edit is not None:
-                    self._apply(decision, edit, "forward", index)
-                    return decision
-        if "backward" not in self.skipped:
-            edit = self._try(lambda: backward.plan(bn, index, self.producers), reasons, "backward")
-            if edit is not None:
-                self._apply(decision, edit, "backward", index)
-                return decision
-        if producer is None:
-            if "standalone" in self.skipped:
-                reasons.append(f"input {stop}; nothing to fold it into, and rule 'standalone' is skipped")
+                record.folded = False
+
+    def _offer(self, rule: Rule, candidate: Candidate, decision: Optional[BnDecision], outcome: _Outcome) -> bool:
+        """Offer the candidate to one rule; whether it folded it. `decision` is the BN's (None when the rule makes
+        its own record for each match)."""
+        try:
+            match = rule.match(candidate)
+        except Skipped as why:
+            outcome.refusals.append(str(why))
+            return False
+        except (Refuse, NotConstant) as why:
+            outcome.refusals.append(f"{why} [{rule.name}]")
+            return False
+        if match is None:
+            return False
+        if rule.name in self.skipped:
+            if rule.opt_in:
+                outcome.skipped_opt_in.append(rule.name)
             else:
-                edit = self._try(lambda: standalone.plan(bn, index), reasons, "standalone")
-                if edit is not None and self.options.standalone:
-                    self._apply(decision, edit, "standalone", index)
-                    return decision
-                if edit is not None:
-                    decision.standalone_possible = True
-                    reasons.insert(0, f"input {stop}; nothing to fold it into (--standalone would make it Mul + Add, "
-                                      "which ONNX Runtime runs 1.1-1.5x slower than BatchNormalization)")
-        decision.reason = reasons[0] if reasons else f"input {stop}; nothing to fold it into"
-        return decision
-
-    @staticmethod
-    def _try(plan, reasons: List[str], rule: str) -> Optional[Edit]:
+                outcome.refusals.append(f"{rule.describe(match)}, but rule {rule.name!r} is skipped")
+            return False
+        record = decision
+        if record is None:
+            record = rule.record(candidate, match)
+            getattr(self, rule.report).append(record)
+            self.record = record
+        key = (candidate.index.path, record.output)
+        if key in self.excluded:
+            record.reason = self.excluded[key]
+            return False
         try:
-            return plan()
+            edit = rule.plan(match, candidate)
         except (Refuse, NotConstant) as why:
-            reasons.append(f"{why} [{rule}]")
-            return None
-
-    def merge_branches(self, node: onnx.NodeProto, index: GraphIndex) -> bool:
-        """Merge the parallel branches an Add / Sum sums into one Conv; whether it did. A sum of anything else
-        (a residual connection, a bias) is no candidate and is not reported."""
-        try:
-            branches = merge_branches.candidate(node, index)
-        except (Refuse, NotConstant):
+            reason = str(why) if isinstance(why, Skipped) else f"{why} [{rule.name}]"
+            if decision is None:
+                record.reason = reason
+            else:
+                outcome.refusals.append(reason)
             return False
-        if branches is None:
+        if rule.opt_in and not getattr(self.options, rule.name, False):
+            decision.standalone_possible = True
+            outcome.hints.append(rule.hint)
             return False
-        merge = BranchMerge(node=node_label(node), output=node.output[0], graph=index.path,
-                            branches=branches.describe())
-        self.merges.append(merge)
-        if (index.path, merge.output) in self.excluded:
-            merge.reason = self.excluded[(index.path, merge.output)]
-            return False
-        try:
-            edit = merge_branches.plan(branches, index)
-        except (Refuse, NotConstant) as why:
-            merge.reason = str(why)
-            return False
-        into = edit.into[0]
-        builder = PieceBuilder(merge.label, edit, index, edit.output_axes) if self.checker is not None else None
-        index.editor.apply(edit)
-        if builder is not None:
-            self.checker.add(builder.after(), merge, (index.path, merge.output))
-        merge.merged, merge.into, merge.rounding_error = True, node_label(into), edit.rounding_error
-        merge.kernel, merge.group = list(attribute(into, "kernel_shape")), int(attribute(into, "group"))
-        self._absorbed_batchnorms(branches, index, merge)
+        self._apply(record, rule, match, edit, candidate.index)
         return True
 
-    def _absorbed_batchnorms(self, branches, index: GraphIndex, merge: BranchMerge) -> None:
-        """A BN no rule could fold (an identity BN of a tensor other nodes read) that a merge absorbed is folded."""
-        merged = {(index.path, step.output[0]) for branch in branches.branches for step in branch.steps
-                  if step.op_type == "BatchNormalization"}
-        for decision in self.decisions:
-            if not decision.folded and (decision.graph, decision.output) in merged:
-                decision.folded, decision.reason, decision.rule = True, None, "merge_branches"
-                decision.into, decision.into_op = merge.into, "Conv"
-                decision.local_error = merge.local_error
-
-    def fold_decomposed(self, node: onnx.NodeProto, index: GraphIndex) -> None:
-        try:
-            found = decomposed.candidate(node, index)
-        except (Refuse, NotConstant):
-            return
-        if found is None:
-            return
-        producer, nodes = found
-        decision = self._decision(node, index)
-        decision.node = node_label(nodes[0])
-        reasons: List[str] = []
-        if (index.path, decision.output) in self.excluded:
-            reasons.append(self.excluded[(index.path, decision.output)])
-        elif producer.op_type not in self.producers:
-            reasons.append(f"rule {PRODUCER_RULES[producer.op_type]!r} is skipped")
-        else:
-            edit = self._try(lambda: forward.plan(producer, nodes, index, nodes[-1], None, None), reasons,
-                             "decomposed")
-            if edit is not None:
-                self._apply(decision, edit, "decomposed", index)
-        decision.reason = None if decision.folded else reasons[0]
-        self.decomposed.append(decision)
-
+    def _apply(self, record, rule: Rule, match, edit: Edit, index: GraphIndex) -> None:
+        builder = PieceBuilder(record.label, edit, index, edit.output_axes, reader_dims=_reader_dims) \
+            if self.checker is not None else None
+        # What keeps its name but not its values: the chain's kept views, and what a fold rewrote in place.
+        changed = (*edit.through, *(edit.into if rule.rewrites_into else ()))
+        rewritten = [name for node in changed for name in node.output if name and name != record.output]
+        piece = index.editor.apply(edit, then=builder.after if builder is not None else None)
+        if isinstance(record, BnDecision):
+            record.rewritten = rewritten
+        if piece is not None:
+            self.checker.add(piece, record, (index.path, record.output))
+        rule.applied(record, match, edit, self.decisions)

@@ -100,7 +100,8 @@ def fold(
                           skip=as_names(skip, "skip"), inline_functions=as_flag(inline_functions, "inline_functions"),
                           local_check=as_flag(local_check, "local_check"), standalone=as_flag(standalone, "standalone"))
     if is_graphsurgeon_graph(model):
-        return fold_graphsurgeon(model, skip=options.skip, fold_input_initializers=options.fold_input_initializers,
+        return fold_graphsurgeon(model, fold, skip=options.skip,
+                                 fold_input_initializers=options.fold_input_initializers,
                                  keep_input_initializers=options.keep_input_initializers,
                                  inline_functions=options.inline_functions, local_check=options.local_check,
                                  standalone=options.standalone)

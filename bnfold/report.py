@@ -30,6 +30,7 @@ class BnDecision:
     local_check: Optional[str] = None  # why the local check did not judge this fold, when it did not
     rewritten: List[str] = field(default_factory=list)  # tensors the fold kept by name but gave new values
     standalone_possible: bool = False  # kept, but --standalone would replace it by Mul + Add
+    internal_error: bool = False  # kept because a rule raised an exception on it (a bnfold bug; reason says which)
 
     @property
     def into_weights(self) -> bool:
@@ -95,6 +96,7 @@ class BranchMerge:
     rounding_error: float = 0.0
     local_error: Optional[float] = None
     local_check: Optional[str] = None
+    internal_error: bool = False  # kept because the merge raised an exception (a bnfold bug; reason says which)
 
     @property
     def label(self) -> str:
@@ -106,6 +108,13 @@ class BranchMerge:
         kernel = "x".join(map(str, self.kernel))
         return (f"{self.label}: {' + '.join(self.branches)} into Conv {self.into} ({kernel}, group {self.group}"
                 f"{checked})")
+
+
+def empty_record(report: str, node: str, output: str, graph: str):
+    """A record for the report list `report` ("decisions", "decomposed" or "merges") before a rule filled it in."""
+    if report == "merges":
+        return BranchMerge(node=node, output=output, graph=graph, branches=[])
+    return BnDecision(node=node, output=output, graph=graph, folded=False)
 
 
 @dataclass
@@ -164,6 +173,20 @@ class FoldReport:
         return self.folded_count > 0 or bool(self.merged) or any(d.folded for d in self.decomposed)
 
     @property
+    def internal_errors(self) -> List[str]:
+        """'label: reason' of every BN, chain and merge kept because a rule raised an exception on it."""
+        return [f"{record.label}: {record.reason}" for record in [*self.decisions, *self.decomposed, *self.merges]
+                if record.internal_error]
+
+    def internal_error_warning(self) -> Optional[str]:
+        """One line for the CLI's stderr when some fold hit an internal error (None when none did)."""
+        errors = self.internal_errors
+        if not errors:
+            return None
+        more = f" (and {len(errors) - 1} more, listed in the report)" if len(errors) > 1 else ""
+        return f"{len(errors)} fold(s) kept after an internal error: {errors[0]}{more}"
+
+    @property
     def max_rounding_error(self) -> float:
         return max((d.rounding_error for d in self.decisions), default=0.0)
 
@@ -196,6 +219,7 @@ class FoldReport:
             "initializer_inputs": asdict(self.initializer_inputs) if self.initializer_inputs else None,
             "removed_inputs": list(self.removed_inputs),
             "sorted_graphs": list(self.sorted_graphs),
+            "internal_errors": self.internal_errors,
         }
         if self.verification is not None:
             data["verification"] = self.verification.to_dict()

@@ -26,6 +26,7 @@ from onnx import helper, numpy_helper
 from ..errors import InvalidModelError
 from ..graph.pieces import Piece
 from ..inputs import random_array
+from ..rules.producers import KERNEL_OPS
 
 # Largest relative error per channel a correct fold may show, by output dtype. Measured with
 # benchmarks/local_check.py: the 53 Conv+BN folds of a ResNet-50 (up to 2048 channels, 3x3 kernels over 512
@@ -46,7 +47,6 @@ MIN_SPATIAL = 4
 MIN_SAMPLES = 16  # values per channel: the largest of 16 is within 2x of the spread but once in 5e6 channels
 MAX_REPLICAS = 32
 RETRY_SIZES = (16, 32)  # unknown dims tried when the first size is too small for the before side
-_KERNEL_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool")
 
 Shape = Tuple[int, ...]
 Feeds = Dict[str, np.ndarray]
@@ -422,7 +422,7 @@ def _spatial_size(piece: Piece) -> int:
     constants = {**piece.constants_before, **piece.constants_after}
     widest = 0
     for node in chain(piece.before, piece.after):
-        if node.op_type not in _KERNEL_OPS:
+        if node.op_type not in KERNEL_OPS:
             continue
         attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
         kernel = list(attributes.get("kernel_shape", []))

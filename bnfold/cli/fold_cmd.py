@@ -128,6 +128,8 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
     _print(report, json_target, verbose, quiet)
     if report.written and not quiet and json_target != "-":
         click.echo(_wrote_line(report, data_before))
+    if report.internal_error_warning():
+        click.echo(f"bnfold: warning: {report.internal_error_warning()}", err=True)
     if quiet and report.verification_skipped:
         click.echo(f"bnfold: warning: {report.verification_skipped}", err=True)
     if report.verification is not None and not report.verification.passed:

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..tensors import is_external, tensor_array
-from .index import DEFAULT_DOMAINS, NotConstant, attribute, node_label
+from .nodes import DEFAULT_DOMAINS, NotConstant, attribute, node_label
 
 # The budget for computed constants: this many times the model's own tensor bytes, and never less than the floor.
 BUDGET_MODEL_MULTIPLE = 2

@@ -1,282 +1,142 @@
-"""The edits a fold makes, as a plan of a few named operations that the Editor carries out on a graph index.
+"""The edits a fold makes, as a plan of typed operations (dataclasses) that the Editor (graph.editor) carries out
+on a graph index.
 
 A rule describes its whole fold as an Edit before anything changes, so a refused match leaves the graph
 byte-identical. The operations:
 
-- set_constant(node, index, value): node's input `index` reads a constant holding `value` (a private initializer is
-  overwritten in place; a shared, overridable or computed one is left alone and a new one is made);
-- replace_uses(old, new): every node that reads `old` reads `new` instead;
-- rename(old, new): the node producing `old` produces `new` instead, and `old`'s remaining readers follow
+- SetConstant(node, position, value): node's input `position` reads a constant holding `value` (a private
+  initializer is overwritten in place; a shared, overridable or computed one is left alone and a new one is made);
+- ReplaceUses(old, new): every node that reads `old` reads `new` instead;
+- Rename(old, new): the node producing `old` produces `new` instead, and `old`'s remaining readers follow
   (a fold hands the BN's output name to the node that now computes it, so graph outputs and names stay);
-- remove(node), and bypass(node): remove it and let its readers read its data input;
-- insert_after(anchor, nodes): new nodes, placed right after `anchor` in the node order;
-- set_attribute(node, name, value).
-
-finish() writes the index back to the graph in one pass: removed nodes out, inserted ones in place, constants
-the fold left unread removed, stale value_info dropped; linear in the graph's size.
+- Remove(node), and Bypass(node): remove it and let its readers read its data input;
+- InsertAfter(anchor, nodes): new nodes, placed right after `anchor` in the node order;
+- SetAttribute(node, name, value).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
-from ..held import HOLDABLE_TYPES, clear_data, held_by, is_held
-from .constants import CONSTANT_OPS
-from .index import NotConstant, subgraphs
+if TYPE_CHECKING:
+    from .editor import Editor
+
+
+@dataclass(frozen=True)
+class SetConstant:
+    """node.input[position] reads a constant holding `value` (a new tensor is named after `hint`)."""
+
+    node: onnx.NodeProto
+    position: int
+    value: np.ndarray
+    hint: str
+
+    def run(self, editor: "Editor") -> None:
+        editor.set_constant(self.node, self.position, self.value, self.hint)
+
+
+@dataclass(frozen=True)
+class ReplaceUses:
+    """Every node that reads `old` reads `new` instead."""
+
+    old: str
+    new: str
+
+    def run(self, editor: "Editor") -> None:
+        editor.replace_uses(self.old, self.new)
+
+
+@dataclass(frozen=True)
+class Rename:
+    """The node producing `old` produces `new` instead; `old`'s remaining readers follow."""
+
+    old: str
+    new: str
+
+    def run(self, editor: "Editor") -> None:
+        editor.rename(self.old, self.new)
+
+
+@dataclass(frozen=True)
+class Remove:
+    node: onnx.NodeProto
+
+    def run(self, editor: "Editor") -> None:
+        editor.remove(self.node)
+
+
+@dataclass(frozen=True)
+class Bypass:
+    """Remove `node`; its readers read its input `data_position` (whatever that names when applied)."""
+
+    node: onnx.NodeProto
+    data_position: int
+
+    def run(self, editor: "Editor") -> None:
+        editor.bypass(self.node, self.data_position)
+
+
+@dataclass(frozen=True)
+class SetAttribute:
+    node: onnx.NodeProto
+    name: str
+    value: object
+
+    def run(self, editor: "Editor") -> None:
+        editor.set_attribute(self.node, self.name, self.value)
+
+
+@dataclass(frozen=True)
+class InsertAfter:
+    """New `nodes`, placed right after `anchor` (None: first) in the node order."""
+
+    anchor: Optional[onnx.NodeProto]
+    nodes: Tuple[onnx.NodeProto, ...]
+
+    def run(self, editor: "Editor") -> None:
+        editor.insert_after(self.anchor, list(self.nodes))
+
+
+# The operations that change an existing node in place (what the local check's piece must hold).
+NODE_OPERATIONS = (SetConstant, Remove, Bypass, SetAttribute)
 
 
 @dataclass
 class Edit:
     """The operations of one fold, in order, and what the report says of it."""
 
-    operations: List[Tuple] = field(default_factory=list)
+    operations: List[object] = field(default_factory=list)
     into: List[onnx.NodeProto] = field(default_factory=list)  # the nodes that absorbed the BN
     through: List[onnx.NodeProto] = field(default_factory=list)  # look-through nodes the fold crossed
     rounding_error: float = 0.0
     output_axes: Dict[str, Optional[int]] = field(default_factory=dict)  # channel axis of what the fold outputs
 
     def set_constant(self, node: onnx.NodeProto, index: int, value: np.ndarray, hint: str) -> None:
-        self.operations.append(("set_constant", node, index, value, hint))
+        self.operations.append(SetConstant(node, index, value, hint))
 
     def replace_uses(self, old: str, new: str) -> None:
-        self.operations.append(("replace_uses", old, new))
+        self.operations.append(ReplaceUses(old, new))
 
     def rename(self, old: str, new: str) -> None:
-        self.operations.append(("rename", old, new))
+        self.operations.append(Rename(old, new))
 
     def remove(self, node: onnx.NodeProto) -> None:
-        self.operations.append(("remove", node))
+        self.operations.append(Remove(node))
 
     def bypass(self, node: onnx.NodeProto, data_position: int) -> None:
-        """Remove `node`; its readers read its input `data_position` (whatever that names when applied)."""
-        self.operations.append(("bypass", node, data_position))
+        self.operations.append(Bypass(node, data_position))
 
     def set_attribute(self, node: onnx.NodeProto, name: str, value) -> None:
-        self.operations.append(("set_attribute", node, name, value))
+        self.operations.append(SetAttribute(node, name, value))
 
     def insert_after(self, anchor: Optional[onnx.NodeProto], nodes: List[onnx.NodeProto]) -> None:
-        self.operations.append(("insert_after", anchor, list(nodes)))
+        self.operations.append(InsertAfter(anchor, tuple(nodes)))
 
-
-_HOLDABLE_DTYPES = {dtype.newbyteorder("=") for dtype in HOLDABLE_TYPES.values()}
-
-
-class Editor:
-    """Carries out Edits on one GraphIndex and writes the result back to its graph."""
-
-    def __init__(self, index):
-        self.index = index
-        self.key: Dict[int, tuple] = {id(node): (position,) for position, node in enumerate(index.nodes)}
-        self.inserted: List[onnx.NodeProto] = []
-        self._children: Dict[int, int] = defaultdict(int)
-        self.touched: Set[str] = set()  # tensors some edit stopped reading: candidates for dead-constant removal
-        self.gone: Set[str] = set()  # tensor names no node produces any more
-
-    # --- the operations ------------------------------------------------------------------------------------
-
-    def apply(self, edit: Edit) -> None:
-        for operation in edit.operations:
-            getattr(self, operation[0])(*operation[1:])
-
-    def set_constant(self, node: onnx.NodeProto, index: int, value: np.ndarray, hint: str) -> None:
-        ix = self.index
-        old = node.input[index] if index < len(node.input) else ""
-        tensor = ix.initializers.get(old)
-        private = (tensor is not None and old not in ix.input_names and not ix.is_graph_output(old)
-                   and len(ix.users(old)) == 1)
-        if private:
-            if is_held(tensor) and value.dtype in _HOLDABLE_DTYPES:
-                held_by(tensor).hold_array(tensor, value)  # the new weight stays an array until it is saved
-            else:
-                clear_data(tensor)
-                tensor.MergeFrom(numpy_helper.from_array(value, old))
-            ix.constants.forget(old)
-            return
-        name = ix.unique_name(hint)
-        if ix.function:
-            constant = helper.make_node("Constant", [], [name], name=ix.unique_name(f"{name}_constant"),
-                                        value=numpy_helper.from_array(value, name))
-            self._place(constant, (-1, len(self.inserted)))
-            ix.producers[name] = constant
-        else:
-            new_tensor = ix.graph.initializer.add()
-            new_tensor.CopyFrom(numpy_helper.from_array(value, name))
-            ix.initializers[name] = new_tensor
-            if ix.model.ir_version < 4:
-                # Below IR 4 every initializer must also be listed as a graph input.
-                ix.graph.input.append(helper.make_tensor_value_info(name, new_tensor.data_type, value.shape))
-                ix.input_names.add(name)
-        while len(node.input) <= index:
-            node.input.append("")
-        if old:
-            self._drop_use(old, node)
-        node.input[index] = name
-        ix.consumers[name].append(node)
-
-    def replace_uses(self, old: str, new: str) -> None:
-        ix = self.index
-        for node in ix.users(old):
-            for position, name in enumerate(node.input):
-                if name == old:
-                    node.input[position] = new
-                    ix.consumers[new].append(node)
-            self._drop_all_uses(old, node)
-
-    def rename(self, old: str, new: str) -> None:
-        ix = self.index
-        producer = ix.producer(old)
-        producer.output[list(producer.output).index(old)] = new
-        ix.producers.pop(old, None)
-        ix.producers[new] = producer
-        self.gone.add(old)
-        self.gone.discard(new)
-        self.replace_uses(old, new)
-
-    def bypass(self, node: onnx.NodeProto, data_position: int) -> None:
-        self.replace_uses(node.output[0], node.input[data_position])
-        self.remove(node)
-
-    def set_attribute(self, node: onnx.NodeProto, name: str, value) -> None:
-        for position, attr in enumerate(node.attribute):
-            if attr.name == name:
-                del node.attribute[position]
-                break
-        node.attribute.append(helper.make_attribute(name, value))
-
-    def remove(self, node: onnx.NodeProto) -> None:
-        ix = self.index
-        ix.removed.add(id(node))
-        for name in node.input:
-            if name:
-                self._drop_use(name, node)
-        for name in node.output:
-            if name and ix.producers.get(name) is node:
-                self.gone.add(name)
-
-    def insert_after(self, anchor: Optional[onnx.NodeProto], nodes: List[onnx.NodeProto]) -> None:
-        ix = self.index
-        for node in nodes:
-            parent_key = self.key[id(anchor)] if anchor is not None else (-1,)
-            self._children[id(anchor)] += 1
-            self._place(node, parent_key + (self._children[id(anchor)],))
-            for name in node.input:
-                if name:
-                    ix.consumers[name].append(node)
-            for name in node.output:
-                if name:
-                    ix.producers[name] = node
-                    self.gone.discard(name)
-            anchor = node
-
-    # --- helpers -------------------------------------------------------------------------------------------
-
-    def _place(self, node: onnx.NodeProto, key: tuple) -> None:
-        self.key[id(node)] = key
-        self.inserted.append(node)
-
-    def _drop_use(self, name: str, node: onnx.NodeProto) -> None:
-        """Forget one use of `name` by `node` (a node may read the same tensor twice)."""
-        self.touched.add(name)
-        users = self.index.consumers.get(name, [])
-        for position, user in enumerate(users):
-            if user is node:
-                del users[position]
-                return
-
-    def _drop_all_uses(self, name: str, node: onnx.NodeProto) -> None:
-        self.touched.add(name)
-        users = self.index.consumers.get(name)
-        if users:
-            users[:] = [user for user in users if user is not node]
-
-    # --- writing back --------------------------------------------------------------------------------------
-
-    def finish(self) -> None:
-        """Write the edits back to the graph, in time linear in its size (n log n for the reorder)."""
-        ix = self.index
-        self._remove_dead_constants()
-        graph = ix.graph
-        if ix.removed or self.inserted:
-            self._reorder_nodes()
-        dead = self._dead_initializers()
-        _keep_where(graph.initializer, lambda tensor: tensor.name not in dead)
-        if dead:
-            # Below IR 4 every initializer is an input; from IR 4 on only --fold-input-initializers lets one die.
-            _keep_where(graph.input, lambda value: value.name not in dead)
-        stale = self.gone | dead
-        if stale:
-            _keep_where(graph.value_info, lambda value: value.name not in stale)
-
-    def _reorder_nodes(self) -> None:
-        ix, graph = self.index, self.index.graph
-        keys = {id(node): self.key[id(node)] for node in ix.nodes if id(node) not in ix.removed}
-        copies = []  # held, so the wrappers' ids stay unique and valid during the sort
-        for node in self.inserted:
-            if id(node) in ix.removed:
-                continue
-            copies.append(graph.node.add())
-            copies[-1].CopyFrom(node)
-            keys[id(copies[-1])] = self.key[id(node)]
-        live = len(keys)
-        end = (float("inf"),)
-        graph.node.sort(key=lambda node: keys.get(id(node), end))
-        del graph.node[live:]
-
-    def _remove_dead_constants(self) -> None:
-        """Remove constant-producing nodes that folding left without a reader (a worklist, linear).
-
-        Only constants whose readers a fold changed are candidates: whatever else the user put in the model stays,
-        used or not.
-        """
-        ix = self.index
-        pending = list(self.touched)
-        while pending:
-            name = pending.pop()
-            node = ix.producer(name)
-            if node is None or node.op_type not in CONSTANT_OPS or ix.is_removed(node):
-                continue
-            if any(ix.users(output) or ix.is_graph_output(output) for output in node.output if output):
-                continue
-            if any(True for _ in subgraphs(node)) or not self._only_constants(node):
-                continue
-            self.remove(node)
-            pending.extend(input_name for input_name in node.input if input_name)
-
-    def _only_constants(self, node: onnx.NodeProto) -> bool:
-        """A dead node is removable when it depends on constants only (never on a graph input's data)."""
-        try:
-            for name in node.output:
-                if name:
-                    self.index.constant(name)
-        except NotConstant:
-            return False
-        return True
-
-    def _dead_initializers(self) -> Set[str]:
-        """Initializers a fold touched that nothing reads any more. From IR 4 on, ones that are also graph inputs
-        stay (a user-facing input with a default), unless --fold-input-initializers made them constants of the main
-        graph: then they go, input and all (a subgraph's inputs are its caller's interface and always stay)."""
-        ix = self.index
-        input_constants = ix.model.fold_input_initializers and ix.parent is None and not ix.function
-        return {
-            name for name in self.touched
-            if name in ix.initializers and not ix.users(name) and not ix.is_graph_output(name)
-            and not (name in ix.input_names and ix.model.ir_version >= 4 and not input_constants)
-        }
-
-
-def _keep_where(repeated, predicate) -> None:
-    """Keep the elements of a protobuf repeated field that match, in order, in one pass (no per-element delete)."""
-    items = list(repeated)  # held, so the wrappers' ids stay valid during the sort
-    flags = [bool(predicate(item)) for item in items]
-    if all(flags):
-        return
-    order = {id(item): (not flag, position) for position, (item, flag) in enumerate(zip(items, flags))}
-    repeated.sort(key=lambda item: order[id(item)])
-    del repeated[sum(flags):]
+    def inserted(self) -> List[onnx.NodeProto]:
+        """The new nodes the edit places."""
+        return [node for operation in self.operations if isinstance(operation, InsertAfter)
+                for node in operation.nodes]

@@ -17,18 +17,10 @@ import onnx
 from onnx import helper
 
 from ..errors import InvalidModelError
-from .types import NUMPY_ELEMENT_TYPES, ScopeTypes, subgraphs
-
-DEFAULT_DOMAINS = ("", "ai.onnx")
-
-
-class NotConstant(Exception):
-    """A tensor is not a compile-time constant bnfold may use; str() says why, for the report."""
-
-
-class AttributeReference(NotConstant):
-    """An attribute inside a function body refers to a function attribute, which each call site sets."""
-
+from .constants import ConstantBudget, ConstantEvaluator
+from .editor import Editor
+from .nodes import DEFAULT_DOMAINS, NotConstant, is_op, node_label, subgraphs
+from .types import NUMPY_ELEMENT_TYPES, ScopeTypes
 
 def outer_scope_uses(graph: onnx.GraphProto) -> Set[str]:
     """Names a (sub)graph reads without defining them: its implicit inputs from enclosing scopes."""
@@ -70,28 +62,6 @@ def all_names(model: onnx.ModelProto) -> Set[str]:
     return names
 
 
-def is_op(node: Optional[onnx.NodeProto], op_types) -> bool:
-    """Whether `node` exists and is one of `op_types` from the default ONNX domain."""
-    return node is not None and node.op_type in op_types and node.domain in DEFAULT_DOMAINS
-
-
-def attribute(node: onnx.NodeProto, name: str, default=None):
-    """An attribute's value; AttributeReference when a function body leaves it to the call site."""
-    for attr in node.attribute:
-        if attr.name == name:
-            if attr.ref_attr_name:
-                raise AttributeReference(
-                    f"{node.op_type} node {node_label(node)!r} takes attribute {name!r} from function attribute "
-                    f"{attr.ref_attr_name!r}, set per call site (--inline-functions folds per call site)")
-            return helper.get_attribute_value(attr)
-    return default
-
-
-def node_label(node: onnx.NodeProto) -> str:
-    """A name for messages: the node name, else its op type and first output."""
-    return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
-
-
 @lru_cache(maxsize=None)
 def _schema(op_type: str, opset: int):
     try:
@@ -125,9 +95,6 @@ class GraphIndex:
     def __init__(self, graph: onnx.GraphProto, *, model, path: str = "main",
                  parent: Optional["GraphIndex"] = None, types: Optional[ScopeTypes] = None,
                  function: bool = False, validated_ops=frozenset()):
-        from .constants import ConstantEvaluator
-        from .edits import Editor
-
         self.graph = graph
         self.model = model  # the ModelScope: ir_version, opset, names, options, constant budget
         self.path = path
@@ -261,8 +228,6 @@ class ModelScope:
     """What every scope of one model shares: IR version, default opset, the names in use, the constant budget."""
 
     def __init__(self, model: onnx.ModelProto, *, model_bytes: int, fold_input_initializers: bool = False):
-        from .constants import ConstantBudget
-
         self.ir_version = model.ir_version
         self.opset = default_opset(model)
         self.names = all_names(model)

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Set
 import onnx
 
 from ..errors import InvalidModelError
-from .index import node_label, subgraphs
+from .nodes import node_label, subgraphs
 
 
 def free_names(graph: onnx.GraphProto) -> Set[str]:

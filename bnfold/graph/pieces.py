@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .index import NotConstant, attribute
+from .edits import NODE_OPERATIONS, Rename
+from .nodes import NotConstant
 
 Dims = Tuple[Optional[int], ...]  # None where the size is not known
 
@@ -48,18 +49,17 @@ def _involved(edit, index) -> List[onnx.NodeProto]:
     DequantizeLinear whose scale absorbs the BN), in graph order."""
     nodes = {}
     for operation in edit.operations:
-        kind = operation[0]
-        if kind in ("set_constant", "remove", "bypass", "set_attribute"):
-            nodes[id(operation[1])] = operation[1]
-        elif kind == "rename":
-            producer = index.producer(operation[1])
+        if isinstance(operation, NODE_OPERATIONS):
+            nodes[id(operation.node)] = operation.node
+        elif isinstance(operation, Rename):
+            producer = index.producer(operation.old)
             if producer is not None:
                 nodes[id(producer)] = producer
     for node in (*edit.into, *edit.through):
         nodes[id(node)] = node
     # Nodes an earlier fold inserted (a standalone BN's Mul + Add, which a branch merge removes) are part of the
     # graph now; only this edit's own new nodes are not there yet.
-    new = {id(node) for operation in edit.operations if operation[0] == "insert_after" for node in operation[2]}
+    new = {id(node) for node in edit.inserted()}
     existing = {key: node for key, node in nodes.items() if key in index.editor.key and key not in new}
     pending = list(existing.values())
     while pending:
@@ -73,7 +73,7 @@ def _involved(edit, index) -> List[onnx.NodeProto]:
     return sorted(existing.values(), key=lambda node: index.editor.key[id(node)])
 
 
-def _inputs_and_constants(nodes, index):
+def _inputs_and_constants(nodes, index, reader_dims=None):
     produced = {name for node in nodes for name in node.output if name}
     inputs, constants = {}, {}
     for node in nodes:
@@ -84,36 +84,12 @@ def _inputs_and_constants(nodes, index):
                 constants[name] = index.constant(name)
             except NotConstant:  # a run-time tensor: the piece reads it as an input
                 dims = index.dims(name)
-                if dims is None:
-                    dims = _dims_from_readers(name, nodes, index)
+                if dims is None and reader_dims is not None:
+                    dims = next((found for node in nodes if node.input and node.input[0] == name
+                                 for found in [reader_dims(node, index)] if found is not None), None)
                 inputs[name] = PieceInput(name, index.dtype(name) or np.dtype(np.float32),
                                           tuple(dims) if dims is not None else ())
     return list(inputs.values()), constants
-
-
-def _dims_from_readers(name: str, nodes, index) -> Optional[List[Optional[int]]]:
-    """Dims of a run-time input that the model does not declare, as far as a Conv / ConvTranspose / Gemm / MatMul
-    reading it as its data input implies them (None where they do not say)."""
-    for node in nodes:
-        if not node.input or node.input[0] != name or node.op_type not in ("Conv", "ConvTranspose", "Gemm",
-                                                                           "MatMul"):
-            continue
-        try:
-            weight = index.constant(node.input[1])
-            group = int(attribute(node, "group", 1))
-        except (NotConstant, IndexError):
-            continue
-        if node.op_type == "Conv" and weight.ndim >= 3:
-            return [None, weight.shape[1] * group] + [None] * (weight.ndim - 2)
-        if node.op_type == "ConvTranspose" and weight.ndim >= 3:
-            return [None, weight.shape[0]] + [None] * (weight.ndim - 2)
-        if node.op_type == "Gemm" and weight.ndim == 2:
-            k = weight.shape[1] if attribute(node, "transB", 0) else weight.shape[0]
-            return [k, None] if attribute(node, "transA", 0) else [None, k]
-        if node.op_type == "MatMul" and weight.ndim == 2:
-            rank = index.rank(name) or 2
-            return [None] * (rank - 1) + [weight.shape[0]]
-    return None
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
@@ -125,11 +101,13 @@ def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
 class PieceBuilder:
     """Records one fold as a Piece: `before()` ahead of the edit, `after()` once it is applied."""
 
-    def __init__(self, label: str, edit, index, channel_axes: Dict[str, Optional[int]]):
+    def __init__(self, label: str, edit, index, channel_axes: Dict[str, Optional[int]], reader_dims=None):
+        """reader_dims(node, index): what a node reading a tensor as its data input says of its dims (None when
+        nothing), for inputs the model does not declare."""
         self.label, self.edit, self.index = label, edit, index
         self.nodes = _involved(edit, index)
         ids = {id(node) for node in self.nodes}
-        self.inputs, self.constants = _inputs_and_constants(self.nodes, index)
+        self.inputs, self.constants = _inputs_and_constants(self.nodes, index, reader_dims)
         self.outputs: List[str] = []
         self.readers: Dict[str, tuple] = {}  # output -> (a reader outside the piece, its input position)
         for node in self.nodes:
@@ -145,8 +123,7 @@ class PieceBuilder:
 
     def after(self) -> Piece:
         index = self.index
-        inserted = [node for operation in self.edit.operations if operation[0] == "insert_after"
-                    for node in operation[2]]
+        inserted = self.edit.inserted()
         nodes = [node for node in self.nodes if not index.is_removed(node)] + inserted
         nodes.sort(key=lambda node: index.editor.key[id(node)])
         after_nodes = [_copy(node) for node in nodes]

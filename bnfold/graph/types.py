@@ -20,14 +20,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .nodes import subgraphs
+
 # Tensor element types numpy can hold.
 NUMPY_ELEMENT_TYPES = set(helper.get_all_tensor_dtypes()) - {onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING}
 
 # Tensors up to this size keep their data in the skeleton: shape inference reads small constants (Reshape targets).
 SMALL_TENSOR_BYTES = 4096
-
-# BNs fed by these get everything they need from weights; anything else may need tensor types.
-SELF_DESCRIBING_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
 
 Dims = List[Optional[int]]  # one entry per axis, None for a symbolic or unknown size
 ScopeKey = Tuple  # () for the main graph; parent key + (node position, attribute name, graph position)
@@ -72,11 +71,13 @@ def _disagree(declared: Dims, inferred: Dims) -> Optional[str]:
     return None
 
 
-def scope_types(model: onnx.ModelProto) -> Dict[ScopeKey, ScopeTypes]:
-    """Types of every graph scope of the model (functions: see function_types)."""
+def scope_types(model: onnx.ModelProto, *, self_describing=None, typed_ops=()) -> Dict[ScopeKey, ScopeTypes]:
+    """Types of every graph scope of the model (functions: see function_types). Shape inference runs unless
+    every BN directly follows an op of `self_describing` (None: always run) and no op of `typed_ops` is present:
+    the rules' tables say which ops need tensor types."""
     declared = {key: ScopeTypes(*_value_types([*g.input, *g.output, *g.value_info])) for key, g in
                 _scopes(model.graph)}
-    if not needs_inference(model):
+    if self_describing is not None and not needs_inference(model, self_describing, typed_ops):
         return declared
     try:
         inferred_model = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
@@ -109,31 +110,23 @@ def function_types(function: onnx.FunctionProto) -> ScopeTypes:
     return ScopeTypes(*_value_types(function.value_info))
 
 
-def needs_inference(model: onnx.ModelProto) -> bool:
-    """True unless every BN directly follows a producer whose weights say everything and no MatMul may absorb one."""
+def needs_inference(model: onnx.ModelProto, self_describing, typed_ops) -> bool:
+    """True unless every BN directly follows an op whose weights say everything and no op that needs types is
+    present."""
 
     def nodes_need(nodes) -> bool:
         producers = {name: node.op_type for node in nodes for name in node.output}
         for node in nodes:
-            if node.op_type in ("MatMul", "Mul", "Add", "Sub", "Div"):
+            if node.op_type in typed_ops:
                 return True
             if node.op_type == "BatchNormalization" and node.input and \
-                    producers.get(node.input[0]) not in SELF_DESCRIBING_PRODUCERS:
+                    producers.get(node.input[0]) not in self_describing:
                 return True
             if any(nodes_need(sub.node) for sub in subgraphs(node)):
                 return True
         return False
 
     return nodes_need(model.graph.node)
-
-
-def subgraphs(node: onnx.NodeProto):
-    """The bodies of an If / Loop / Scan node (any GRAPH or GRAPHS attribute)."""
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
 
 
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -7,24 +7,15 @@ Mul/Add nodes disappear, its views and averages stay.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..graph import Edit, GraphIndex, is_op, node_label
-from .base import BatchNorm, Refuse
-from .chain import bypass_affine, track, walk_down
+from .base import BatchNorm, Refuse, Rule, Skipped, rank_unknown
+from .chain import Candidate, bypass_affine, track, walk_down
 from .views import Channels, sizes_of
 from .producers import PRODUCERS
 
-NAME = "backward"
-DESCRIPTION = ("BatchNormalization -> [look-through chain] -> Conv (unpadded, or any padding when the shift is 0) / "
-               "ConvTranspose (shift 0) / Gemm (transA=0) / MatMul, for every reader")
 
 
-def plan(bn: BatchNorm, index: GraphIndex, allowed=tuple(PRODUCERS)) -> Optional[Edit]:
-    """The backward fold of `bn`, None when no reader is an op of the producer table; Refuse with the reason."""
-    nodes, readers = walk_down(bn.output, index)
-    if not any(is_op(node, allowed) for node in readers):
-        return None
+def _plan(bn: BatchNorm, index: GraphIndex, allowed, nodes, readers) -> Edit:
     last = nodes[-1].output[0] if nodes else bn.output
     if index.is_graph_output(last) or index.is_graph_output(bn.output):
         raise Refuse(f"{last!r} is also a graph output")
@@ -38,16 +29,16 @@ def plan(bn: BatchNorm, index: GraphIndex, allowed=tuple(PRODUCERS)) -> Optional
                          "data input 0")
     rank = index.rank(bn.input) or index.rank(bn.output)
     channels, chain = track(nodes, index, Channels(bn.channels, sizes_of(index.dims(bn.input), rank),
-                                                   1 if rank is not None else None))
+                                                   1 if rank is not None else None),
+                            moved=(bn.scale, bn.shift), upward=False)
     scale, shift = bn.scale * chain.scale, bn.shift * chain.scale + chain.shift
     edit = Edit(into=list(readers), through=list(nodes))
     for reader in readers:
         entry = PRODUCERS[reader.op_type]
-        reader_rank = len(channels.dims) if channels.dims is not None else (
-            None if reader.op_type == "MatMul" else entry.output_rank(reader, index))
+        reader_rank = len(channels.dims) if channels.dims is not None else entry.input_rank(reader, index)
         if reader_rank is None or channels.axis is None:
-            raise Refuse(f"the rank of {reader.op_type} {node_label(reader)!r}'s input is unknown, so BN's channel "
-                         "axis cannot be matched to its input channels")
+            raise Refuse(f"BN's channel axis cannot be matched to the input channels of {reader.op_type} "
+                         f"{node_label(reader)!r}: {rank_unknown(bn.input if not nodes else nodes[-1].output[0])}")
         if channels.axis != entry.input_channel_axis(reader_rank):
             raise Refuse(f"BN's channels reach {reader.op_type} {node_label(reader)!r} on axis {channels.axis}, "
                          f"its input channels are on axis {entry.input_channel_axis(reader_rank)}")
@@ -56,7 +47,36 @@ def plan(bn: BatchNorm, index: GraphIndex, allowed=tuple(PRODUCERS)) -> Optional
             raise Refuse(f"channel mismatch: {reader.op_type} {node_label(reader)!r} has {count} input channels, "
                          f"BN has {bn.channels}")
         entry.backward(reader, index, scale, shift, edit)
-        edit.output_axes[reader.output[0]] = -1 if reader.op_type == "MatMul" else 1
+        edit.output_axes[reader.output[0]] = entry.output_axis
     bypass_affine(edit, nodes, index, bn.input)  # the views stay, reading what the BN read
     edit.bypass(bn.node, 0)
     return edit
+
+
+class Backward(Rule):
+    """A BN whose walk down reaches readers of which at least one is a producer: every reader must absorb it."""
+
+    name = "backward"
+    description = ("BatchNormalization -> [look-through chain] -> Conv (unpadded, or any padding when the shift is "
+                   "0) / ConvTranspose (shift 0) / Gemm (transA=0) / MatMul, for every reader")
+
+    def match(self, candidate: Candidate):
+        nodes, readers = walk_down(candidate.bn.output, candidate.index)
+        if not any(is_op(node, PRODUCERS) for node in readers):
+            return None
+        return nodes, readers
+
+    def describe(self, match) -> str:
+        return ", ".join(f"{node.op_type} {node_label(node)!r}" for node in match[1] if is_op(node, PRODUCERS)) + \
+            " could absorb it"
+
+    def plan(self, match, candidate: Candidate) -> Edit:
+        nodes, readers = match
+        skipped = sorted({node.op_type for node in readers if is_op(node, PRODUCERS)} - set(candidate.allowed))
+        if skipped:
+            names = ", ".join(repr(PRODUCERS[op].skip_name) for op in skipped)
+            raise Skipped(f"{self.describe(match)}, but rule {names} {'is' if len(skipped) == 1 else 'are'} skipped")
+        return _plan(candidate.bn, candidate.index, candidate.allowed, nodes, readers)
+
+
+RULE = Backward()

@@ -72,6 +72,12 @@ def read_batchnorm(bn: onnx.NodeProto, index: GraphIndex) -> BatchNorm:
     return BatchNorm(bn, scale, shift)
 
 
+def rank_unknown(name: str) -> str:
+    """What is missing when a rule needs the rank of tensor `name` and the model does not say it, and what helps."""
+    return (f"the rank of {name!r} is unknown: the model declares no shape for it and ONNX shape inference found "
+            "none; declaring its shape in value_info (or fixing the graph inputs' shapes) would let it fold")
+
+
 def constant_input(index: GraphIndex, node: onnx.NodeProto, position: int, role: str) -> Optional[np.ndarray]:
     """The constant value of `node.input[position]`, None if the optional input is absent; Refuse if not constant."""
     if position >= len(node.input) or not node.input[position]:
@@ -120,3 +126,49 @@ def require_exclusive(index: GraphIndex, tensor: str, reader: onnx.NodeProto, wh
     if others:
         labels = ", ".join(sorted({node_label(user) for user in others}))
         raise Refuse(f"{what} output {tensor!r} also feeds {labels}")
+
+
+class Skipped(Refuse):
+    """A rule matched, but the op it would fold into is one the user skipped (--skip): the reason names it."""
+
+
+class Rule:
+    """A way to fold: the engine offers it every node of `candidates` (op types), in RULES order, as a
+    rules.chain.Candidate.
+
+    match(candidate) -> Match, or None when the node is not its pattern (nothing to say), or Refuse(why) when it is
+    but cannot fold; plan(match, candidate) -> Edit, or Refuse(why). Neither changes the graph. `report` names the
+    report list its records go to ("decisions": one per BN, made for every BN; "decomposed" and "merges": made
+    for each match). An `opt_in` rule plans, but its edit is applied only when the options ask for it; otherwise
+    `hint` says what it would do. `rewrites_into`: the nodes the fold goes into keep their names but not their
+    values (what the end-to-end check must not compare by name)."""
+
+    name = ""
+    description = ""
+    candidates: Tuple[str, ...] = ("BatchNormalization",)
+    report = "decisions"
+    opt_in = False
+    hint = ""
+    rewrites_into = False
+
+    def match(self, candidate: "Candidate"):
+        raise NotImplementedError
+
+    def plan(self, match, candidate: "Candidate") -> Edit:
+        raise NotImplementedError
+
+    def describe(self, match) -> str:
+        """What the match would fold into, for the reason given when this rule is skipped."""
+        raise NotImplementedError
+
+    def record(self, candidate: "Candidate", match):
+        """The report record of a match (rules whose report is not "decisions")."""
+        raise NotImplementedError
+
+    def applied(self, record, match, edit: Edit, decisions) -> None:
+        """Fill in `record` once `edit` is applied; `decisions` are the BN decisions made so far."""
+        record.folded, record.reason, record.rule = True, None, self.name
+        record.into = ", ".join(node_label(node) for node in edit.into)
+        record.into_op = "+".join(node.op_type for node in edit.into)
+        record.through = [node.op_type for node in edit.through]
+        record.rounding_error = edit.rounding_error

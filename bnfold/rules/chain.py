@@ -1,35 +1,28 @@
 """The chain walk: from a BN up to the op that can absorb it (forward), or down to the ops that can (backward),
-through any sequence of look-through ops, each the only reader of what it reads.
+through any sequence of look-through ops (rules.look_through: one entry per op), each the only reader of what it
+reads. One walk serves every rule: forward, backward, decomposed BNs and branch merging.
 
-Look-through ops, the one table the rules read:
-- views, which move no element out of its channel: Identity, Cast (float to float), Reshape, Flatten, Squeeze,
-  Unsqueeze (rules.views proves it for each);
-- per-channel affine steps: Add, Sub, Mul, Div by a constant that broadcasts along the channel axis only (Div
-  only as the divisor), composed in float64;
-- spatial averages: GlobalAveragePool, and ReduceMean over axes that exclude the channel axis: an average of
-  x * s + t is the average of x, times s, plus t.
+track() follows the channels through the chain, composes its affine steps in float64, and checks that every map
+moved across a node is one that node commutes with exactly (a Pad with a zero border takes a scale, not a shift).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from ..graph import NUMPY_ELEMENT_TYPES, GraphIndex, is_op, node_label
-from .affine import compose_affine
-from .base import Refuse, read_attribute, require_exclusive
+from ..graph import GraphIndex, is_op, node_label
+from .base import BatchNorm, Refuse, read_batchnorm, require_exclusive
+from .look_through import TABLE, LookThrough, Step
 from .producers import PRODUCERS
-from .views import Channels, average, relocate, view_dims
+from .views import Channels
 
-VIEWS = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
-AFFINE = ("Add", "Sub", "Mul", "Div")
-AVERAGES = ("GlobalAveragePool", "ReduceMean")
-LOOK_THROUGH = VIEWS + AFFINE + AVERAGES
-SCALING, SHIFTING = ("Mul", "Div"), ("Add", "Sub")
+LOOK_THROUGH = tuple(TABLE)
+AFFINE = tuple(op for op, entry in TABLE.items() if entry.removed)
+
 
 @dataclass
 class Chain:
@@ -40,19 +33,76 @@ class Chain:
     shift: Optional[np.ndarray] = None
 
 
+@dataclass
+class Walk:
+    """Where a walk up stopped: `top` produces `name` (None at a graph input); `nodes` were crossed, in data-flow
+    order; `stop` says why it stopped there ("" at a producer); `shared` when `name` has other readers."""
+
+    top: Optional[onnx.NodeProto]
+    nodes: List[onnx.NodeProto]
+    name: str
+    stop: str = ""
+    shared: bool = False
+
+
+class Candidate:
+    """One node offered to the rules, with what they share about it, each read once when first asked for: the BN
+    it is (`bn`; Refuse when it is none that folds) and the walk up from its input (`walk`)."""
+
+    def __init__(self, node: onnx.NodeProto, index: GraphIndex, allowed: Tuple[str, ...]):
+        self.node, self.index, self.allowed = node, index, allowed  # allowed: producer ops not skipped
+        self._bn: Optional[BatchNorm] = None
+        self._walk = None
+
+    @property
+    def bn(self) -> BatchNorm:
+        if self._bn is None:
+            self._bn = read_batchnorm(self.node, self.index)
+        return self._bn
+
+    @property
+    def walk(self):
+        if self._walk is None:
+            self._walk = walk(self.bn.input, self.index)
+        return self._walk
+
+
 def data_input(node: onnx.NodeProto, index: GraphIndex) -> Optional[str]:
-    """The run-time input a look-through node passes on; None when it has none or more than one."""
-    if node.op_type in AFFINE:
-        if len(node.input) != 2 or node.input[0] == node.input[1]:
-            return None
-        constant = [index.is_constant(name) for name in node.input]
-        if constant.count(False) != 1:
-            return None
-        data = constant.index(False)
-        if node.op_type == "Div" and data == 1:
-            return None  # c / x is not affine in x
-        return node.input[data]
-    return node.input[0] if node.input and node.input[0] else None
+    """The run-time input a look-through node passes on; None when it is no look-through op or cannot be crossed."""
+    return TABLE[node.op_type].data_input(node, index) if is_op(node, TABLE) else None
+
+
+def _crossing(node: onnx.NodeProto, index: GraphIndex) -> Tuple[Optional[str], Optional[str]]:
+    """(data input, None) when the walk may cross `node`; (None, why not) for a look-through op it may not cross
+    here; (None, None) for any other op."""
+    name = data_input(node, index)
+    if name is None:
+        return None, None
+    why = TABLE[node.op_type].boundary(node, index)
+    return (None, why) if why is not None else (name, None)
+
+
+def walk(name: str, index: GraphIndex, *, through: Optional[Callable] = None, exclusive: bool = False) -> Walk:
+    """Walk up from tensor `name` through look-through nodes (or those `through(node)` gives a data input for) to
+    the first node that is none. With `exclusive`, stop at a tensor that other nodes read too or that is a graph
+    output (branch merging: that tensor is the branch's source)."""
+    nodes: List[onnx.NodeProto] = []
+    while True:
+        if exclusive and (len(index.value_readers(name)) != 1 or index.is_graph_output(name)):
+            return Walk(index.producer(name), nodes[::-1], name, f"{name!r} is read by other nodes too", True)
+        node = index.producer(name)
+        if node is None:
+            where = "a graph input" if name in index.input_names else (
+                "an initializer" if name in index.initializers else "outside this graph")
+            return Walk(None, nodes[::-1], name, f"{name!r} comes from {where}")
+        if through is None and is_op(node, PRODUCERS):
+            return Walk(node, nodes[::-1], name)
+        passed, why = (through(node), None) if through is not None else _crossing(node, index)
+        if passed is None or node.output[0] != name:
+            stop = f"{name!r} comes from {node.op_type} node {node_label(node)!r}" + (f" ({why})" if why else "")
+            return Walk(node, nodes[::-1], name, stop)
+        nodes.append(node)
+        name = passed
 
 
 def walk_up(name: str, index: GraphIndex) -> Tuple[Optional[onnx.NodeProto], List, str]:
@@ -61,19 +111,8 @@ def walk_up(name: str, index: GraphIndex) -> Tuple[Optional[onnx.NodeProto], Lis
     `top` is the first node that is no look-through op: an op of the producer table, or another (a Concat, a Relu)
     with the reason saying what it is; None at a graph input.
     """
-    nodes: List[onnx.NodeProto] = []
-    while True:
-        node = index.producer(name)
-        if node is None:
-            where = "a graph input" if name in index.input_names else (
-                "an initializer" if name in index.initializers else "outside this graph")
-            return None, nodes[::-1], f"{name!r} comes from {where}"
-        if is_op(node, PRODUCERS):
-            return node, nodes[::-1], ""
-        if not is_op(node, LOOK_THROUGH) or data_input(node, index) is None:
-            return node, nodes[::-1], f"{name!r} comes from {node.op_type} node {node_label(node)!r}"
-        nodes.append(node)
-        name = data_input(node, index)
+    found = walk(name, index)
+    return found.top, found.nodes, found.stop
 
 
 def walk_down(name: str, index: GraphIndex) -> Tuple[List[onnx.NodeProto], List[onnx.NodeProto]]:
@@ -84,69 +123,58 @@ def walk_down(name: str, index: GraphIndex) -> Tuple[List[onnx.NodeProto], List[
         if len(readers) != 1 or index.is_graph_output(name):
             return nodes, readers
         node = readers[0]
-        if not is_op(node, LOOK_THROUGH) or data_input(node, index) != name:
+        if _crossing(node, index)[0] != name:
             return nodes, readers
         nodes.append(node)
         name = node.output[0]
 
 
-def per_channel(value: np.ndarray, channels: Channels) -> Optional[np.ndarray]:
-    """`value` as a float64 [count] vector when, broadcast against the tensor, it applies one number per channel of
-    its channel axis and changes no shape; None otherwise (and for any non-scalar when the rank is unknown)."""
-    if value.size == 1 and (value.ndim <= 1 or (channels.dims is not None and value.ndim <= len(channels.dims))):
-        return np.full(channels.count, value.astype(np.float64).reshape(-1)[0])
-    if channels.dims is None or value.ndim > len(channels.dims):
-        return None
-    rank = len(channels.dims)
-    shape = (1,) * (rank - value.ndim) + value.shape
-    if shape[channels.axis] == channels.count and all(d == 1 for i, d in enumerate(shape) if i != channels.axis):
-        return value.astype(np.float64).reshape(-1)
-    return None
+def _check_crossing(entry: LookThrough, node: onnx.NodeProto, index: GraphIndex, scale: np.ndarray,
+                    shift: np.ndarray) -> None:
+    """Refuse unless the map (scale, shift) moved across `node` commutes with it exactly."""
+    commutes = entry.commutes(node, index)
+    if not commutes.scale and np.any(scale != 1):
+        raise Refuse(f"{node.op_type} {node_label(node)!r} does not commute with a per-channel scale "
+                     f"({commutes.why}), and the scale moved across it is not 1")
+    if not commutes.shift and np.any(shift):
+        raise Refuse(f"{node.op_type} {node_label(node)!r} commutes with a per-channel scale but not a shift "
+                     f"({commutes.why}), and the shift moved across it is not 0")
 
 
-def _is_float(dtype) -> bool:
-    return dtype is not None and (np.dtype(dtype).kind == "f" or np.dtype(dtype).name == "bfloat16")
-
-
-def track(nodes: List[onnx.NodeProto], index: GraphIndex, channels: Channels) -> Tuple[Channels, Chain]:
+def track(nodes: List[onnx.NodeProto], index: GraphIndex, channels: Channels, *, moved=None,
+          upward: bool = True) -> Tuple[Channels, Chain]:
     """Follow the channels through look-through nodes in data-flow order and compose their affine steps.
 
-    Refuses at the first node that may move an element out of its channel, a constant that is not per channel, a
-    cast to a non-float type, or a division by zero.
+    `moved` is the map (scale, shift) that crosses the chain with them: a BN's after it (upward: a forward fold
+    moves it, and every step, to the producer) or before it (downward: a backward fold moves it to the readers);
+    None for none. Refuses at the first node that may move an element out of its channel, a constant that is not
+    per channel, a division by zero, or a node that does not commute with the map moved across it.
     """
-    scale, shift = np.ones(channels.count), np.zeros(channels.count)
+    steps: List[Optional[Step]] = []
     for node in nodes:
-        op = node.op_type
-        if op in AFFINE:
-            data = data_input(node, index)
-            position = list(node.input).index(data)
-            constant = index.constant(node.input[1 - position])
-            if not _is_float(constant.dtype):
-                raise Refuse(f"{op} {node_label(node)!r} constant has dtype {constant.dtype.name}")
-            values = per_channel(constant, channels)
-            if values is None:
-                raise Refuse(f"{op} {node_label(node)!r} constant of shape {list(constant.shape)} is not one value "
-                             f"per channel of axis {channels.axis} (rank "
-                             f"{len(channels.dims) if channels.dims is not None else 'unknown'})")
-            if op == "Div" and not np.all(values):
-                raise Refuse(f"Div {node_label(node)!r} divides by a constant that contains 0")
-            scale, shift = compose_affine(scale, shift, op, values, position == 0)
-        elif op in AVERAGES:
-            channels = average(node, index, channels)
-        elif op in ("Identity",):
-            pass
-        elif op == "Cast":
-            to = read_attribute(node, "to", 0)
-            after = helper.tensor_dtype_to_np_dtype(to) if to in NUMPY_ELEMENT_TYPES else None
-            if not (_is_float(index.dtype(node.input[0])) and _is_float(after)):
-                raise Refuse(f"Cast {node_label(node)!r} is not a float-to-float cast")
-        else:
-            if channels.dims is None:
-                raise Refuse(f"{op} {node_label(node)!r}: the rank of its input is unknown, so it may move the "
-                             "channel axis")
-            channels = relocate(node, channels, view_dims(node, index, channels.dims))
+        entry = TABLE[node.op_type]
+        step = entry.step(node, index, channels)
+        steps.append(step)
+        if step is None:
+            channels = entry.channels(node, index, channels)
+    scale, shift = np.ones(channels.count), np.zeros(channels.count)
+    for step in steps:
+        if step is not None:
+            scale, shift = step.after(scale, shift)
     if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
         raise Refuse("the chain's combined scale or shift overflows")
+    if moved is not None and np.size(moved[0]) != channels.count:
+        return channels, Chain(list(nodes), scale, shift)  # a channel mismatch: the caller refuses it
+    crossing = moved if moved is not None else (np.ones(channels.count), np.zeros(channels.count))
+    order = list(zip(nodes, steps))
+    for node, step in (reversed(order) if upward else order):
+        if step is None:
+            _check_crossing(TABLE[node.op_type], node, index, *crossing)
+        elif upward:  # the step comes before what already crosses: x -> step -> crossing
+            own = step.after(np.ones(channels.count), np.zeros(channels.count))
+            crossing = (own[0] * crossing[0], own[1] * crossing[0] + crossing[1])
+        else:
+            crossing = step.after(*crossing)
     return channels, Chain(list(nodes), scale, shift)
 
 
@@ -157,10 +185,10 @@ def require_single_readers(nodes: List[onnx.NodeProto], index: GraphIndex) -> No
 
 
 def bypass_affine(edit, nodes: List[onnx.NodeProto], index: GraphIndex, kept: str) -> str:
-    """Plan the removal of the chain's Mul/Add/Sub/Div nodes (their map is folded); the name of the last tensor the
-    chain still computes, `kept` when no view follows it."""
+    """Plan the removal of the chain's affine steps (their map is folded); the name of the last tensor the chain
+    still computes, `kept` when no view follows it."""
     for node in nodes:
-        if node.op_type in AFFINE:
+        if TABLE[node.op_type].removed:
             edit.bypass(node, list(node.input).index(data_input(node, index)))
         else:
             kept = node.output[0]

@@ -14,14 +14,11 @@ import numpy as np
 import onnx
 
 from ..graph import Edit, GraphIndex, is_op, node_label
-from .base import Refuse, read_attribute, require_exclusive
-from .chain import bypass_affine, require_single_readers, track
+from .base import Refuse, Rule, Skipped, rank_unknown, read_attribute, require_exclusive
+from .chain import Candidate, bypass_affine, require_single_readers, track
 from .views import Channels, sizes_of
 from .producers import PRODUCERS, Producer
 
-NAME = "forward"
-DESCRIPTION = ("Conv / ConvTranspose / Gemm / MatMul (or a channel Concat of them) -> [Identity, Cast, per-channel "
-               "Add/Sub/Mul/Div, channel-keeping Reshape/Flatten/(Un)Squeeze, spatial average]* -> BatchNormalization")
 
 
 def producer_channels(producer: onnx.NodeProto, index: GraphIndex) -> Channels:
@@ -47,12 +44,13 @@ def plan(producer: onnx.NodeProto, nodes: List[onnx.NodeProto], index: GraphInde
     require_exclusive(index, producer.output[0], first_reader, f"{producer.op_type} {node_label(producer)!r}")
     chain_nodes = nodes + ([end] if scale is not None else [])
     require_single_readers(chain_nodes, index)
-    channels, chain = track(nodes, index, producer_channels(producer, index))
+    channels, chain = track(nodes, index, producer_channels(producer, index),
+                            moved=None if scale is None else (scale, shift))
     if scale is not None:
         if channels.axis is None:
             conflict = index.type_conflict(producer.input[0]) or index.type_conflict(producer.output[0])
-            raise Refuse(conflict or f"the rank of the {producer.op_type} output is unknown, so BN's channel axis "
-                         "cannot be matched to its channels")
+            raise Refuse(conflict or f"BN's channel axis cannot be matched to the {producer.op_type} output's "
+                         f"channels: {rank_unknown(producer.output[0])}")
         if channels.axis != 1:
             raise Refuse(f"BN normalizes axis 1, but the {producer.op_type} output's channels arrive on axis "
                          f"{channels.axis} (rank {len(channels.dims)})")
@@ -90,7 +88,9 @@ def plan_concat(concat: onnx.NodeProto, nodes: List[onnx.NodeProto], index: Grap
     parts = [producer_channels(producer, index) for producer in producers]
     ranks = {len(part.dims) for part in parts if part.dims is not None}
     if len(ranks) != 1 or len(ranks) == 1 and any(part.dims is None for part in parts):
-        raise Refuse(f"the ranks of Concat {node_label(concat)!r}'s inputs are unknown")
+        unknown = [name for name, part in zip(concat.input, parts) if part.dims is None]
+        raise Refuse(f"Concat {node_label(concat)!r}'s inputs cannot be matched to its axis: "
+                     + (rank_unknown(unknown[0]) if unknown else f"they have ranks {sorted(ranks)}"))
     rank = ranks.pop()
     axis = int(read_attribute(concat, "axis", 1))
     axis = axis + rank if axis < 0 else axis
@@ -99,7 +99,7 @@ def plan_concat(concat: onnx.NodeProto, nodes: List[onnx.NodeProto], index: Grap
     count = sum(part.count for part in parts)
     dims = sizes_of(index.dims(concat.output[0]), rank)
     dims[axis] = type(dims[axis])(count)
-    channels, chain = track(nodes, index, Channels(count, dims, axis))
+    channels, chain = track(nodes, index, Channels(count, dims, axis), moved=(bn.scale, bn.shift))
     if channels.axis != 1:
         raise Refuse(f"BN normalizes axis 1, but the Concat's channels arrive on axis {channels.axis}")
     if bn.channels != count:
@@ -115,3 +115,35 @@ def plan_concat(concat: onnx.NodeProto, nodes: List[onnx.NodeProto], index: Grap
     edit.remove(bn.node)
     edit.rename(kept, bn.output)
     return edit
+
+
+class Forward(Rule):
+    """A BN whose walk up reaches a producer (or a channel Concat of producers): the producer absorbs it."""
+
+    name = "forward"
+    description = ("Conv / ConvTranspose / Gemm / MatMul (or a channel Concat of them) -> [look-through chain: "
+                   "Identity, exact Cast, per-channel Add/Sub/Mul/Div, channel-keeping Reshape/Flatten/(Un)Squeeze/"
+                   "Transpose, Pad, spatial average]* -> BatchNormalization")
+    rewrites_into = True
+
+    def match(self, candidate: Candidate):
+        walk = candidate.walk
+        if is_op(walk.top, ("Concat",)):
+            return walk
+        if not is_op(walk.top, PRODUCERS):
+            return None
+        if walk.top.op_type not in candidate.allowed:
+            raise Skipped(f"{self.describe(walk)}, but rule {PRODUCERS[walk.top.op_type].skip_name!r} is skipped")
+        return walk
+
+    def describe(self, walk) -> str:
+        return f"{walk.top.op_type} node {node_label(walk.top)!r} could absorb it"
+
+    def plan(self, walk, candidate: Candidate) -> Edit:
+        bn = candidate.bn
+        if walk.top.op_type == "Concat":
+            return plan_concat(walk.top, walk.nodes, candidate.index, bn, candidate.allowed)
+        return plan(walk.top, walk.nodes, candidate.index, bn.node, bn.scale, bn.shift)
+
+
+RULE = Forward()

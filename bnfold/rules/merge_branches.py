@@ -6,7 +6,8 @@ an identity: x itself; either may be followed by per-channel affine steps (the M
 BN itself, or an exporter's `0 + conv`), each read by the next only. The
 merged Conv is the earliest branch Conv with the summed kernel (rules.reparam); it takes over the sum's output name,
 so readers and graph outputs are unchanged, and a BN after the sum then folds into it as usual. Each branch's output
-must be read by the sum only.
+must be read by the sum only; a Shape node may read it too (it sees only the shape), and then reads the sum's
+output instead, which has the same shape: every merged branch gives the same output size (rules.reparam).
 """
 
 from __future__ import annotations
@@ -17,16 +18,15 @@ from typing import List, Optional
 import numpy as np
 import onnx
 
-from ..graph import Edit, GraphIndex, NotConstant, is_op, node_label
+from ..graph import Edit, GraphIndex, NotConstant, attribute, is_op, node_label
+from ..report import BranchMerge
 from .affine import compose_affine
-from .base import Refuse, constant_input, read_attribute, read_batchnorm, require_exclusive, set_exact, tensor_hint
-from .chain import AFFINE, data_input
+from .base import (Refuse, Rule, constant_input, read_attribute, read_batchnorm, require_exclusive, set_exact,
+                   tensor_hint)
+from .chain import AFFINE, Candidate, data_input, walk
 from .reparam import ConvBranch, MergeError, affine_after, identity_branch, merge
 from .weights import read_plain_weight
 
-NAME = "merge_branches"
-DESCRIPTION = ("Conv branches of one input (and the input itself, or a per-channel affine of it) summed by Add / Sum "
-               "-> one Conv (RepVGG, MobileOne)")
 
 SUMS = ("Add", "Sum")
 
@@ -74,22 +74,14 @@ def _step_input(node: onnx.NodeProto, index: GraphIndex) -> Optional[str]:
 def _branch(name: str, index: GraphIndex) -> Branch:
     """Walk up from a summed input through affine steps, each read by the next only, to a Conv read by them only
     (a branch Conv), or to the source: a tensor other nodes read too, or that no Conv or affine step produces."""
-    steps: List[onnx.NodeProto] = []
-    while True:
-        producer = index.producer(name)
-        if producer is None or producer.output[0] != name or len(index.value_readers(name)) != 1 or \
-                index.is_graph_output(name):
-            return Branch(name, None, steps)  # what other nodes read too is the branch's source
-        if is_op(producer, ("Conv",)) and producer.input:
-            return Branch(producer.input[0], producer, steps)
-        step_input = _step_input(producer, index)
-        if step_input is None:
-            return Branch(name, None, steps)
-        steps.insert(0, producer)
-        name = step_input
+    found = walk(name, index, through=lambda node: _step_input(node, index), exclusive=True)
+    top, name = found.top, found.name
+    if not found.shared and is_op(top, ("Conv",)) and top.input and top.output[0] == name:
+        return Branch(top.input[0], top, found.nodes)
+    return Branch(name, None, found.nodes)
 
 
-def candidate(node: onnx.NodeProto, index: GraphIndex) -> Optional[Branches]:
+def candidate_branches(node: onnx.NodeProto, index: GraphIndex) -> Optional[Branches]:
     """The branches of an Add (two inputs) or Sum when all of them read one tensor and one is a Conv; None when the
     sum is no such block (a residual connection, a bias Add)."""
     if not is_op(node, SUMS) or len(node.input) < 2 or (node.op_type == "Add" and len(node.input) != 2):
@@ -177,6 +169,16 @@ def _steps_map(steps: List[onnx.NodeProto], index: GraphIndex, channels: int, ra
     return scale, shift
 
 
+def _rewire_shape_readers(edit: Edit, removed: List[onnx.NodeProto], index: GraphIndex, total: onnx.NodeProto,
+                          merged: str) -> None:
+    """Point what else reads a removed branch tensor at the merged output. Only Shape nodes can be left (a value
+    reader stops the branch walk, or require_exclusive refuses it), and every branch tensor has the sum's shape."""
+    gone = {id(node) for node in removed} | {id(total)}
+    for node in removed:
+        if any(id(user) not in gone for user in index.users(node.output[0])):
+            edit.replace_uses(node.output[0], merged)  # planned after the removals: only the Shape readers move
+
+
 def plan(branches: Branches, index: GraphIndex) -> Edit:
     """The merge of the branches into their earliest Conv; Refuse with the reason."""
     node = branches.node
@@ -217,11 +219,54 @@ def plan(branches: Branches, index: GraphIndex) -> Edit:
     edit.set_attribute(into, "kernel_shape", list(merged.kernel))
     edit.set_attribute(into, "dilations", list(merged.dilations))
     edit.set_attribute(into, "group", merged.group)
-    for conv in convs[1:]:
-        edit.remove(conv)
-    for branch in branches.branches:
-        for step in branch.steps:
-            edit.remove(step)
+    removed = [*convs[1:], *(step for branch in branches.branches for step in branch.steps)]
+    for gone in removed:
+        edit.remove(gone)
     edit.remove(node)
+    _rewire_shape_readers(edit, removed, index, node, node.output[0])
     edit.rename(into.output[0], node.output[0])
     return edit
+
+
+class MergeBranches(Rule):
+    """An Add / Sum of parallel branches of one tensor becomes one Conv. A sum of anything else (a residual
+    connection, a bias) is no match and is not reported."""
+
+    name = "merge_branches"
+    description = ("Conv branches of one input (and the input itself, or a per-channel affine of it) summed by "
+                   "Add / Sum -> one Conv (RepVGG, MobileOne)")
+    candidates = SUMS
+    report = "merges"
+
+    def match(self, candidate: Candidate):
+        try:
+            return candidate_branches(candidate.node, candidate.index)
+        except (Refuse, NotConstant):
+            return None
+
+    def describe(self, branches) -> str:
+        return "one Conv could replace the branches"
+
+    def record(self, candidate: Candidate, branches) -> BranchMerge:
+        node = candidate.node
+        return BranchMerge(node=node_label(node), output=node.output[0], graph=candidate.index.path,
+                           branches=branches.describe())
+
+    def plan(self, branches, candidate: Candidate) -> Edit:
+        return plan(branches, candidate.index)
+
+    def applied(self, merge, branches, edit: Edit, decisions) -> None:
+        into = edit.into[0]
+        merge.merged, merge.into, merge.rounding_error = True, node_label(into), edit.rounding_error
+        merge.kernel, merge.group = list(attribute(into, "kernel_shape")), int(attribute(into, "group"))
+        # A BN no rule could fold (an identity BN of a tensor other nodes read) that the merge absorbed is folded.
+        merged = {(merge.graph, step.output[0]) for branch in branches.branches for step in branch.steps
+                  if step.op_type == "BatchNormalization"}
+        for decision in decisions:
+            if not decision.folded and (decision.graph, decision.output) in merged:
+                decision.folded, decision.reason, decision.rule = True, None, self.name
+                decision.into, decision.into_op = merge.into, "Conv"
+                decision.local_error = merge.local_error
+
+
+RULE = MergeBranches()

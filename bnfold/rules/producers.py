@@ -15,7 +15,7 @@ backward arithmetic each.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
@@ -31,8 +31,22 @@ class Producer:
     """An op that can absorb a per-channel affine map; subclasses fill in its geometry and arithmetic."""
 
     op_type = ""
+    skip_name = ""  # the --skip name that keeps BNs out of this op
+    self_describing = True  # its weights say all a fold needs (no tensor types): shape inference may be skipped
+    kernel = False  # it slides a kernel: the local check sizes unknown spatial dims to fit it
+    known_output_rank: Optional[int] = None  # its output's rank whatever its inputs (a Gemm: 2)
+    output_axis = 1  # its output channels' axis, counted from the end when negative (whatever the rank)
 
     def output_rank(self, node: onnx.NodeProto, index: GraphIndex) -> Optional[int]:
+        raise NotImplementedError
+
+    def input_rank(self, node: onnx.NodeProto, index: GraphIndex) -> Optional[int]:
+        """The rank of the data input (input 0), which a backward fold's channel axis must match."""
+        raise NotImplementedError
+
+    def input_dims(self, node: onnx.NodeProto, index: GraphIndex) -> Optional[List[Optional[int]]]:
+        """What the weights say of the data input's dims (None where they say nothing), for the local check of a
+        piece whose input the model does not declare; Refuse or NotConstant when the weights cannot be read."""
         raise NotImplementedError
 
     def output_channel_axis(self, rank: int) -> int:
@@ -104,10 +118,18 @@ def _padding(conv: onnx.NodeProto, kernel) -> Optional[str]:
 class Conv(Producer):
     """Weight [C_out, C_in/group, k...]: output channels on axis 0, input channels grouped on axis 1."""
 
-    op_type = "Conv"
+    op_type, skip_name = "Conv", "conv"
+    kernel = True
 
     def output_rank(self, node, index):
         return _conv_weight(node, index).value.ndim
+
+    def input_rank(self, node, index):
+        return _conv_weight(node, index).value.ndim
+
+    def input_dims(self, node, index):
+        weight = _conv_weight(node, index).value
+        return [None, weight.shape[1] * _group(node)] + [None] * (weight.ndim - 2)
 
     def output_channels(self, node, index):
         return _conv_weight(node, index).value.shape[0]
@@ -142,10 +164,18 @@ class Conv(Producer):
 class ConvTranspose(Producer):
     """Weight [C_in, C_out/group, k...]: output channel g * (C_out/group) + j is column j of the rows of group g."""
 
-    op_type = "ConvTranspose"
+    op_type, skip_name = "ConvTranspose", "conv_transpose"
+    kernel = True
 
     def output_rank(self, node, index):
         return _conv_weight(node, index).value.ndim
+
+    def input_rank(self, node, index):
+        return _conv_weight(node, index).value.ndim
+
+    def input_dims(self, node, index):
+        weight = _conv_weight(node, index).value
+        return [None, weight.shape[0]] + [None] * (weight.ndim - 2)
 
     def _checked(self, node, index):
         weight = _conv_weight(node, index)
@@ -198,10 +228,19 @@ class Gemm(Producer):
     """Y = alpha * A' @ B' + beta * C, Y [M, N]: output channels are B's columns (rows with transB=1); the bias C may
     be absent, a scalar, [N] or [1, N]. Backward folds need transA=0 (BN's channels are then A's K axis)."""
 
-    op_type = "Gemm"
+    op_type, skip_name = "Gemm", "gemm"
+    known_output_rank = 2
 
     def output_rank(self, node, index):
+        return self.known_output_rank
+
+    def input_rank(self, node, index):
         return 2
+
+    def input_dims(self, node, index):
+        weight = _matrix(index, node, 1, "B").value
+        k = weight.shape[1] if read_attribute(node, "transB", 0) else weight.shape[0]
+        return [k, None] if read_attribute(node, "transA", 0) else [None, k]
 
     def _axis(self, node):
         return 0 if read_attribute(node, "transB", 0) else 1
@@ -267,10 +306,19 @@ class MatMul(Producer):
     """MatMul(X, W[K, N]): channels on the last axis of X (K, backward) and of Y (N, forward). MatMul stays MatMul
     (a Gemm would break inputs of rank > 2), so a shift becomes an Add inserted after it."""
 
-    op_type = "MatMul"
+    op_type, skip_name = "MatMul", "matmul"
+    output_axis = -1
+    self_describing = False  # its rank is its input's, which only tensor types say
 
     def output_rank(self, node, index):
         return index.rank(node.input[0])
+
+    def input_rank(self, node, index):
+        return index.rank(node.input[0])
+
+    def input_dims(self, node, index):
+        rank = index.rank(node.input[0]) or 2
+        return [None] * (rank - 1) + [_matrix(index, node, 1, "weight").value.shape[0]]
 
     def output_channel_axis(self, rank):
         return rank - 1
@@ -319,3 +367,4 @@ def _bias_add(node: onnx.NodeProto, index: GraphIndex, bias: np.ndarray, dtype, 
 
 
 PRODUCERS: Dict[str, Producer] = {entry.op_type: entry for entry in (Conv(), ConvTranspose(), Gemm(), MatMul())}
+KERNEL_OPS = tuple(op for op, entry in PRODUCERS.items() if entry.kernel)

@@ -10,17 +10,20 @@ from __future__ import annotations
 from onnx import helper
 
 from ..graph import Edit, GraphIndex, is_op
-from .base import BatchNorm, Refuse, set_exact
-
-NAME = "standalone"
-DESCRIPTION = ("BatchNormalization with no foldable neighbour (after an input, Concat, pooling, Relu...) -> "
-               "Mul + Add by per-channel constants")
+from .base import BatchNorm, Refuse, Rule, rank_unknown, set_exact
+from .chain import Candidate
+from .look_through import TABLE
+from .producers import PRODUCERS
 
 
 def rank_of(name: str, index: GraphIndex):
+    """The rank the model says, else what the producing op's table entry says (a Gemm or a Flatten: 2)."""
     rank = index.rank(name)
-    if rank is None and is_op(index.producer(name), ("Flatten", "Gemm")):
-        return 2  # both always produce a matrix
+    producer = index.producer(name)
+    if rank is None and is_op(producer, TABLE):
+        return TABLE[producer.op_type].output_rank(producer)
+    if rank is None and is_op(producer, PRODUCERS):
+        return PRODUCERS[producer.op_type].known_output_rank
     return rank
 
 
@@ -30,8 +33,7 @@ def plan(bn: BatchNorm, index: GraphIndex) -> Edit:
         raise Refuse(conflict)
     rank = rank_of(bn.input, index) or rank_of(bn.output, index)
     if rank is None:
-        raise Refuse("rank of the BN input is unknown, so per-channel Mul/Add constants cannot be "
-                     "shaped; run ONNX shape inference on the model first")
+        raise Refuse(f"per-channel Mul/Add constants cannot be shaped: {rank_unknown(bn.input)}")
     if rank < 2:
         raise Refuse(f"BN input has rank {rank}; BatchNormalization needs [N, C, ...]")
     dtype = index.dtype(bn.input) or index.dtype(bn.output)
@@ -49,3 +51,25 @@ def plan(bn: BatchNorm, index: GraphIndex) -> Edit:
     set_exact(edit, mul, 1, bn.scale.reshape(shape), dtype, f"{label}_bnfold_scale")
     set_exact(edit, add, 1, bn.shift.reshape(shape), dtype, f"{label}_bnfold_shift")
     return edit
+
+
+class Standalone(Rule):
+    """Opt-in (--standalone): a BN whose walk up reaches no producer becomes Mul + Add."""
+
+    name = "standalone"
+    description = ("BatchNormalization with no foldable neighbour (after an input, Concat, pooling, Relu...) -> "
+                   "Mul + Add by per-channel constants (opt-in: --standalone)")
+    opt_in = True
+    hint = "--standalone would make it Mul + Add, which ONNX Runtime runs 1.1-1.5x slower than BatchNormalization"
+
+    def match(self, candidate: Candidate):
+        return None if is_op(candidate.walk.top, PRODUCERS) else candidate.walk
+
+    def describe(self, walk) -> str:
+        return "Mul + Add could replace it"
+
+    def plan(self, walk, candidate: Candidate) -> Edit:
+        return plan(candidate.bn, candidate.index)
+
+
+RULE = Standalone()

@@ -1,9 +1,9 @@
-"""How views and averages move a tensor's channels, for the chain walk (rules.chain).
+"""How views move a tensor's channels, for the look-through table (rules.look_through).
 
 A view (Reshape, Flatten, Squeeze, Unsqueeze) keeps every element in its channel exactly when the channel count and
 the number of elements after the channel axis ("inner size") are the same before and after it: an element's
 channel is (offset // inner) % C. Dims are products of known sizes and unknown symbols (Size), so a Reshape of a
-tensor with dynamic dims is still proven where the symbols cancel. A spatial average keeps the channel axis.
+tensor with dynamic dims is still proven where the symbols cancel.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Channels:
         return None if self.dims is None else product(self.dims[self.axis + 1:])
 
 
-def _axes(node: onnx.NodeProto, index: GraphIndex) -> Optional[List[int]]:
+def axes_of(node: onnx.NodeProto, index: GraphIndex) -> Optional[List[int]]:
     """Squeeze / Unsqueeze / ReduceMean axes: the attribute (older opsets) or the constant second input."""
     axes = read_attribute(node, "axes", None)
     if axes is None and len(node.input) > 1 and node.input[1]:
@@ -106,83 +106,67 @@ def relocate(node: onnx.NodeProto, channels: Channels, out_dims: List[Size]) -> 
                  f"{channels.dims} -> {out_dims}, channels on axis {channels.axis})")
 
 
-def view_dims(node: onnx.NodeProto, index: GraphIndex, dims: List[Size]) -> List[Size]:
-    """The output dims of a view from its input dims, following the ONNX definitions."""
-    op = node.op_type
+def reshape_dims(node: onnx.NodeProto, index: GraphIndex, dims: List[Size]) -> List[Size]:
+    """Reshape's output dims from its input dims (ONNX: 0 copies the input dim unless allowzero, -1 is inferred)."""
     rank = len(dims)
-    if op == "Reshape":
-        if len(node.input) > 1:
-            try:
-                target = [int(d) for d in index.constant(node.input[1]).reshape(-1)]
-            except NotConstant as why:
-                raise Refuse(f"Reshape {node_label(node)!r} target is not a constant: {why}") from None
+    if len(node.input) > 1:
+        try:
+            target = [int(d) for d in index.constant(node.input[1]).reshape(-1)]
+        except NotConstant as why:
+            raise Refuse(f"Reshape {node_label(node)!r} target is not a constant: {why}") from None
+    else:
+        target = list(read_attribute(node, "shape", []) or [])
+    copies = not read_attribute(node, "allowzero", 0)
+    out: List[Optional[Size]] = []
+    for position, d in enumerate(target):
+        if d == 0 and copies:
+            if position >= rank:
+                raise Refuse(f"Reshape {node_label(node)!r} copies a dimension past the input's rank")
+            out.append(dims[position])
+        elif d == -1:
+            out.append(None)
+        elif d >= 0:
+            out.append(Size(d))
         else:
-            target = list(read_attribute(node, "shape", []) or [])
-        copies = not read_attribute(node, "allowzero", 0)
-        out: List[Optional[Size]] = []
-        for position, d in enumerate(target):
-            if d == 0 and copies:
-                if position >= rank:
-                    raise Refuse(f"Reshape {node_label(node)!r} copies a dimension past the input's rank")
-                out.append(dims[position])
-            elif d == -1:
-                out.append(None)
-            elif d >= 0:
-                out.append(Size(d))
-            else:
-                raise Refuse(f"Reshape {node_label(node)!r} has an invalid target {target}")
-        if out.count(None) > 1:
             raise Refuse(f"Reshape {node_label(node)!r} has an invalid target {target}")
-        if None in out:
-            rest = product(size for size in out if size is not None)
-            quotient = product(dims).divided_by(rest)
-            out[out.index(None)] = quotient if quotient is not None else Size.unknown()
-        return out
-    if op == "Flatten":
-        axis = int(read_attribute(node, "axis", 1))
-        axis = axis + rank if axis < 0 else axis
-        if not 0 <= axis <= rank:
-            raise Refuse(f"Flatten {node_label(node)!r} has axis {axis} for rank {rank}")
-        return [product(dims[:axis]), product(dims[axis:])]
-    axes = _axes(node, index)
-    if op == "Squeeze":
-        if not axes:
-            if axes is not None or any(size.symbols for size in dims):
-                raise Refuse(f"Squeeze {node_label(node)!r} without explicit axes on dims {dims}")
-            return [size for size in dims if not size == 1]
-        axes = sorted({a + rank if a < 0 else a for a in axes})
-        if any(not 0 <= a < rank or not dims[a] == 1 for a in axes):
-            raise Refuse(f"Squeeze {node_label(node)!r} axes {axes} are not all of size 1 in {dims}")
-        return [size for position, size in enumerate(dims) if position not in axes]
-    # Unsqueeze
+    if out.count(None) > 1:
+        raise Refuse(f"Reshape {node_label(node)!r} has an invalid target {target}")
+    if None in out:
+        rest = product(size for size in out if size is not None)
+        quotient = product(dims).divided_by(rest)
+        out[out.index(None)] = quotient if quotient is not None else Size.unknown()
+    return out
+
+
+def flatten_dims(node: onnx.NodeProto, dims: List[Size]) -> List[Size]:
+    rank = len(dims)
+    axis = int(read_attribute(node, "axis", 1))
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis <= rank:
+        raise Refuse(f"Flatten {node_label(node)!r} has axis {axis} for rank {rank}")
+    return [product(dims[:axis]), product(dims[axis:])]
+
+
+def squeeze_dims(node: onnx.NodeProto, index: GraphIndex, dims: List[Size]) -> List[Size]:
+    rank = len(dims)
+    axes = axes_of(node, index)
+    if not axes:
+        if axes is not None or any(size.symbols for size in dims):
+            raise Refuse(f"Squeeze {node_label(node)!r} without explicit axes on dims {dims}")
+        return [size for size in dims if not size == 1]
+    axes = sorted({a + rank if a < 0 else a for a in axes})
+    if any(not 0 <= a < rank or not dims[a] == 1 for a in axes):
+        raise Refuse(f"Squeeze {node_label(node)!r} axes {axes} are not all of size 1 in {dims}")
+    return [size for position, size in enumerate(dims) if position not in axes]
+
+
+def unsqueeze_dims(node: onnx.NodeProto, index: GraphIndex, dims: List[Size]) -> List[Size]:
+    axes = axes_of(node, index)
     if not axes:
         raise Refuse(f"Unsqueeze {node_label(node)!r} has no axes")
-    out_rank = rank + len(axes)
-    axes = {a + out_rank if a < 0 else a for a in axes}
+    out_rank = len(dims) + len(axes)
+    axes = [a + out_rank if a < 0 else a for a in axes]
+    if len(axes) != len(set(axes)) or any(not 0 <= a < out_rank for a in axes):
+        raise Refuse(f"Unsqueeze {node_label(node)!r} has axes {sorted(axes)} for output rank {out_rank}")
     remaining = iter(dims)
     return [Size(1) if position in axes else next(remaining) for position in range(out_rank)]
-
-
-def average(node: onnx.NodeProto, index: GraphIndex, channels: Channels) -> Channels:
-    """The channels after a spatial average (the map commutes with it)."""
-    if channels.dims is None:
-        raise Refuse(f"{node.op_type} {node_label(node)!r}: the rank of its input is unknown")
-    rank = len(channels.dims)
-    if node.op_type == "GlobalAveragePool":
-        if channels.axis != 1:
-            raise Refuse(f"GlobalAveragePool {node_label(node)!r} averages axis {channels.axis}'s neighbours; "
-                         "channels are not on axis 1")
-        return Channels(channels.count, channels.dims[:2] + [Size(1)] * (rank - 2), 1)
-    axes = _axes(node, index)
-    if not axes:
-        raise Refuse(f"ReduceMean {node_label(node)!r} reduces every axis, the channel axis included")
-    axes = sorted({a + rank if a < 0 else a for a in axes})
-    if channels.axis in axes:
-        raise Refuse(f"ReduceMean {node_label(node)!r} averages over the channel axis")
-    if read_attribute(node, "keepdims", 1):
-        dims = [Size(1) if position in axes else size for position, size in enumerate(channels.dims)]
-        return Channels(channels.count, dims, channels.axis)
-    dims = [size for position, size in enumerate(channels.dims) if position not in axes]
-    return Channels(channels.count, dims, channels.axis - sum(1 for a in axes if a < channels.axis))
-
-

@@ -111,3 +111,17 @@ def test_the_fold_command_verifies_a_chain_fold_end_to_end(kind, tmp_path):
     report = bnfold.fold_file(source, tmp_path / "folded.onnx")
     assert report.verification.passed, report.verification.summary()
     assert report.decisions[0].rewritten  # the producer's output and the kept views
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("kind", fixtures.CHAIN_KINDS)
+def test_shape_readers_of_every_chain_tensor_stay_valid(kind, backward):
+    """A sibling of the branch-merge Shape defect: a Shape node reading any tensor a fold removes or renames reads
+    a tensor of the same shape afterwards; the model stays valid and computes the same shapes and values."""
+    from onnx import TensorProto, helper
+
+    model = fixtures.look_through_chain(kind, backward=backward)
+    for name in [output for node in model.graph.node for output in node.output if output != "y"]:
+        model.graph.node.append(helper.make_node("Shape", [name], [f"shape_{name}"], name=f"shape_of_{name}"))
+        model.graph.output.append(helper.make_tensor_value_info(f"shape_{name}", TensorProto.INT64, ["r"]))
+    fold_and_compare(model, expect_folded=1)

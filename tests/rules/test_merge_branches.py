@@ -143,3 +143,57 @@ def test_skip_merge_branches_leaves_the_branches():
     folded, report = fold_and_compare(fixtures.repvgg_block(), skip="merge_branches")
     assert report.merges == [] and op_types(folded).count("Conv") == 2 and "Add" in op_types(folded)
     assert "merge_branches" in bnfold.rules.RULE_NAMES
+
+
+def _with_shape_readers(model, names):
+    """`model` with a Shape node reading each of `names`, its result a graph output."""
+    for name in names:
+        model.graph.node.append(helper.make_node("Shape", [name], [f"shape_{name}"], name=f"shape_of_{name}"))
+        model.graph.output.append(helper.make_tensor_value_info(f"shape_{name}", onnx.TensorProto.INT64, [4]))
+    return model
+
+
+# A Conv branch merged away (b1), a step of the identity branch (id), the Conv the merge keeps (b0), the first sum.
+SHAPE_READ = ("block_b1_conv", "block_id", "block_b0_conv", "block_add0")
+
+
+def test_a_shape_node_reading_a_merged_away_branch_reads_the_merged_output():
+    """Issue 22 item 4: the Shape was left reading a removed tensor (an invalid model). Every branch tensor has
+    the sum's shape, so the Shape reads the merged output instead; the model is valid and computes the same."""
+    model = _with_shape_readers(fixtures.repvgg_block(), SHAPE_READ)
+    for local_check in (True, False):
+        folded, report = merged_model(model, local_check=local_check) if local_check else \
+            fold_and_compare(model, local_check=False)
+        assert all(merge.merged for merge in report.merges)
+        assert op_types(folded) == ["Conv", "Relu"] + ["Shape"] * len(SHAPE_READ)
+        assert {node.input[0] for node in folded.graph.node if node.op_type == "Shape"} == {"block_add1"}
+
+
+def test_shape_readers_of_merged_branches_through_graphsurgeon():
+    gs = pytest.importorskip("onnx_graphsurgeon")
+    from support import assert_same_outputs
+
+    model = _with_shape_readers(fixtures.repvgg_block(), SHAPE_READ)
+    folded, report = bnfold.fold(gs.import_onnx(model))
+    exported = gs.export_onnx(folded)
+    onnx.checker.check_model(exported, full_check=True)
+    assert all(merge.merged for merge in report.merges)
+    assert_same_outputs(model, exported)
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_shape_readers_of_merged_branches_from_the_command_line(tmp_path, verify):
+    from click.testing import CliRunner
+
+    from bnfold.cli import cli
+    from support import assert_same_outputs
+
+    model = _with_shape_readers(fixtures.repvgg_block(), SHAPE_READ)
+    onnx.save(model, tmp_path / "in.onnx")
+    result = CliRunner().invoke(cli, [str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx")]
+                                + ([] if verify else ["--no-verify"]))
+    assert result.exit_code == 0, result.output
+    folded = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(folded, full_check=True)
+    assert op_types(folded) == ["Conv", "Relu"] + ["Shape"] * len(SHAPE_READ)
+    assert_same_outputs(model, folded)

@@ -81,3 +81,14 @@ def test_shared_intermediate_is_refused(shared):
     folded, report = fold(model)
     assert f"output {shared!r} is also a graph output" in report.kept[0].reason
     assert folded.SerializeToString() == model.SerializeToString()
+
+
+@pytest.mark.parametrize("axes", [[7], [2, 2], [-9]])
+def test_unsqueeze_axes_out_of_range_or_repeated_are_a_refusal_not_a_crash(axes):
+    """The dims code ran off its input (StopIteration) on such axes; an invalid node is a refusal with its axes."""
+    from bnfold.rules.base import Refuse
+    from bnfold.rules.views import Size, unsqueeze_dims
+
+    node = helper.make_node("Unsqueeze", ["x"], ["y"], name="unsqueeze", axes=axes)
+    with pytest.raises(Refuse, match="Unsqueeze 'unsqueeze' has axes"):
+        unsqueeze_dims(node, None, [Size(2), Size(3)])
