@@ -19,10 +19,17 @@ HASHES = json.loads((Path(__file__).with_name("fold_output_hashes.json")).read_t
 OPTIONS = {"default": {}, "standalone": {"standalone": True}, "fii": {"fold_input_initializers": True},
            "inline": {"inline_functions": True}, "nocheck": {"local_check": False}}
 MODELS = sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("models/**/*.onnx"))
+# Outputs that changed on purpose since e60b3e6, and why (their hashes in the file are the new ones).
+CHANGED = {
+    "models/fixtures/exporter_initializer_inputs.onnx": "an old export's initializer inputs fold by default "
+                                                        "(issue 24): every option set but fii, which folded before",
+    "models/zoo/centerface_style_initializer_inputs.onnx": "new model (issue 24), recorded when added",
+}
 
 
 def test_every_shipped_model_has_a_recorded_hash():
     assert MODELS and set(MODELS) == set(HASHES["default"])
+    assert set(CHANGED) <= set(MODELS)
 
 
 def _folded_hash(model: str, options: dict) -> str:

@@ -26,8 +26,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import UsageError
-from ..tolerances import DEFAULT_TOLERANCES
-from .noise import NOISE_MULTIPLE
+from ..tolerances import DEFAULT_TOLERANCES, NOISE_MULTIPLE
 from .result import OutputComparison, VerifyResult, shape_text
 
 # (atol, rtol) by dtype: bnfold.tolerances (a module of its own, so `bnfold verify --help` needs no numpy).
@@ -55,6 +54,21 @@ CHANNEL_MEAN_FRACTION = 0.2
 def is_float(dtype: np.dtype) -> bool:
     dtype = np.dtype(dtype)
     return np.issubdtype(dtype, np.inexact) or dtype.name.startswith(_LOW_PRECISION_FLOATS)
+
+
+def unit_roundoff(dtype: np.dtype) -> float:
+    """The machine epsilon of a float dtype (larger: less precise)."""
+    import ml_dtypes
+
+    return float(ml_dtypes.finfo(dtype).eps)
+
+
+def tolerance_dtype(dtype: np.dtype, flowing) -> np.dtype:
+    """The dtype whose tolerance a tensor of `dtype` is judged at: `flowing` (the least precise float computed on
+    the way to it, see checking.noise) when it is less precise."""
+    if flowing is None or not is_float(dtype) or np.issubdtype(dtype, np.complexfloating):
+        return dtype
+    return flowing if unit_roundoff(flowing) > unit_roundoff(dtype) else dtype
 
 
 def default_tolerance(dtype: np.dtype) -> Tuple[float, float]:
@@ -238,9 +252,7 @@ def compare_value(name: str, reference, candidate, atol: Tolerance, rtol: Tolera
     the dtype the tolerance is taken from, and `exact` (the same tensor of the reference evaluated in float64;
     see checking.noise) widens every element's and channel's allowance by NOISE_MULTIPLE times the reference's own
     distance from it."""
-    if _is_tensor(reference) and _is_tensor(candidate):
-        from .noise import tolerance_dtype
-
+    if is_tensor(reference) and is_tensor(candidate):
         reference, candidate = np.asarray(reference), np.asarray(candidate)
         dtype = tolerance_dtype(reference.dtype, flowing)
         base_atol = resolve_tolerance(atol, name, dtype, 0)
@@ -279,7 +291,7 @@ def _noise(reference: np.ndarray, exact) -> Optional[Tuple[np.ndarray, np.ndarra
     return error.max(axis=axes, keepdims=True), means
 
 
-def _is_tensor(value) -> bool:
+def is_tensor(value) -> bool:
     return isinstance(value, (np.ndarray, np.generic, int, float, bool))
 
 
@@ -369,8 +381,8 @@ def compare_outputs(
         if name in only_in_reference or name in only_in_candidate:
             source = reference if name in reference else candidate
             value = source[name]
-            dtype = np.asarray(value).dtype if _is_tensor(value) else None
-            shape = tuple(np.shape(value)) if _is_tensor(value) else None
+            dtype = np.asarray(value).dtype if is_tensor(value) else None
+            shape = tuple(np.shape(value)) if is_tensor(value) else None
             comparison = OutputComparison(name, shape, dtype.name if dtype is not None else type(value).__name__,
                                           resolve_tolerance(atol, name, dtype or _PYTHON_FLOAT_DTYPE, 0),
                                           resolve_tolerance(rtol, name, dtype or _PYTHON_FLOAT_DTYPE, 1))
@@ -413,8 +425,6 @@ def compare_intermediates(names: Sequence[str], reference: Mapping[str, np.ndarr
 def _quick_pass(reference: np.ndarray, candidate: np.ndarray, atol: Optional[float],
                 rtol: Optional[float], flowing=None) -> Optional[OutputComparison]:
     """A counts-only comparison when every element and channel is clearly within tolerance, else None."""
-    from .noise import tolerance_dtype
-
     if reference.shape != candidate.shape or reference.dtype != candidate.dtype or \
             reference.dtype.kind != "f" or not reference.size:
         return None

@@ -2,7 +2,7 @@
 
 At a size a model was not made for, a detector's sigmoid map can be ~1e-8 everywhere, and any candidate within
 1e-4 of it passes, a wrong one included. An output has signal when the spread of its finite values exceeds
-SIGNAL_FACTOR times the allowance of its largest element; one without it (near-constant, saturated, all below the
+SIGNAL_FACTOR (bnfold.tolerances) times the allowance of its largest element; one without it (near-constant, saturated, all below the
 tolerance) is reported as no evidence, and the check tries larger sizes where it chooses them (checking.feeds).
 """
 
@@ -13,7 +13,8 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-SIGNAL_FACTOR = 10.0
+from ..tolerances import SIGNAL_FACTOR
+from .compare import is_tensor, is_default, is_float, output_peak, resolve_tolerance, tolerance_dtype
 
 
 @dataclass
@@ -36,12 +37,9 @@ class Evidence:
 def output_evidence(values: Mapping[str, object], atol, rtol, flowing: Optional[Mapping[str, np.dtype]] = None
                     ) -> Dict[str, Evidence]:
     """Evidence of each float tensor output, with the allowance its comparison would use (see checking.compare)."""
-    from .compare import _is_tensor, is_default, is_float, output_peak, resolve_tolerance
-    from .noise import tolerance_dtype
-
     evidence = {}
     for name, value in values.items():
-        if not _is_tensor(value):
+        if not is_tensor(value):
             continue
         array = np.asarray(value)
         if not is_float(array.dtype) or np.issubdtype(array.dtype, np.complexfloating) or not array.size:

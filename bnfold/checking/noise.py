@@ -20,10 +20,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-# A correct fold and the original are each about as far from the exact result: the fold may differ from the
-# original by twice that, and this leaves 2x more for the variation between channels and runs (measured on
-# models/check_fixtures: a correct fold's difference is at most 0.1x the original's own distance from float64).
-NOISE_MULTIPLE = 4.0
+from .compare import is_float, unit_roundoff
+
 _LOW_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
@@ -58,11 +56,9 @@ def _needed_for(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto
         read.update(inputs)
         pending.extend(inputs)
     copy = onnx.ModelProto()
-    for field in ("ir_version", "opset_import", "functions"):
-        if field == "ir_version":
-            copy.ir_version = model.ir_version
-        else:
-            getattr(copy, field).extend(getattr(model, field))
+    copy.ir_version = model.ir_version
+    copy.opset_import.extend(model.opset_import)
+    copy.functions.extend(model.functions)
     graph = copy.graph
     graph.node.extend(node for node in model.graph.node if id(node) in kept)
     graph.initializer.extend(_readable(tensor) for tensor in model.graph.initializer if tensor.name in read)
@@ -117,13 +113,6 @@ def _widen_tensor(tensor: onnx.TensorProto) -> None:
         tensor.CopyFrom(numpy_helper.from_array(np.asarray(tensor_array(tensor), np.float64), tensor.name))
 
 
-def _precision(dtype: np.dtype) -> float:
-    """Unit roundoff of a float dtype (larger: less precise)."""
-    import ml_dtypes
-
-    return float(ml_dtypes.finfo(dtype).eps)
-
-
 def _float_dtype(elem_type: int):
     if not elem_type:
         return None
@@ -131,8 +120,6 @@ def _float_dtype(elem_type: int):
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
     except (KeyError, TypeError, ValueError):
         return None
-    from .compare import is_float
-
     return dtype if is_float(dtype) and not np.issubdtype(dtype, np.complexfloating) else None
 
 
@@ -152,16 +139,5 @@ def flowing_dtypes(model: onnx.ModelProto, elem_types: Mapping[str, int]) -> Dic
                 own = _float_dtype(elem_types.get(output, 0))
                 candidates = upstream + ([own] if own is not None else [])
                 if output and candidates and output not in constants:
-                    worst[output] = max(candidates, key=_precision)
+                    worst[output] = max(candidates, key=unit_roundoff)
     return worst
-
-
-def tolerance_dtype(dtype: np.dtype, flowing) -> np.dtype:
-    """The dtype whose tolerance a tensor of `dtype` is judged at: the flowing one when it is less precise."""
-    if flowing is None:
-        return dtype
-    from .compare import is_float
-
-    if not is_float(dtype) or np.issubdtype(dtype, np.complexfloating):
-        return dtype
-    return flowing if _precision(flowing) > _precision(dtype) else dtype

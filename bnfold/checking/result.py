@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..tables import format_table
-
-if TYPE_CHECKING:
-    from .evidence import Evidence
+from ..tolerances import NOISE_MULTIPLE, SIGNAL_FACTOR
 
 
 @dataclass
@@ -128,7 +126,7 @@ class VerifyResult:
     input_shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
     shape_notes: List[str] = field(default_factory=list)
     branch_inputs: Dict[str, List[bool]] = field(default_factory=dict)
-    evidence: Dict[str, "Evidence"] = field(default_factory=dict)  # per float output: its range, and if it has signal
+    evidence: Dict[str, object] = field(default_factory=dict)  # per float output: checking.evidence.Evidence
     intermediates_scope: Optional[str] = None  # "all", or "boundaries" (the rest were swept only on a failure)
 
     @property
@@ -170,8 +168,6 @@ class VerifyResult:
         lines += [f"  {note}" for note in self.shape_notes]
         if self.evidence:
             lines.append("evidence: " + "; ".join(item.describe() for item in self.evidence.values()))
-        from .evidence import SIGNAL_FACTOR
-
         for item in self.evidence.values():
             if not item.signal:
                 lines.append(f"  {item.name} carries no signal at these shapes (its values vary less than "
@@ -289,8 +285,6 @@ def _output_notes(output: OutputComparison, candidate_label: str) -> List[str]:
         notes.append(f"{output.name}: judged at the {output.tolerance_dtype} tolerance, the precision that flows "
                      "into it")
     if output.noise_floor is not None:
-        from .noise import NOISE_MULTIPLE
-
         notes.append(f"{output.name}: the original's own rounding moves it by up to {output.noise_floor:.3g} from "
                      f"its exact (float64) value; {NOISE_MULTIPLE:g}x that is allowed beyond the dtype's tolerance")
     if output.problem:
