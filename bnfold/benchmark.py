@@ -143,7 +143,7 @@ def plan_feeds(model: onnx.ModelProto, shapes: Mapping[Optional[str], Tuple[int,
     end-to-end check (bnfold.checking.feeds.plan_shapes); dims it leaves open are found by running `model`
     with ONNX Runtime at each trial size (the check's own trial run), and UnresolvedShapeError names the
     option when none runs."""
-    from .checking.end_to_end import choose_inputs
+    from .checking.trials import choose_inputs
     from .checking.feeds import make_feeds, plan_shapes
 
     specs = graph_inputs(model)

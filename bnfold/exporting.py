@@ -26,7 +26,8 @@ from .saving import save_model
 from .errors import ExportError, InvalidModelError, MissingDependencyError, UsageError, VerificationFailed
 from .folding import count_ops, fold as fold_model
 from .report import FoldReport
-from .checking.compare import Tolerance, compare_outputs
+from .checking.compare import compare_outputs
+from .checking.tolerance import Tolerance
 from .checking.result import VerifyResult
 from .checking.run import run_model
 from .tables import format_table

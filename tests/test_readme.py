@@ -169,13 +169,14 @@ def test_tolerance_rule_is_worded_identically_in_verify_help_and_readme():
 
 
 def test_tolerance_rule_numbers_are_the_comparisons():
-    from bnfold.checking import compare
+    from bnfold import tolerances
+    from bnfold.checking import tolerance as compare
 
     rule = normalized(TOLERANCE_RULE)
     assert f"at least {compare.MIN_CHANNEL_ELEMENTS} elements per channel" in rule
     assert f"within {compare.CHANNEL_MEAN_FRACTION:g} x the default atol" in rule
     assert f"largest |reference| / {compare.CHANNEL_PEAK_FLOOR:g})" in rule
-    assert f"differ by {compare.NOISE_MULTIPLE:g} x the original's own distance" in rule
+    assert f"differ by {tolerances.NOISE_MULTIPLE:g} x the original's own distance" in rule
 
 
 def options_of(command: click.Command) -> set:

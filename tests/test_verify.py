@@ -9,7 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnfold.errors import InputFileError, InvalidModelError, ModelLoadError, UsageError
 from verify_models import conv_bn_model, conv_bn_parameters, folded_model, make_model, two_output_model, unary_model
-from bnfold.checking.compare import DEFAULT_TOLERANCES, compare_outputs, default_tolerance
+from bnfold.checking.compare import compare_outputs
+from bnfold.checking.tolerance import DEFAULT_TOLERANCES, default_tolerance
 from bnfold.checking.end_to_end import verify
 from bnfold.checking.result import VerifyResult
 from bnfold.checking.run import run_model

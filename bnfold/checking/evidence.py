@@ -14,7 +14,8 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 
 from ..tolerances import SIGNAL_FACTOR
-from .compare import is_tensor, is_default, is_float, output_peak, resolve_tolerance, tolerance_dtype
+from .compare import is_tensor
+from .tolerance import is_default, is_float, output_peak, resolve_tolerance, tolerance_dtype
 
 
 @dataclass

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 import bnfold
-from bnfold.checking import end_to_end
+from bnfold.checking import pair
 from bnfold.checking.intermediates import shared_tensors
 from bnfold.checking.noise import exact_values
 from bnfold.checking.run import run_model
@@ -120,7 +120,7 @@ def test_intermediates_in_small_chunks_give_the_verdicts_of_one_run(monkeypatch)
     model = check_fixtures.depthwise_large_scales(blocks=2)
     folded, report = bnfold.fold(model)
     whole = bnfold.verify(model, folded, intermediates=True)
-    monkeypatch.setattr(end_to_end, "CHUNK_BYTES", 1)  # one tensor per run of each model
+    monkeypatch.setattr(pair, "CHUNK_BYTES", 1)  # one tensor per run of each model
     chunked = bnfold.verify(model, folded, intermediates=True)
     assert [(item.name, item.passed) for item in whole.intermediates] == \
         [(item.name, item.passed) for item in chunked.intermediates]

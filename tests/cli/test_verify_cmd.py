@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from onnx import save
 
 from bnfold.cli import cli
-from bnfold.checking.compare import DEFAULT_TOLERANCES
+from bnfold.checking.tolerance import DEFAULT_TOLERANCES
 from verify_models import conv_bn_model, conv_bn_parameters, folded_model, two_output_model, unary_model
 
 def conv_bn_pair(perturb=0.0, input_dims=(1, 3, 8, 8)):
