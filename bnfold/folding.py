@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Uni
 import onnx
 import onnx.inliner
 
-from .held import HeldTensors, held_by, holding
+from .held import HeldTensors, holding
 from .loading import load_checked_model, load_model
 from .saving import PendingSave, save_model
 from .tensors import tensor_bytes
@@ -239,8 +239,8 @@ def _fold_file(source: Path, destination, held: Optional[HeldTensors], started: 
 
 def _read_from_output(placed) -> None:
     """The folded weights are written: held tensors read them from the output from now on, and their arrays go."""
-    for tensor, path, offset in placed:
-        held_by(tensor).moved_to_file(tensor, path, offset)
+    for (store, number), path, offset in placed:
+        store.moved_to_file(number, path, offset)
 
 
 def _check_end_to_end(source: Path, folded: onnx.ModelProto, report: FoldReport, started: float, *,

@@ -37,7 +37,7 @@ from google.protobuf.message import EncodeError
 
 from .errors import ArgumentTypeError, OutputError
 from .loading import _is_repeated, set_field
-from .held import held_data, held_nbytes, is_held, materialized, read_at
+from .held import held_data, held_key, held_nbytes, is_held, materialized, read_at
 from .tensors import exceeds_protobuf_limit, is_external, iter_tensors, tensor_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -102,12 +102,14 @@ class TensorData:
 
 
 class HeldBytes:
-    """A chunk that is the array a held tensor holds (see bnfold.held); a writer asked to can say where it landed."""
+    """A chunk that is the array a held tensor holds (see bnfold.held); a writer asked to can say where it landed.
+    `key` is the held entry's (store, number), taken when the chunk is made: the tensor itself may be rewritten
+    afterwards (a copy moved to the external data file no longer says it is held)."""
 
-    __slots__ = ("tensor", "view")
+    __slots__ = ("key", "view")
 
-    def __init__(self, tensor: onnx.TensorProto, view):
-        self.tensor, self.view = tensor, view
+    def __init__(self, key, view):
+        self.key, self.view = key, view
 
     def __len__(self) -> int:
         return len(self.view)
@@ -160,8 +162,8 @@ def _write_all(fd: int, data) -> None:
 
 
 Chunk = Union[bytes, memoryview, FileRange, TensorData, HeldBytes]
-# (tensor, file, offset): where a writer put the bytes of a HeldBytes chunk.
-Placed = List[Tuple[onnx.TensorProto, str, int]]
+# (held key, file, offset): where a writer put the bytes of a HeldBytes chunk (key: bnfold.held.held_key).
+Placed = List[Tuple[tuple, str, int]]
 
 
 class _Cancelled(Exception):
@@ -185,7 +187,7 @@ def _write_temporary(path: Path, chunks: Iterable[Chunk], cancelled: Callable[[]
                     chunk = chunk.read()
                 elif isinstance(chunk, HeldBytes):
                     if placed is not None:
-                        placed.append((chunk.tensor, tmp_name, position))
+                        placed.append((chunk.key, tmp_name, position))
                     chunk = chunk.view
                 position += len(chunk)
                 if isinstance(chunk, FileRange) or len(chunk) >= _GATHERED_BYTES:
@@ -418,7 +420,7 @@ def _with_held_data(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _held_chunk(tensor: onnx.TensorProto) -> Union[HeldBytes, FileRange]:
     data = held_data(tensor)
-    return FileRange(*data) if isinstance(data, tuple) else HeldBytes(tensor, data)
+    return FileRange(*data) if isinstance(data, tuple) else HeldBytes(held_key(tensor), data)
 
 
 def _single_field(container, field, value) -> bytes:
