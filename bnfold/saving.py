@@ -174,7 +174,7 @@ def _write_temporary(path: Path, chunks: Iterable[Chunk], cancelled: Callable[[]
                      placed: Optional[Placed] = None) -> str:
     """Write chunks to a new temporary file beside `path`, flushed and fsynced; return its name. `placed` gets
     where each HeldBytes chunk landed."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(path, os.getpid()), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb", buffering=0):  # closes fd
             os.fchmod(fd, _new_file_mode(path))
@@ -208,6 +208,28 @@ def _write_temporary(path: Path, chunks: Iterable[Chunk], cancelled: Callable[[]
         _remove_quietly(tmp_name)
         raise
     return tmp_name
+
+
+def _temporary_prefix(path: Path, pid: int) -> str:
+    """Temporary files are `.<name>.<pid>.<random>.tmp` beside their target: hidden, and known to be this
+    process's, so whoever kills a process that was writing can remove what it left (remove_temporaries)."""
+    return f".{path.name}.{pid}."
+
+
+def remove_temporaries(path: PathLike, pid: int) -> None:
+    """Remove the temporary files process `pid` left while writing `path` and its external data file (it was
+    killed: bnfold.workers)."""
+    import glob
+
+    try:
+        target = output_target(path)
+        targets = [target, data_file_path(target)]
+    except OutputError:
+        return
+    for file in targets:
+        pattern = os.path.join(glob.escape(str(file.parent)), glob.escape(_temporary_prefix(file, pid)) + "*.tmp")
+        for name in glob.glob(pattern):
+            _remove_quietly(name)
 
 
 def _remove_quietly(name: str) -> None:
@@ -476,6 +498,12 @@ def _file_kind(mode: int) -> str:
     return "special file"
 
 
+def data_file_path(path: PathLike) -> Path:
+    """The external data file a save to `path` writes: `<file name>.data` beside the file the path resolves to."""
+    target = output_target(path)
+    return output_target(target.parent / (target.name + ".data"))
+
+
 def save_model(
     model: onnx.ModelProto,
     path: PathLike,
@@ -508,7 +536,7 @@ class _SavePlan:
             external_data = exceeds_protobuf_limit(model)
         if external_data:
             data_name = self.path.name + ".data"
-            data_path = output_target(self.path.parent / data_name)
+            data_path = data_file_path(self.path)
             self.model = onnx.ModelProto()
             self.model.CopyFrom(model)
             chunks = _externalize(self.model, data_name)

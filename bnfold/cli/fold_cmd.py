@@ -23,6 +23,9 @@ from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_o
                    "MODEL directory are kept.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes when folding several models. Default: the cores this process may use.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="With several models: stop a model's worker after this long; that model fails (exit 3), the "
+                   "others go on.")
 @click.option("--overwrite", is_flag=True, help="Allow -o to name the input file itself.")
 @click.option("--dry-run", is_flag=True, help="Fold and report, but write nothing.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime equivalence check (onnxruntime is not imported).")
@@ -50,7 +53,7 @@ from .common import (ToleranceCommand, atol_option, input_shape_option, inputs_o
 @json_target_option
 @click.option("-v", "--verbose", is_flag=True, help="Also list every folded BN.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end, force, no_check,
+def fold(models, output, jobs, timeout, overwrite, dry_run, no_verify, require_end_to_end, force, no_check,
          fold_input_initializers, inline_functions, standalone, skip_rules, external_data, input_shapes, input_files,
          seed, atol, rtol, json_target, verbose, quiet):
     """Fold eval-mode BatchNormalization in MODEL into neighbouring weights and write it to OUTPUT.
@@ -67,6 +70,7 @@ def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end
     directory -o names: one line per model (a progress bar on a terminal), then a summary table. A model that
     fails does not stop the others.
     """
+    from ..errors import UsageError
     from ..options import VerifyOptions
 
     fold_options = {
@@ -77,10 +81,13 @@ def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end
                                         atol=parse_tolerances(atol, "--atol"), rtol=parse_tolerances(rtol, "--rtol")),
     }
     if len(models) == 1 and not os.path.isdir(models[0]):
+        if timeout is not None:
+            raise UsageError("--timeout bounds each model's worker when folding several models or a directory; "
+                             "one model is folded in this process (bound it with `timeout SECONDS bnfold ...`)")
         _fold_one(models[0], _single_destination(models[0], output), dry_run, fold_options, json_target, verbose,
                   quiet)
     else:
-        _fold_many(models, output, jobs, dry_run, fold_options, json_target, quiet)
+        _fold_many(models, output, jobs, timeout, dry_run, fold_options, json_target, quiet)
 
 
 def _names_directory(output: str) -> bool:
@@ -102,8 +109,9 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
     from ..errors import VerificationFailed
     from ..folding import fold_file
 
+    also_writes = [] if json_target in (None, "-") else [(json_target, "the JSON report")]
     try:
-        report = fold_file(model, output, dry_run=dry_run, **fold_options)
+        report = fold_file(model, output, dry_run=dry_run, also_writes=also_writes, **fold_options)
     except VerificationFailed as failure:
         report = getattr(failure, "report", None)
         if report is not None:
@@ -127,7 +135,7 @@ def _print(report, json_target, verbose: bool, quiet: bool) -> None:
         click.echo(report.verification.summary())
 
 
-def _fold_many(models, output, jobs, dry_run, fold_options, json_target, quiet) -> None:
+def _fold_many(models, output, jobs, timeout, dry_run, fold_options, json_target, quiet) -> None:
     from ..batch import fold_files
     from ..errors import UsageError
 
@@ -149,7 +157,9 @@ def _fold_many(models, output, jobs, dry_run, fold_options, json_target, quiet) 
             click.echo(f"[{done}/{total}] {_line(result)}")
 
     try:
-        result = fold_files(models, output, jobs=jobs, dry_run=dry_run, progress=progress, **fold_options)
+        also_writes = [] if json_target in (None, "-") else [(json_target, "the JSON report")]
+        result = fold_files(models, output, jobs=jobs, dry_run=dry_run, progress=progress, timeout=timeout,
+                            also_writes=also_writes, **fold_options)
     finally:
         if bar is not None:
             bar.render_finish()
