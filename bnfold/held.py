@@ -136,9 +136,10 @@ class HeldTensors:
 @contextlib.contextmanager
 def holding(path) -> Iterator[Optional[HeldTensors]]:
     """An open HeldTensors for a model file, closed on leaving; None when the path is no readable regular file
-    (loading it then says why, in its own words)."""
+    (loading it then says why, in its own words). A pipe or FIFO is not even opened: opening it would take the
+    writer's data away from the load that reads it next."""
     try:
-        store = HeldTensors(path).__enter__()
+        store = HeldTensors(path).__enter__() if stat.S_ISREG(os.stat(path).st_mode) else None
     except (OSError, ValueError):
         store = None
     try:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import OutputError, ProviderError, UsageError
+from ..errors import ProviderError, UsageError
 from ..runtime import OPT_LEVELS
-from .common import input_shape_option, inputs_option, seed_option
+from .common import input_shape_option, inputs_option, refuse_report_overlaps, seed_option
 
 DEFAULT_OPT_LEVELS = "disable,all"  # mirrors bnfold.benchmark.DEFAULT_OPT_LEVELS; kept here so --help stays import-light
 
@@ -62,6 +62,7 @@ def bench(models, fold_in_memory, providers, opt_levels, warmup, iterations, inp
     from ..benchmark import bench as run_bench, import_matplotlib_figure
     from ..inputs import graph_inputs, load_input_files, parse_shape_specs
 
+    refuse_report_overlaps(models, [(json_path, "the JSON results"), (plot_path, "the plot")])
     if plot_path:
         import_matplotlib_figure()  # fail before minutes of timing, not after
     labelled = _load_models(models, fold_in_memory)
@@ -133,7 +134,6 @@ def _write_json(document: dict, path: str) -> None:
     if path == "-":
         click.echo(text)
         return
-    try:
-        Path(path).write_text(text + "\n", encoding="utf-8")
-    except OSError as error:
-        raise OutputError(f"{path}: cannot write the JSON results ({error.strerror or error})") from None
+    from ..saving import save_text
+
+    save_text(text + "\n", path)  # atomically, with the output rules every file bnfold writes follows

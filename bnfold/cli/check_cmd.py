@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import json_target_option, write_json
+from .common import json_target_option, refuse_report_overlaps, write_json
 
 
 @click.command("check", epilog="Exit codes: 0 every model within the limits, 1 a limit exceeded, 2 a model that "
@@ -36,8 +36,10 @@ def check(models, max_foldable, max_standalone, max_kept, no_check, fold_input_i
     from ..errors import BnfoldError
     from ..lint import ModelCheck, check as check_model
 
+    collected = [path for path, _ in collect_models(models)]
+    refuse_report_overlaps(collected, [(json_target, "the JSON report")])
     checks = []
-    for path, _ in collect_models(models):
+    for path in collected:
         try:
             result = check_model(path, check_model=not no_check, fold_input_initializers=fold_input_initializers,
                                  skip=skip_rules, inline_functions=inline_functions, max_foldable=max_foldable,

@@ -94,6 +94,16 @@ json_target_option = click.option(
          "writes it to FILE (atomically).")
 
 
+def refuse_report_overlaps(models, reports) -> None:
+    """Before any work: refuse a report file (`--json FILE`, `--plot FILE`; pairs of path and what it is) that is a
+    model the command reads, an external data file such a model names, or another report (bnfold.file_identity)."""
+    from ..file_identity import refuse_overlaps_with_models
+
+    writes = [(path, what) for path, what in reports if path not in (None, "-")]
+    if writes:
+        refuse_overlaps_with_models(list(models), writes)
+
+
 def write_json(data: dict, target: str) -> None:
     """JSON to stdout for '-', else atomically to the file (same output rules as models)."""
     import json
