@@ -209,7 +209,7 @@ _MAY_EXTERNALIZE_BYTES = 1 << 30
 
 def _refuse_overlaps(tasks, fold_options: dict, also_writes) -> None:
     """The run's outputs (models, data files, the caller's report) against each other and its inputs."""
-    from .file_identity import refuse_overlaps_with_models
+    from .file_identity import identity, model_files, refuse_overlaps_with_models
     from .saving import data_file_path
 
     external_data = fold_options.get("external_data")
@@ -222,8 +222,12 @@ def _refuse_overlaps(tasks, fold_options: dict, also_writes) -> None:
             writes.append((data_file_path(destination), f"the external data file of {source}'s output"))
     writes += list(also_writes)
     sources = [source for source, *_ in tasks]
-    own = [(destination, source) for source, destination, *_ in tasks if destination is not None]
-    refuse_overlaps_with_models(sources, writes, replaceable=own if fold_options.get("overwrite") else ())
+    own = []  # --overwrite: a model's output may replace the model itself, and its data file that model's data
+    for source, destination, dry_run, _ in tasks:
+        if fold_options.get("overwrite") and destination is not None and identity(destination) == identity(source):
+            own.append((destination, source))
+            own += [(data_file_path(destination), data) for data, _ in model_files(source)[1:]]
+    refuse_overlaps_with_models(sources, writes, replaceable=own)
 
 
 def _size(path: str) -> int:

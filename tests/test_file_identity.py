@@ -205,3 +205,15 @@ def test_aliasing_paths_are_refused_or_leave_every_input_intact(output, report, 
         for link in [*directory.glob("hard*"), *directory.glob("soft*")]:
             link.unlink()  # onnx reads no data file with other hard links
         assert_same_outputs(conv_bn(c_in=16, c_out=32, kernel=3, seed=1), bnfold.load_model(source))
+
+
+def test_batch_overwrite_replaces_each_model_and_its_own_data_file_only(tmp_path):
+    for name, seed in (("m.onnx", 1), ("n.onnx", 2)):
+        save_model(conv_bn(c_in=16, c_out=32, kernel=3, seed=seed), tmp_path / name, external_data=True)
+    result = bnfold.fold_files([tmp_path / "m.onnx", tmp_path / "n.onnx"], tmp_path, jobs=1, overwrite=True,
+                               external_data=True)
+    assert result.exit_code == 0, [model.error for model in result.models]
+    for name, seed in (("m.onnx", 1), ("n.onnx", 2)):
+        folded = bnfold.load_model(tmp_path / name)
+        assert [node.op_type for node in folded.graph.node] == ["Conv"]
+        assert_same_outputs(conv_bn(c_in=16, c_out=32, kernel=3, seed=seed), folded)

@@ -156,3 +156,10 @@ def test_help_says_user_code_is_imported_and_eval_mode(user_project):
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "this runs your own code" in text and "put in eval()" in text
+
+
+def test_an_output_that_is_the_modules_own_source_is_refused(user_project):
+    before = (user_project / "userpkg" / "models.py").read_bytes()
+    result = invoke("userpkg.models:build_net", "-o", "userpkg/../userpkg/models.py", "--input-shape", "1x3x8x8")
+    assert result.exit_code == 2 and "the module's source" in result.output, result.output
+    assert (user_project / "userpkg" / "models.py").read_bytes() == before
