@@ -155,3 +155,24 @@ def test_ctrl_c_during_a_batch_run_is_one_line(tmp_path, delay):
         return
     assert child.returncode == 130 and stderr == "bnfold: interrupted\n"
     assert temporaries(tmp_path) == []
+
+
+def test_temporary_files_carry_the_writers_pid_and_a_killed_writers_are_removed(tmp_path, monkeypatch):
+    from bnfold import saving
+
+    names = []
+    real_replace = os.replace
+
+    def watching_replace(source, target):
+        names.append(Path(source).name)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", watching_replace)
+    saving.save_model(conv_bn(c_in=16, c_out=32, kernel=3), tmp_path / "out.onnx", external_data=True)
+    pid = os.getpid()
+    assert names[0].startswith(f".out.onnx.data.{pid}.") and names[1].startswith(f".out.onnx.{pid}.")
+    left = [".out.onnx.4242.k3j.tmp", ".out.onnx.data.4242.x9.tmp", ".out.onnx.4243.k3j.tmp", ".other.4242.a.tmp"]
+    for name in left:
+        (tmp_path / name).write_bytes(b"partial")
+    saving.remove_temporaries(tmp_path / "out.onnx", 4242)
+    assert sorted(path.name for path in tmp_path.glob(".*.tmp")) == [".other.4242.a.tmp", ".out.onnx.4243.k3j.tmp"]
