@@ -176,3 +176,14 @@ def test_temporary_files_carry_the_writers_pid_and_a_killed_writers_are_removed(
         (tmp_path / name).write_bytes(b"partial")
     saving.remove_temporaries(tmp_path / "out.onnx", 4242)
     assert sorted(path.name for path in tmp_path.glob(".*.tmp")) == [".other.4242.a.tmp", ".out.onnx.4243.k3j.tmp"]
+
+
+def test_timeout_with_one_model_says_how_to_bound_it(tmp_path):
+    from click.testing import CliRunner
+
+    from bnfold.cli import cli
+
+    onnx.save(conv_bn(seed=1), tmp_path / "a.onnx")
+    result = CliRunner().invoke(cli, [str(tmp_path / "a.onnx"), "-o", str(tmp_path / "b.onnx"), "--timeout", "5"])
+    assert result.exit_code == 2 and "--timeout bounds each model's worker" in result.output
+    assert not (tmp_path / "b.onnx").exists()
