@@ -13,7 +13,7 @@ import onnx
 import onnx.inliner
 
 from .held import HeldTensors, holding
-from .loading import load_checked_model, load_model
+from .loading import is_stream, load_checked_model, load_model, read_stream
 from .file_identity import identity, refuse_overlaps
 from .saving import PendingSave, data_file_path, save_model
 from .tensors import exceeds_protobuf_limit, tensor_bytes
@@ -177,14 +177,12 @@ def fold_file(
     (report.verification_skipped), unless require_end_to_end, which raises UnresolvedShapeError instead.
 
     No file it reads (the model, its external data files) is replaced, unless `destination` names the model itself
-    and overwrite=True (then its data file may be replaced too); files are compared by identity (bnfold.file_identity),
-    and a refusal (OutputError) comes before anything is written. also_writes: (path, what) of files the caller
+    and overwrite=True (then its data file may be replaced too); files are compared by identity
+    (bnfold.file_identity), and a refusal (OutputError) comes before anything is written. also_writes: (path, what) of files the caller
     will write after the call (a report), checked the same way. A model read from a pipe (`/dev/stdin`) is read
     whole into memory. When verification fails the output is not written (unless force=True) and
     VerificationFailed is raised, carrying `.result` and `.report`.
     """
-    from .loading import is_stream, read_stream
-
     if not isinstance(source, (str, os.PathLike)):
         raise ArgumentTypeError("source", f"expected a path (str or os.PathLike), got {type(source).__name__}")
     source = Path(source)
