@@ -62,6 +62,7 @@ def test_identity_sees_through_links_and_spellings(tmp_path):
     (["-o", "out.onnx", "--json", "orig.onnx.json", "--external-data"], None),  # a JSON beside: fine
     (["-o", "out.onnx", "--json", "out.onnx.data", "--external-data"], "are the same file"),
     (["-o", "out.onnx", "--json", "x/../model.onnx.data"], "the JSON report"),
+    (["-o", "out.bin", "--json", "./x/../out.bin"], "are the same file"),
     (["-o", "soft.data"], "the output model"),
     (["-o", "out.onnx", "--json", "soft.data"], "the JSON report"),
     (["-o", "orig.json"], "is the input file"),
