@@ -160,8 +160,9 @@ def run_tasks(tasks: Sequence[tuple], jobs: int, timeout: Optional[float],
         if pending:
             idle.append(start())
 
-    idle = [start() for _ in range(min(jobs, len(tasks)))]
+    idle: List[_Worker] = []
     try:
+        idle += [start() for _ in range(min(jobs, len(tasks)))]
         while pending or busy:
             while idle and pending:
                 worker = idle.pop()
@@ -193,9 +194,11 @@ def run_tasks(tasks: Sequence[tuple], jobs: int, timeout: Optional[float],
             index, worker.task = worker.task, None
             finished(index, message)
             idle.append(worker)
-    except BaseException:
+    except BaseException:  # Ctrl-C, or an error in a callback: no worker outlives the run
+        for worker in workers:
+            if not worker.retired:
+                worker.kill()
         for worker in busy:
-            worker.kill()
             cleanup(worker.task, worker.process.pid)
         raise
     finally:
