@@ -1,7 +1,10 @@
 """`python -m bnfold` and the `bnfold` console script.
 
 The entry point imports the command line inside its own try: Ctrl-C at any moment, during the imports too, ends
-with one line `bnfold: interrupted` and exit code 130, never a traceback.
+with one line `bnfold: interrupted` and exit code 130, never a traceback. In a process of its own (argv None) the
+first Ctrl-C raises _Interrupted, which no `except KeyboardInterrupt` on the way (click's "Aborted!") takes: it
+unwinds to here through every cleanup (temporary files removed, batch workers killed), and further Ctrl-Cs are
+ignored so that no cleanup is cut short.
 
 A finished command leaves the process without the interpreter's teardown: standard streams are flushed and atexit
 handlers run (multiprocessing, tempfile, logging), then os._exit. The teardown only frees memory the operating
@@ -11,13 +14,38 @@ tools that write their data at teardown) keeps the ordinary exit.
 
 import atexit
 import os
+import signal
 import sys
+
+
+class _Interrupted(BaseException):
+    """Ctrl-C, in a process of its own (see the module docstring)."""
+
+
+def _on_interrupt(signum, frame) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the cleanup that follows is not interrupted again
+    raise _Interrupted()
+
+
+def _catch_interrupts() -> None:
+    """Turn Ctrl-C into _Interrupted, unless SIGINT is ignored (a background job started by a shell)."""
+    try:
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, _on_interrupt)
+    except ValueError:  # not the main thread
+        pass
 
 
 def main(argv=None) -> None:
     """Run the command line; with argv None (the process's own arguments) end the process as the module says."""
     try:
-        _run(argv)
+        try:
+            if argv is None:
+                _catch_interrupts()
+            _run(argv)
+        except (KeyboardInterrupt, _Interrupted):
+            sys.stderr.write("bnfold: interrupted\n")
+            raise SystemExit(130) from None
     except SystemExit as exit_:
         if argv is not None or os.environ.get("BNFOLD_FULL_EXIT"):
             raise
@@ -25,17 +53,17 @@ def main(argv=None) -> None:
 
 
 def _run(argv) -> None:
-    try:
-        from .cli import main as run_cli
+    from .cli import main as run_cli
 
-        run_cli(argv)
-    except KeyboardInterrupt:
-        sys.stderr.write("bnfold: interrupted\n")
-        raise SystemExit(130) from None
+    run_cli(argv)
 
 
 def _leave(code) -> None:
     """sys.exit(code), less the interpreter's teardown."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command is over: a late Ctrl-C changes nothing
+    except ValueError:
+        pass
     if code is None:
         code = 0
     elif not isinstance(code, int):

@@ -2,17 +2,16 @@
 
 A model that fails (cannot be read, verification fails, a bug) is recorded with its exit code and message and the
 others go on. The run's exit code is the worst per-model code (3 internal > 2 usage/input/output > 1 verification
-failed > 0). Workers come from a forkserver where the platform has one (spawn elsewhere), never from a plain fork
-of a process that may already run ONNX Runtime threads; `jobs=1` folds in this process.
+failed > 0). Workers are fresh Python processes (bnfold.workers): a worker killed (out of memory) or past the
+timeout fails its own model only, and the caller's script is never re-imported; `jobs=1` without a timeout folds in
+this process. Every file the run would write is checked against every file it reads, and against the others,
+before anything is written (bnfold.file_identity).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -153,6 +152,8 @@ def fold_files(
     jobs: Optional[int] = None,
     dry_run: bool = False,
     progress: Optional[Callable[[ModelResult, int, int], None]] = None,
+    timeout: Optional[float] = None,
+    also_writes: Sequence[Tuple[str, str]] = (),
     **fold_options,
 ) -> BatchResult:
     """Fold (and verify) each model in `paths` (files, or directories searched recursively for *.onnx) and write
@@ -161,13 +162,21 @@ def fold_files(
     jobs: worker processes (default: the cores this process may use; 1 folds in this process). `fold_options` are
     bnfold.fold_file's keyword arguments (verify, force, overwrite, check, external_data, verify_options, skip,
     ...). `progress(result, done, total)` is called as each model finishes. One model's failure does not stop the
-    others: each ModelResult carries its exit code and error; BatchResult.exit_code is the worst of them.
+    others: each ModelResult carries its exit code and error; BatchResult.exit_code is the worst of them. A model
+    whose worker is killed (the OOM killer) or runs past `timeout` seconds fails with exit code 3 and says so; a
+    fresh worker takes the next model. Safe to call from a script without an `if __name__ == "__main__":` guard.
+    also_writes: (path, what) of files the caller will write after the run (a report), checked with the outputs.
+    No output may replace a model or external data file of the run, or another output (OutputError, nothing
+    written), except a model's own file with overwrite=True.
     """
     started = time.perf_counter()
     paths = as_paths(paths, "paths")
     if not paths:
         raise UsageError("no models given")
     jobs = default_jobs() if jobs is None else as_count(jobs, "jobs", minimum=1)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise UsageError(f"timeout: expected a positive number of seconds, got {timeout!r}")
     fold_options["verify_options"] = VerifyOptions.of(fold_options.get("verify_options"))
     if out_dir is None and not dry_run:
         raise UsageError("no output directory: pass out_dir (-o DIR), or dry_run=True (--dry-run) to only report")
@@ -180,6 +189,7 @@ def fold_files(
     models = collect_models(paths, exclude=out)
     tasks = [(str(source), None if out is None else str(out / relative), dry_run, fold_options)
              for source, relative in models]
+    _refuse_overlaps(tasks, fold_options, also_writes)
     results: List[Optional[ModelResult]] = [None] * len(tasks)
     jobs = min(jobs, len(tasks))
 
@@ -188,63 +198,73 @@ def fold_files(
         if progress is not None:
             progress(result, sum(r is not None for r in results), len(tasks))
 
-    if jobs <= 1:
+    if jobs <= 1 and timeout is None:
         for index, task in enumerate(tasks):
             finished(index, fold_one(*task))
     else:
-        _run_in_workers(tasks, jobs, finished)
+        _run_in_workers(tasks, jobs, timeout, finished)
     return BatchResult(models=results, jobs=jobs, elapsed_s=time.perf_counter() - started)
 
 
-def _run_in_workers(tasks, jobs: int, finished) -> None:
-    context = _worker_context()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_started) as pool:
-        pending = {pool.submit(fold_one, *task): index for index, task in enumerate(tasks)}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    finished(pending.pop(future), future.result())
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+# Models whose files add up to this much may be saved with external data even when not asked (see save_model).
+_MAY_EXTERNALIZE_BYTES = 1 << 30
 
 
-def _worker_context():
-    methods = multiprocessing.get_all_start_methods()
-    if "forkserver" in methods:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["bnfold.folding"])
-        return context
-    return multiprocessing.get_context("spawn")
+def _refuse_overlaps(tasks, fold_options: dict, also_writes) -> None:
+    """The run's outputs (models, data files, the caller's report) against each other and its inputs."""
+    from .file_identity import identity, model_files, refuse_overlaps_with_models
+    from .saving import data_file_path
+
+    external_data = fold_options.get("external_data")
+    writes = []
+    for source, destination, dry_run, _ in tasks:
+        if destination is None or dry_run:
+            continue
+        writes.append((destination, f"the output of {source}"))
+        if external_data or (external_data is None and _size(source) >= _MAY_EXTERNALIZE_BYTES):
+            writes.append((data_file_path(destination), f"the external data file of {source}'s output"))
+    writes += list(also_writes)
+    sources = [source for source, *_ in tasks]
+    own = []  # --overwrite: a model's output may replace the model itself, and its data file that model's data
+    for source, destination, dry_run, _ in tasks:
+        if fold_options.get("overwrite") and destination is not None and identity(destination) == identity(source):
+            own.append((destination, source))
+            own += [(data_file_path(destination), data) for data, _ in model_files(source)[1:]]
+    refuse_overlaps_with_models(sources, writes, replaceable=own)
 
 
-_folding_now = False
-_in_worker = False
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
-def _worker_started() -> None:
-    """Ctrl-C reaches every process of the terminal's group: an idle worker ignores it, a busy one stops its model
-    (temporary files removed) and reports it as interrupted; the parent prints the one line."""
-    global _in_worker
+def _run_in_workers(tasks, jobs: int, timeout: Optional[float], finished) -> None:
+    from .saving import remove_temporaries
+    from .workers import run_tasks
 
-    def on_interrupt(signum, frame):
-        if _folding_now:
-            raise KeyboardInterrupt
+    def failed(index: int, code: int, message: str, elapsed_s: float) -> None:
+        source, destination, dry_run, _ = tasks[index]
+        result = ModelResult(source=source, destination=None if dry_run else destination, exit_code=code,
+                             error=message, elapsed_s=elapsed_s)
+        finished(index, result)
 
-    _in_worker = True
-    signal.signal(signal.SIGINT, on_interrupt)
+    def cleanup(index: int, pid: int) -> None:
+        destination = tasks[index][1]
+        if destination is not None:
+            remove_temporaries(destination, pid)
+
+    run_tasks(tasks, jobs, timeout, finished, failed, cleanup)
 
 
 def fold_one(source: str, destination: Optional[str], dry_run: bool, fold_options: dict) -> ModelResult:
     """Fold one model as bnfold.fold_file does, turning every failure into the result's exit code and message."""
-    global _folding_now
     from .errors import VerificationFailed
     from .folding import fold_file
 
     started = time.perf_counter()
     result = ModelResult(source=source, destination=None if dry_run else destination)
-    _folding_now = True
     try:
         if destination is not None and not dry_run:
             Path(destination).parent.mkdir(parents=True, exist_ok=True)
@@ -259,14 +279,8 @@ def fold_one(source: str, destination: Optional[str], dry_run: bool, fold_option
         result.exit_code, result.error = error.exit_code, str(error)
     except OSError as error:  # creating the output's directory
         result.exit_code, result.error = EXIT_USAGE, f"{destination}: cannot create its directory ({error.strerror})"
-    except KeyboardInterrupt:
-        if not _in_worker:
-            raise
-        result.exit_code, result.error = EXIT_INTERRUPTED, "interrupted"
     except Exception as error:  # a bug in bnfold: reported for this model, the others go on
         result.exit_code = EXIT_INTERNAL
         result.error = f"internal error: {type(error).__name__}: {error} (please report it)"
-    finally:
-        _folding_now = False
     result.elapsed_s = time.perf_counter() - started
     return result

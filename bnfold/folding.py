@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Uni
 import onnx
 import onnx.inliner
 
-from .held import HeldTensors, held_by, holding
-from .loading import load_checked_model, load_model
-from .saving import PendingSave, save_model
-from .tensors import tensor_bytes
+from .held import HeldTensors, holding
+from .loading import is_stream, load_checked_model, load_model, read_stream
+from .file_identity import identity, refuse_overlaps
+from .saving import PendingSave, data_file_path, save_model
+from .tensors import exceeds_protobuf_limit, tensor_bytes
 from .errors import (ArgumentTypeError, InvalidModelError, OutputError, UnresolvedShapeError, UsageError,
                      VerificationFailed)
 from .engine import Engine
@@ -167,13 +168,6 @@ def _snapshot(model: onnx.ModelProto, options: FoldOptions) -> Callable[[], onnx
     return lambda: onnx.load_from_string(data)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def fold_file(
     source: Union[str, "os.PathLike[str]"],
     destination: Optional[Union[str, "os.PathLike[str]"]] = None,
@@ -191,6 +185,7 @@ def fold_file(
     inline_functions: bool = False,
     require_end_to_end: bool = False,
     standalone: bool = False,
+    also_writes: Sequence[Tuple[Union[str, "os.PathLike[str]"], str]] = (),
 ) -> FoldReport:
     """Load, fold, verify (unless verify=False) and atomically write a model; return the report.
 
@@ -200,8 +195,12 @@ def fold_file(
     (report.verification_skipped), unless require_end_to_end, which raises UnresolvedShapeError instead.
 
     fold_input_initializers, keep_input_initializers, skip, inline_functions and standalone fold as bnfold.fold does.
-    The input is never overwritten unless `destination` names it and overwrite=True. When verification fails the
-    output is not written (unless force=True) and VerificationFailed is raised, carrying `.result` and `.report`.
+    No file it reads (the model, its external data files) is replaced, unless `destination` names the model itself
+    and overwrite=True (then its data file may be replaced too); files are compared by identity
+    (bnfold.file_identity), and a refusal (OutputError) comes before anything is written. also_writes: (path, what) of files the caller
+    will write after the call (a report), checked the same way. A model read from a pipe (`/dev/stdin`) is read
+    whole into memory. When verification fails the output is not written (unless force=True) and
+    VerificationFailed is raised, carrying `.result` and `.report`.
     """
     if not isinstance(source, (str, os.PathLike)):
         raise ArgumentTypeError("source", f"expected a path (str or os.PathLike), got {type(source).__name__}")
@@ -211,27 +210,54 @@ def fold_file(
         raise ArgumentTypeError("destination", "expected a path (str or os.PathLike) or None")
     if destination is None and not dry_run:
         raise UsageError("no output path: pass -o/--output (or --dry-run to only report)")
-    if destination is not None and _same_file(source, Path(destination)) and not overwrite and not dry_run:
-        raise OutputError(f"{destination} is the input file; pass --overwrite to replace it")
+    writes = _planned_writes(destination, dry_run, data_file=False, also_writes=also_writes)
+    replaceable = [(destination, source)] if overwrite and destination is not None else []
+    try:
+        refuse_overlaps([(source, "the input model")], writes, replaceable=replaceable)
+    except OutputError:
+        if not overwrite and writes and identity(writes[0][0]) == identity(source):
+            raise OutputError(f"{destination} is the input file; pass --overwrite to replace it") from None
+        raise
     started = time.perf_counter()
+    data = read_stream(source) if is_stream(source) else None
     with holding(source) as held:
-        return _fold_file(source, destination, held, started, verify=verify, force=force, dry_run=dry_run,
+        return _fold_file(source, destination, held, data, started, verify=verify, force=force, dry_run=dry_run,
                           check=check, external_data=external_data, verify_options=verify_options,
                           fold_input_initializers=fold_input_initializers,
                           keep_input_initializers=keep_input_initializers, skip=skip,
                           inline_functions=inline_functions, require_end_to_end=require_end_to_end,
-                          standalone=standalone)
+                          standalone=standalone, overwrite=overwrite, also_writes=also_writes)
 
 
-def _fold_file(source: Path, destination, held: Optional[HeldTensors], started: float, *, verify, force, dry_run,
-               check, external_data, verify_options: VerifyOptions, fold_input_initializers, keep_input_initializers,
-               skip, inline_functions, require_end_to_end, standalone) -> FoldReport:
+def _planned_writes(destination, dry_run: bool, *, data_file: bool, also_writes) -> list:
+    """(path, what) of every file a fold_file call writes: the model, its data file, the caller's own."""
+    writes = [] if dry_run or destination is None else [(destination, "the output model")]
+    if writes and data_file:
+        writes.append((data_file_path(destination), "the output's external data file"))
+    return writes + [(path, what) for path, what in also_writes]
+
+
+def _fold_file(source: Path, destination, held: Optional[HeldTensors], data: Optional[bytes], started: float, *,
+               verify, force, dry_run, check, external_data, verify_options: VerifyOptions, fold_input_initializers,
+               keep_input_initializers, skip, inline_functions, require_end_to_end, standalone, overwrite,
+               also_writes) -> FoldReport:
     """fold_file's work, with large initializers held in the file (see bnfold.held) from load to save."""
-    model = load_checked_model(source, check=check, held=held)
+    data_files: list = []
+    model = load_checked_model(source, check=check, held=held, data=data, data_files=data_files)
+    writes_data = external_data or (external_data is None and exceeds_protobuf_limit(model))
+    reads = [(source, "the input model"), *((path, f"external data of {source}") for path in data_files)]
+    writes = _planned_writes(destination, dry_run, data_file=bool(writes_data), also_writes=also_writes)
+    same = overwrite and destination is not None and identity(destination) == identity(source)
+    replaceable = []
+    if same:  # --overwrite of the model itself: its data file may be replaced by the output's
+        replaceable = [(destination, source)]
+        if writes_data:
+            replaceable += [(data_file_path(destination), data) for data in data_files]
+    refuse_overlaps(reads, writes, replaceable=replaceable)
     folded, report = fold(model, fold_input_initializers=fold_input_initializers,
                           keep_input_initializers=keep_input_initializers, skip=skip,
                           inline_functions=inline_functions, inplace=True, local_check=verify, standalone=standalone,
-                          _reload=lambda: load_model(source, held=held))
+                          _reload=lambda: load_model(source, held=held, data=data))
     report.source = str(source)
     report.destination = None if destination is None else str(destination)
     checked = verify and report.changed
@@ -244,7 +270,8 @@ def _fold_file(source: Path, destination, held: Optional[HeldTensors], started: 
         if checked:
             checking = time.perf_counter()
             try:
-                _check_end_to_end(source, folded, report, started, verify_options=verify_options, force=force,
+                reference = source if data is None else load_model(source, data=data)
+                _check_end_to_end(reference, folded, report, started, verify_options=verify_options, force=force,
                                   require_end_to_end=require_end_to_end)
             finally:
                 report.verify_s = time.perf_counter() - checking
@@ -264,11 +291,11 @@ def _fold_file(source: Path, destination, held: Optional[HeldTensors], started: 
 
 def _read_from_output(placed) -> None:
     """The folded weights are written: held tensors read them from the output from now on, and their arrays go."""
-    for tensor, path, offset in placed:
-        held_by(tensor).moved_to_file(tensor, path, offset)
+    for (store, number), path, offset in placed:
+        store.moved_to_file(number, path, offset)
 
 
-def _check_end_to_end(source: Path, folded: onnx.ModelProto, report: FoldReport, started: float, *,
+def _check_end_to_end(source: Union[Path, onnx.ModelProto], folded: onnx.ModelProto, report: FoldReport, started: float, *,
                       verify_options: VerifyOptions, force: bool, require_end_to_end: bool) -> None:
     """Compare the folded model with the file it came from (report.verification); raise VerificationFailed when
     they differ, unless force."""
@@ -280,7 +307,8 @@ def _check_end_to_end(source: Path, folded: onnx.ModelProto, report: FoldReport,
     options.setdefault("rewritten", [name for d in [*report.folded, *report.decomposed] if d.folded
                                      for name in d.rewritten])
     try:
-        report.verification = verify_models(str(source), folded, candidate_label="folded model (in memory)",
+        reference = source if isinstance(source, onnx.ModelProto) else str(source)
+        report.verification = verify_models(reference, folded, candidate_label="folded model (in memory)",
                                             **options)
     except UnresolvedShapeError as error:
         if require_end_to_end:

@@ -76,10 +76,10 @@ class HeldTensors:
         """Mark `tensor` (parsed without its raw_data) as held: its bytes are source[offset:offset + length]."""
         self._mark(tensor, (self._fd, offset, length))
 
-    def moved_to_file(self, tensor: onnx.TensorProto, path: str, offset: int) -> None:
-        """A save has written the array `tensor` holds to path[offset:]: read it from there from now on, and let
-        the array go (the end-to-end check then runs without a copy of the folded weights in memory)."""
-        number = _number(tensor)
+    def moved_to_file(self, number: int, path: str, offset: int) -> None:
+        """A save has written the array held as entry `number` (see held_key) to path[offset:]: read it from there
+        from now on, and let the array go (the end-to-end check then runs without a copy of the folded weights in
+        memory)."""
         array = self._entries.get(number)
         if not isinstance(array, np.ndarray):
             return
@@ -136,9 +136,10 @@ class HeldTensors:
 @contextlib.contextmanager
 def holding(path) -> Iterator[Optional[HeldTensors]]:
     """An open HeldTensors for a model file, closed on leaving; None when the path is no readable regular file
-    (loading it then says why, in its own words)."""
+    (loading it then says why, in its own words). A pipe or FIFO is not even opened: opening it would take the
+    writer's data away from the load that reads it next."""
     try:
-        store = HeldTensors(path).__enter__()
+        store = HeldTensors(path).__enter__() if stat.S_ISREG(os.stat(path).st_mode) else None
     except (OSError, ValueError):
         store = None
     try:
@@ -169,10 +170,6 @@ def is_held(tensor: onnx.TensorProto) -> bool:
             and tensor.external_data[0].value == HELD_LOCATION and tensor.external_data[0].key == "location")
 
 
-def _number(tensor: onnx.TensorProto) -> int:
-    return int(tensor.external_data[1].value.split(":")[1])
-
-
 def _locate(tensor: onnx.TensorProto) -> Tuple["HeldTensors", object]:
     item = tensor.external_data[1]
     try:
@@ -187,6 +184,13 @@ def _locate(tensor: onnx.TensorProto) -> Tuple["HeldTensors", object]:
 def held_by(tensor: onnx.TensorProto) -> "HeldTensors":
     """The open HeldTensors that holds the tensor's bytes."""
     return _locate(tensor)[0]
+
+
+def held_key(tensor: onnx.TensorProto) -> Tuple["HeldTensors", int]:
+    """(store, entry number) of a held tensor: where its bytes are, independent of the proto. A save that rewrites
+    a copy of the tensor (its external data moved to a data file) still knows, through it, whose bytes it wrote."""
+    store, _ = _locate(tensor)
+    return store, int(tensor.external_data[1].value.split(":")[1])
 
 
 def held_array(tensor: onnx.TensorProto) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
@@ -175,11 +176,14 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
             )
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+def _load_external_data(model: onnx.ModelProto, path: Path, data_files: Optional[list] = None) -> None:
     external = [tensor for tensor in iter_tensors(model) if is_external(tensor)]
     if not external:
         return
     _check_external_data(model, path.parent)
+    if data_files is not None:
+        base = path.parent.resolve()
+        data_files.extend(dict.fromkeys(_external_location(tensor, base)[0] for tensor in external))
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError, onnx.checker.ValidationError) as error:
@@ -191,12 +195,35 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
             raise ExternalDataError(f"{path}: external data of {problem}")
 
 
+def is_stream(path: PathLike) -> bool:
+    """Whether the path is a pipe, FIFO, socket or character device (`/dev/stdin`, `<(...)`): a stream that can be
+    read once, to its end, and has no size to check or map."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def read_stream(path: PathLike) -> bytes:
+    """The whole of a stream (see is_stream), read into memory: a model from a pipe is parsed from these bytes, as
+    often as it is needed, since the pipe cannot be read again."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise InputFileError(f"{path}: cannot read ({error.strerror or error})") from None
+    if not data:
+        raise ModelLoadError(f"{path}: the stream ended before any byte was read (nothing was written to it)")
+    return data
+
+
 def _readable_file(path: Path) -> None:
     """Raise InputFileError / ModelLoadError for a path that cannot hold a model at all."""
     try:
         is_dir = path.is_dir()
         exists = path.exists()
-        empty = exists and not is_dir and path.stat().st_size == 0
+        empty = exists and not is_dir and path.stat().st_size == 0 and not is_stream(path)
     except (ValueError, OSError) as error:
         raise InputFileError(f"{path}: not a usable path ({error})") from None
     if is_dir:
@@ -207,11 +234,17 @@ def _readable_file(path: Path) -> None:
         raise ModelLoadError(f"{path}: file is empty")
 
 
-def _read_model(path: Path, held=None) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
+def _read_model(path: Path, held=None, data: Optional[bytes] = None) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
     """Parse a model file, well-formedness checked but external data not loaded; also return the tensors whose data
     was measured against their dims and type while parsing (see _parse_pieces). With `held` (a
-    bnfold.held.HeldTensors open on `path`), their bytes stay in the file."""
-    _readable_file(path)
+    bnfold.held.HeldTensors open on `path`), their bytes stay in the file. `data`: the file's bytes, already read
+    (a stream); a stream not read yet is read whole here."""
+    if data is None:
+        _readable_file(path)
+        if is_stream(path):
+            data = read_stream(path)
+    if data is not None:
+        return _parse_checked(data, str(path))
     try:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             return _parse_checked(data, str(path), held)
@@ -219,28 +252,32 @@ def _read_model(path: Path, held=None) -> Tuple[onnx.ModelProto, List[onnx.Tenso
         raise InputFileError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
-def load_model(path: PathLike, *, load_external_data: bool = True, held=None) -> onnx.ModelProto:
+def load_model(path: PathLike, *, load_external_data: bool = True, held=None, data: Optional[bytes] = None,
+               data_files: Optional[list] = None) -> onnx.ModelProto:
     """Read an ONNX model, raising a typed error for anything a user could have got wrong. held: a
-    bnfold.held.HeldTensors open on `path`, to keep large initializers' bytes in the file (see bnfold.held)."""
+    bnfold.held.HeldTensors open on `path`, to keep large initializers' bytes in the file (see bnfold.held).
+    data: the file's bytes when they were read already (a stream: see read_stream). data_files: a list that gets
+    the external data files read."""
     path = Path(path)
-    model, _ = _read_model(path, held)
+    model, _ = _read_model(path, held, data)
     if load_external_data:
-        _load_external_data(model, path)
+        _load_external_data(model, path, data_files)
     return model
 
 
-def load_checked_model(path: PathLike, *, check: bool = True, held=None) -> onnx.ModelProto:
+def load_checked_model(path: PathLike, *, check: bool = True, held=None, data: Optional[bytes] = None,
+                       data_files: Optional[list] = None) -> onnx.ModelProto:
     """load_model, and (with check) check_model's verdict on it, reading and parsing the file once.
 
     The checker sees the model's skeleton: tensors whose data the loader has measured against their dims and type
     keep those but not their bytes, which the checker would only have measured again (see _checker_skeleton).
     """
     path = Path(path)
-    model, measured = _read_model(path, held)
+    model, measured = _read_model(path, held, data)
     if check:
         from .graph.order import sort_nodes
 
-        if any(is_external(tensor) for tensor in iter_tensors(model)):
+        if any(is_external(tensor) for tensor in iter_tensors(model)) and data is None:
             try:
                 check_model(path)  # the checker's own external-data rules need the files beside the model
             except InvalidModelError:
@@ -252,7 +289,7 @@ def load_checked_model(path: PathLike, *, check: bool = True, held=None) -> onnx
                 check_model(skeleton)
         else:
             _check_skeleton(model, measured)
-    _load_external_data(model, path)
+    _load_external_data(model, path, data_files)
     return model
 
 

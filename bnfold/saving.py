@@ -37,7 +37,7 @@ from google.protobuf.message import EncodeError
 
 from .errors import ArgumentTypeError, OutputError
 from .loading import _is_repeated, set_field
-from .held import held_data, held_nbytes, is_held, materialized, read_at
+from .held import held_data, held_key, held_nbytes, is_held, materialized, read_at
 from .tensors import exceeds_protobuf_limit, is_external, iter_tensors, tensor_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -102,12 +102,14 @@ class TensorData:
 
 
 class HeldBytes:
-    """A chunk that is the array a held tensor holds (see bnfold.held); a writer asked to can say where it landed."""
+    """A chunk that is the array a held tensor holds (see bnfold.held); a writer asked to can say where it landed.
+    `key` is the held entry's (store, number), taken when the chunk is made: the tensor itself may be rewritten
+    afterwards (a copy moved to the external data file no longer says it is held)."""
 
-    __slots__ = ("tensor", "view")
+    __slots__ = ("key", "view")
 
-    def __init__(self, tensor: onnx.TensorProto, view):
-        self.tensor, self.view = tensor, view
+    def __init__(self, key, view):
+        self.key, self.view = key, view
 
     def __len__(self) -> int:
         return len(self.view)
@@ -160,8 +162,8 @@ def _write_all(fd: int, data) -> None:
 
 
 Chunk = Union[bytes, memoryview, FileRange, TensorData, HeldBytes]
-# (tensor, file, offset): where a writer put the bytes of a HeldBytes chunk.
-Placed = List[Tuple[onnx.TensorProto, str, int]]
+# (held key, file, offset): where a writer put the bytes of a HeldBytes chunk (key: bnfold.held.held_key).
+Placed = List[Tuple[tuple, str, int]]
 
 
 class _Cancelled(Exception):
@@ -172,7 +174,7 @@ def _write_temporary(path: Path, chunks: Iterable[Chunk], cancelled: Callable[[]
                      placed: Optional[Placed] = None) -> str:
     """Write chunks to a new temporary file beside `path`, flushed and fsynced; return its name. `placed` gets
     where each HeldBytes chunk landed."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(path, os.getpid()), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb", buffering=0):  # closes fd
             os.fchmod(fd, _new_file_mode(path))
@@ -185,7 +187,7 @@ def _write_temporary(path: Path, chunks: Iterable[Chunk], cancelled: Callable[[]
                     chunk = chunk.read()
                 elif isinstance(chunk, HeldBytes):
                     if placed is not None:
-                        placed.append((chunk.tensor, tmp_name, position))
+                        placed.append((chunk.key, tmp_name, position))
                     chunk = chunk.view
                 position += len(chunk)
                 if isinstance(chunk, FileRange) or len(chunk) >= _GATHERED_BYTES:
@@ -206,6 +208,28 @@ def _write_temporary(path: Path, chunks: Iterable[Chunk], cancelled: Callable[[]
         _remove_quietly(tmp_name)
         raise
     return tmp_name
+
+
+def _temporary_prefix(path: Path, pid: int) -> str:
+    """Temporary files are `.<name>.<pid>.<random>.tmp` beside their target: hidden, and known to be this
+    process's, so whoever kills a process that was writing can remove what it left (remove_temporaries)."""
+    return f".{path.name}.{pid}."
+
+
+def remove_temporaries(path: PathLike, pid: int) -> None:
+    """Remove the temporary files process `pid` left while writing `path` and its external data file (it was
+    killed: bnfold.workers)."""
+    import glob
+
+    try:
+        target = output_target(path)
+        targets = [target, data_file_path(target)]
+    except OutputError:
+        return
+    for file in targets:
+        pattern = os.path.join(glob.escape(str(file.parent)), glob.escape(_temporary_prefix(file, pid)) + "*.tmp")
+        for name in glob.glob(pattern):
+            _remove_quietly(name)
 
 
 def _remove_quietly(name: str) -> None:
@@ -418,7 +442,7 @@ def _with_held_data(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _held_chunk(tensor: onnx.TensorProto) -> Union[HeldBytes, FileRange]:
     data = held_data(tensor)
-    return FileRange(*data) if isinstance(data, tuple) else HeldBytes(tensor, data)
+    return FileRange(*data) if isinstance(data, tuple) else HeldBytes(held_key(tensor), data)
 
 
 def _single_field(container, field, value) -> bytes:
@@ -474,6 +498,12 @@ def _file_kind(mode: int) -> str:
     return "special file"
 
 
+def data_file_path(path: PathLike) -> Path:
+    """The external data file a save to `path` writes: `<file name>.data` beside the file the path resolves to."""
+    target = output_target(path)
+    return output_target(target.parent / (target.name + ".data"))
+
+
 def save_model(
     model: onnx.ModelProto,
     path: PathLike,
@@ -506,7 +536,7 @@ class _SavePlan:
             external_data = exceeds_protobuf_limit(model)
         if external_data:
             data_name = self.path.name + ".data"
-            data_path = output_target(self.path.parent / data_name)
+            data_path = data_file_path(self.path)
             self.model = onnx.ModelProto()
             self.model.CopyFrom(model)
             chunks = _externalize(self.model, data_name)

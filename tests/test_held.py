@@ -111,11 +111,15 @@ def test_copy_without_copy_file_range_writes_the_same_bytes(tmp_path, monkeypatc
     assert (tmp_path / "folded.onnx").read_bytes() == expected_bytes(source, tmp_path)
 
 
-def test_external_data_output_holds_the_same_tensors(tmp_path):
+@pytest.mark.parametrize("verify", [False, True])
+def test_external_data_output_holds_the_same_tensors(tmp_path, verify):
+    """With verification on, the folded weights (held arrays) are read back from the data file being written
+    while the end-to-end check runs: the held entry outlives the copy of the tensor that the save rewrites."""
     source = save(conv_bn_gemm(), tmp_path / "m.onnx")
     (tmp_path / "held").mkdir()
     (tmp_path / "expected").mkdir()
-    fold_file(source, tmp_path / "held" / "folded.onnx", verify=False, external_data=True)
+    report = fold_file(source, tmp_path / "held" / "folded.onnx", verify=verify, external_data=True)
+    assert report.written and (report.verification is not None) == verify
     model, _ = fold(loading.load_model(source), local_check=False)
     saving.save_model(model, tmp_path / "expected" / "folded.onnx", external_data=True)
     for name in ("folded.onnx", "folded.onnx.data"):
@@ -123,6 +127,14 @@ def test_external_data_output_holds_the_same_tensors(tmp_path):
     reloaded = loading.load_model(tmp_path / "held" / "folded.onnx")
     assert not any(is_held(tensor) for tensor in reloaded.graph.initializer)
     assert_same_outputs(conv_bn_gemm(), reloaded)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", sorted((ROOT / "models" / "zoo").glob("*.onnx")), ids=lambda path: path.stem)
+def test_every_zoo_model_folds_verified_to_external_data(source, tmp_path):
+    report = fold_file(source, tmp_path / "folded.onnx", external_data=True)
+    assert report.written and report.verification is not None and report.verification.passed
+    assert_same_outputs(loading.load_model(source), loading.load_model(tmp_path / "folded.onnx"))
 
 
 def test_overwriting_the_input_reads_the_old_file_to_the_end(tmp_path):

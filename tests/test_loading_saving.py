@@ -539,12 +539,12 @@ def test_pending_save_says_where_held_arrays_landed_and_they_read_back_from_ther
 
         def read_from_output(where):  # what fold_file does, in the writing thread, before the rename
             placed.extend(where)
-            for tensor, path, offset in where:
-                store.moved_to_file(tensor, path, offset)
+            for (owner, number), path, offset in where:
+                owner.moved_to_file(number, path, offset)
 
         saving.PendingSave(model, tmp_path / "out.onnx", on_written=read_from_output).commit()
-        ((tensor, path, offset),) = placed
-        assert tensor is weight and path != str(tmp_path / "out.onnx")  # the temporary name, renamed since
+        (((owner, _), path, offset),) = placed
+        assert owner is store and path != str(tmp_path / "out.onnx")  # the temporary name, renamed since
         assert (tmp_path / "out.onnx").read_bytes()[offset:offset + new.nbytes] == new.tobytes()
         assert held_range(weight)[1:] == (offset, new.nbytes)
         np.testing.assert_array_equal(tensor_array(weight), new)  # read through the descriptor, after the rename

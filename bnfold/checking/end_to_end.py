@@ -32,10 +32,12 @@ def _load(model: ModelLike, default_label: str, held: contextlib.ExitStack):
     """(ModelProto, what to give ORT, label): paths keep their path for ORT, so models over 2 GiB still load. A
     model read from a path holds its large initializers in the file (bnfold.held) until `held` closes."""
     from ..held import holding
-    from ..loading import load_model
+    from ..loading import is_stream, load_model
 
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model, held=held.enter_context(holding(model))), os.fspath(model), os.fspath(model)
+        loaded = load_model(model, held=held.enter_context(holding(model)))
+        # A pipe is read once, here: ORT gets the parsed model.
+        return loaded, loaded if is_stream(model) else os.fspath(model), os.fspath(model)
     if not hasattr(model, "graph"):
         raise UsageError(f"{default_label} must be a path or an onnx.ModelProto, got {type(model).__name__}")
     return model, model, default_label

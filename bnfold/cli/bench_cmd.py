@@ -10,7 +10,7 @@ import click
 from ..errors import ProviderError, UsageError
 from ..runtime import OPT_LEVELS
 from .common import (exit_codes_epilog, input_shape_option, inputs_option, json_target_option, quiet_option,
-                     seed_option, write_json)
+                     refuse_report_overlaps, seed_option, write_json)
 from .fold_options import (fold_input_initializers_option, inline_functions_option, keep_input_initializers_option,
                            refuse_bad_fold_options, skip_option, standalone_option)
 
@@ -82,6 +82,7 @@ def bench(models, fold_in_memory, fold_input_initializers, keep_input_initialize
         raise UsageError("fold options (--fold-input-initializers, --keep-input-initializers, --inline-functions, "
                          "--standalone, --skip) apply to --fold only")
     refuse_bad_fold_options(**fold_options)
+    refuse_report_overlaps(models, [(json_target, "the JSON results"), (plot_path, "the plot")])
     if plot_path:
         import_matplotlib_figure()  # fail before minutes of timing, not after
     labelled = _load_models(models, fold_in_memory)

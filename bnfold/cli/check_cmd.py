@@ -6,7 +6,7 @@ import shlex
 
 import click
 
-from .common import exit_codes_epilog, json_option, quiet_option, write_json
+from .common import exit_codes_epilog, json_option, quiet_option, refuse_report_overlaps, write_json
 from .fold_options import (fold_input_initializers_option, inline_functions_option, keep_input_initializers_option,
                            refuse_bad_fold_options, skip_option)
 
@@ -49,8 +49,10 @@ def check(models, max_foldable, max_standalone, max_kept, no_check, fold_input_i
                   *(["--inline-functions"] if inline_functions else []),
                   *(word for rule in skip_rules for word in ("--skip", rule))]
     brief = quiet or (json_target is not None and json_target != "-")
+    collected = [path for path, _ in collect_models(models)]
+    refuse_report_overlaps(collected, [(json_target, "the JSON report")])
     checks = []
-    for path, _ in collect_models(models):
+    for path in collected:
         try:
             result = check_model(path, check_model=not no_check, fold_input_initializers=fold_input_initializers,
                                  keep_input_initializers=keep_input_initializers, skip=skip_rules,

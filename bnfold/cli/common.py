@@ -110,7 +110,8 @@ EXIT_CODES = (
     ("2", "bad usage, unreadable or invalid input, output that cannot be written; no input size for the end-to-end "
           "check (`bnfold verify`, or `--require-end-to-end`); a missing execution provider (`bnfold bench`)"),
     ("3", "internal error (a bug: please report it; BNFOLD_DEBUG=1 shows the traceback)"),
-    ("130", "interrupted (Ctrl-C), at any moment including start-up: one line `bnfold: interrupted`"),
+    ("130", "interrupted (Ctrl-C), at any moment once Python has started bnfold (imports and batch workers "
+            "included): one line `bnfold: interrupted`, no temporary file left"),
 )
 WORST_EXIT_CODE = "With several models the exit code is the worst model's: 130 > 3 > 2 > 1 > 0."
 
@@ -127,6 +128,16 @@ def exit_codes_epilog(note: str = "") -> str:
     lines.append(WORST_EXIT_CODE)
     block = "\n".join(lines)
     return f"{note}\n\n{block}" if note else block
+
+
+def refuse_report_overlaps(models, reports) -> None:
+    """Before any work: refuse a report file (`--json FILE`, `--plot FILE`; pairs of path and what it is) that is a
+    model the command reads, an external data file such a model names, or another report (bnfold.file_identity)."""
+    from ..file_identity import refuse_overlaps_with_models
+
+    writes = [(path, what) for path, what in reports if path not in (None, "-")]
+    if writes:
+        refuse_overlaps_with_models(list(models), writes)
 
 
 def write_json(data: dict, target: str) -> None:

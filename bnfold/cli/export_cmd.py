@@ -71,6 +71,11 @@ def export(target, output, input_shapes, dynamic_batch, opset, exporter, input_n
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     module = build_module(target)
+    source = getattr(sys.modules.get(target.partition(":")[0]), "__file__", None)
+    if source:  # the one file export reads: the model must not replace it
+        from ..file_identity import refuse_overlaps
+
+        refuse_overlaps([(source, "the module's source")], [(output, "the exported model")])
     try:
         result = export_module(
             module,

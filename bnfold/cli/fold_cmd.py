@@ -25,6 +25,9 @@ from .fold_options import (fold_input_initializers_option, inline_functions_opti
                    "need a directory (created if missing); paths below a MODEL directory are kept.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes when folding several models. Default: the cores this process may use.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="With several models: stop a model's worker after this long; that model fails (exit 3), the "
+                   "others go on.")
 @click.option("--overwrite", is_flag=True, help="Allow -o to name the input file itself.")
 @click.option("--dry-run", is_flag=True, help="Fold and report, but write nothing.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime equivalence check (onnxruntime is not imported).")
@@ -50,7 +53,7 @@ from .fold_options import (fold_input_initializers_option, inline_functions_opti
 @click.option("-v", "--verbose", is_flag=True,
               help="Also list every folded BN, and each kept BN of a reason several share (said once by default).")
 @quiet_option
-def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end, force, no_check,
+def fold(models, output, jobs, timeout, overwrite, dry_run, no_verify, require_end_to_end, force, no_check,
          fold_input_initializers, keep_input_initializers, inline_functions, standalone, skip_rules, external_data,
          input_shapes, input_files, seed, runs, atol, rtol, json_target, verbose, quiet):
     """Fold eval-mode BatchNormalization in MODEL into neighbouring weights and write it to OUTPUT.
@@ -67,6 +70,7 @@ def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end
     directory -o names (created if missing): one line per model (a progress bar on a terminal), then a summary
     table. A model that fails does not stop the others.
     """
+    from ..errors import UsageError
     from ..options import VerifyOptions
 
     refuse_bad_fold_options(fold_input_initializers=fold_input_initializers,
@@ -81,10 +85,13 @@ def fold(models, output, jobs, overwrite, dry_run, no_verify, require_end_to_end
                                         rtol=parse_tolerances(rtol, "--rtol")),
     }
     if len(models) == 1 and not os.path.isdir(models[0]):
+        if timeout is not None:
+            raise UsageError("--timeout bounds each model's worker when folding several models or a directory; "
+                             "one model is folded in this process (bound it with `timeout SECONDS bnfold ...`)")
         _fold_one(models[0], _single_destination(models[0], output), dry_run, fold_options, json_target, verbose,
                   quiet)
     else:
-        _fold_many(models, output, jobs, dry_run, fold_options, json_target, quiet)
+        _fold_many(models, output, jobs, timeout, dry_run, fold_options, json_target, quiet)
 
 
 def _names_directory(output: str) -> bool:
@@ -118,8 +125,9 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
     from ..folding import fold_file
 
     data_before = _file_identity(_data_file(output)) if output is not None else None
+    also_writes = [] if json_target in (None, "-") else [(json_target, "the JSON report")]
     try:
-        report = fold_file(model, output, dry_run=dry_run, **fold_options)
+        report = fold_file(model, output, dry_run=dry_run, also_writes=also_writes, **fold_options)
     except VerificationFailed as failure:
         report = getattr(failure, "report", None)
         if report is not None:
@@ -177,7 +185,7 @@ def _wrote_line(report, data_before) -> str:
     return f"wrote {report.destination} ({', '.join(sizes)}) in {report.elapsed_s:.2f} s"
 
 
-def _fold_many(models, output, jobs, dry_run, fold_options, json_target, quiet) -> None:
+def _fold_many(models, output, jobs, timeout, dry_run, fold_options, json_target, quiet) -> None:
     from ..batch import fold_files
     from ..errors import UsageError
 
@@ -207,7 +215,9 @@ def _fold_many(models, output, jobs, dry_run, fold_options, json_target, quiet) 
             click.echo(f"[{done}/{total}] {_line(result)}")
 
     try:
-        result = fold_files(models, output, jobs=jobs, dry_run=dry_run, progress=progress, **fold_options)
+        also_writes = [] if json_target in (None, "-") else [(json_target, "the JSON report")]
+        result = fold_files(models, output, jobs=jobs, dry_run=dry_run, progress=progress, timeout=timeout,
+                            also_writes=also_writes, **fold_options)
     finally:
         if bar is not None:
             bar.render_finish()

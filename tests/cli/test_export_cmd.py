@@ -196,3 +196,10 @@ def test_randomize_bn_leaves_the_callers_module_alone():
     assert result.passed and result.bn_randomized_seed == 1 and result.bn_modules == 1
     for key, value in net.state_dict().items():
         assert torch.equal(value, state[key]), key
+
+
+def test_an_output_that_is_the_modules_own_source_is_refused(user_project):
+    before = (user_project / "userpkg" / "models.py").read_bytes()
+    result = invoke("userpkg.models:build_net", "-o", "userpkg/../userpkg/models.py", "--input-shape", "1x3x8x8")
+    assert result.exit_code == 2 and "the module's source" in result.output, result.output
+    assert (user_project / "userpkg" / "models.py").read_bytes() == before

@@ -53,3 +53,47 @@ def test_keyboard_interrupt_while_importing_the_cli(monkeypatch, capsys):
     assert raised.value.code == 130
     assert capsys.readouterr().err == "bnfold: interrupted\n"
 
+
+
+# A real SIGINT while click parses the arguments: click would say "Aborted!" and exit 1.
+INTERRUPT_WHILE_PARSING = textwrap.dedent("""
+    import os, signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    import click
+    real_parse_args = click.Command.parse_args
+    def interrupting_parse_args(self, ctx, args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_parse_args(self, ctx, args)
+    click.Command.parse_args = interrupting_parse_args
+    sys.argv = ["bnfold", "--help"]
+    from bnfold.__main__ import main
+    main()
+""")
+
+
+@pytest.mark.slow
+def test_sigint_while_click_parses_is_not_aborted():
+    child = subprocess.run([sys.executable, "-c", INTERRUPT_WHILE_PARSING], capture_output=True, text=True,
+                           cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert child.returncode == 130, child.stderr
+    assert child.stderr == "bnfold: interrupted\n" and child.stdout == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.4, 0.8, 1.2, 1.8])
+def test_ctrl_c_during_a_fold_is_one_line_and_leaves_no_temporary_file(tmp_path, delay):
+    import os
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "bnfold", str(ROOT / "models" / "zoo" / "resnet_style.onnx"), "-o",
+               str(tmp_path / "out.onnx")]
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    time.sleep(delay)
+    os.killpg(child.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, stderr = child.communicate(timeout=120)
+    assert sorted(path.name for path in tmp_path.iterdir()) in ([], ["out.onnx"])  # no temporary file
+    if child.returncode == 0:  # finished first
+        return
+    assert child.returncode == 130 and stderr == "bnfold: interrupted\n"
