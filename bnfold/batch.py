@@ -255,7 +255,7 @@ def _run_in_workers(tasks, jobs: int, timeout: Optional[float], finished) -> Non
         if destination is not None:
             remove_temporaries(destination, pid)
 
-    run_tasks(tasks, jobs, timeout, finished, failed, cleanup)
+    run_tasks(fold_one, tasks, jobs, timeout, finished, failed, cleanup)
 
 
 def fold_one(source: str, destination: Optional[str], dry_run: bool, fold_options: dict) -> ModelResult:

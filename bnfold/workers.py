@@ -55,25 +55,26 @@ def _receive(stream):
 
 
 def serve() -> None:
-    """A worker's life: fold each task read from stdin, write each result to stdout, end at end of input."""
+    """A worker's life: run each (job, arguments) read from stdin, write each result to stdout, end at end of input.
+    The job is a module-level function, pickled by reference: the worker imports it by name."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     results = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, never into the results
-    from .batch import fold_one
-
     tasks = sys.stdin.buffer
     while True:
         task = _receive(tasks)
         if task is None:
             break
-        _send(results, fold_one(*task))
+        job, arguments = task
+        _send(results, job(*arguments))
     results.close()
 
 
 class _Worker:
     """One worker process, and a thread that hands its messages (None when it ends) to the pool's queue."""
 
-    def __init__(self, events: "queue.Queue"):
+    def __init__(self, events: "queue.Queue", job: Callable):
+        self.job = job
         env = dict(os.environ, BNFOLD_WORKER_PATH=json.dumps(sys.path))
         apart = {"start_new_session": True} if os.name == "posix" else \
             {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
@@ -98,7 +99,7 @@ class _Worker:
         """Send a task; False when the worker is gone already (its end is reported through the queue)."""
         self.task, self.started = index, time.monotonic()
         try:
-            _send(self.process.stdin, task)
+            _send(self.process.stdin, (self.job, task))
             return True
         except (OSError, ValueError):
             return False
@@ -135,10 +136,10 @@ def died(code: int) -> str:
     return f"worker exited with code {code} before finishing; the other models went on"
 
 
-def run_tasks(tasks: Sequence[tuple], jobs: int, timeout: Optional[float],
+def run_tasks(job: Callable, tasks: Sequence[tuple], jobs: int, timeout: Optional[float],
               finished: Callable[[int, object], None], failed: Callable[[int, int, str, float], None],
               cleanup: Callable[[int, int], None]) -> None:
-    """Fold tasks (fold_one's arguments) in `jobs` workers. finished(index, result) for each result;
+    """Run job(*task) (a module-level function) for each task in `jobs` workers. finished(index, result) for each result;
     failed(index, exit code, message, seconds) for a model whose worker died or ran past `timeout` seconds;
     cleanup(index, pid) after a worker was killed while it folded task `index`."""
     events: "queue.Queue" = queue.Queue()
@@ -147,7 +148,7 @@ def run_tasks(tasks: Sequence[tuple], jobs: int, timeout: Optional[float],
     busy: List[_Worker] = []
 
     def start() -> _Worker:
-        worker = _Worker(events)
+        worker = _Worker(events, job)
         workers.append(worker)
         return worker
 
