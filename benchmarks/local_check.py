@@ -55,7 +55,10 @@ def conv_bn_piece(index, c_in, c_out, kernel, stride, dtype, rng, extreme=True):
     else:  # trained-looking: BN roughly standardizes the conv output
         scale, bias = rng.uniform(0.5, 1.5, c_out), rng.normal(0, 0.1, c_out)
         mean, var = conv_bias + rng.normal(0, 0.1, c_out) * spread, spread**2 * rng.uniform(0.5, 1.5, c_out)
-    multiplier = scale / np.sqrt(var + EPS)
+    # Fold the stored (rounded) constants, as bnfold does: the folded weights are then the exact map rounded once.
+    weight, conv_bias, scale, bias, mean, var = (np.asarray(a, dtype).astype(np.float64)
+                                                 for a in (weight, conv_bias, scale, bias, mean, var))
+    multiplier = scale / np.sqrt(var + np.float64(np.float32(EPS)))
     pads = [kernel // 2] * 4
     stats = {"s": scale, "bb": bias, "m": mean, "v": var}
     return Piece(

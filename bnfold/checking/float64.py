@@ -1,0 +1,325 @@
+"""The local check's float64 path: both sides of a piece evaluated exactly enough to see the stored weights' ulps.
+
+ONNX Runtime computes in the model's own dtype, whose rounding hides errors as small as "eps ignored" (~5e-6 on a
+variance near 1). Here both sides run in float64 (onnx.reference on a copy of the piece converted to double), so
+before(x) is the exact map of the stored original constants and after(x) that of the stored folded ones. A correct
+fold's folded constants are the exact ones rounded to their dtype (relative error <= u, the unit roundoff), so
+after(x) - before(x) is that rounding seen through the after side. Its size is bounded element by element with a
+root-sum-square magnitude model: the after side evaluated on x^2 with squared constants (Sub as Add), whose square
+root B(x) is the spread of a sum of independently-signed terms. On the seeded normal probes a rounding error of the
+weights of a reduction is a normal variable with standard deviation <= u * B, so
+
+    |after(x) - before(x)| <= BOUND_FACTOR * u * B(x) + FLOAT64_SLACK * (channel peak)
+
+holds for a correct fold (8 standard deviations, x2 for sums of such terms), while a wrong fold's error grows with
+its own size: eps ignored on a float32 Conv is ~80 u. Pieces outside what this model bounds (reductions over
+intermediates, non-monotone ops on the after side) or what onnx.reference evaluates return None: the caller runs
+them in ONNX Runtime instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..graph.pieces import Piece
+from .metric import by_channel, channel_errors, is_float, scale_floor, unit_roundoff
+from .probes import batch_is_free, has_unknown, probe_dims, probe_feeds, probe_shapes, sizes_to_try
+from .renaming import prefixed
+from .verdict import LocalCheck
+
+METHOD = "float64"
+BOUND_FACTOR = 16.0  # 8 standard deviations of a normal rounding error, x2 for a sum of such terms (bias + weights)
+FLOAT64_SLACK = 2.0**-36  # float64 evaluation error of both sides, relative to the channel's peak (~1.5e-11)
+MIN_SAMPLES = 16  # values per channel: detection power for errors that are a fraction of the channel
+MAX_RUNS = 32
+_FLOAT32_SAFE = 1e15  # constants whose squares stay well inside float32 are squared in float32
+MIN_OPSET = 7  # numpy broadcasting for elementwise ops from here on; older pieces run in ONNX Runtime
+
+# Ops of the after side and how the magnitude model treats them: the same op on squares of everything float.
+_VIEWS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Pad", "Concat", "Split",
+          "DepthToSpace", "SpaceToDepth", "Cast", "Dropout"}
+_REDUCTIONS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # terms of distinct inputs: their data must be probes
+_ELEMENTWISE = {"Add", "Sum", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "Expand", "Tile", "Gather"}
+_MEANS = {"AveragePool", "GlobalAveragePool", "ReduceMean", "MaxPool", "GlobalMaxPool"}  # RMS >= mean
+_CONSTANT_LIKE = {"Constant", "ConstantOfShape", "Shape", "Size"}  # their outputs are constants of the piece
+_BOUND_OPS = _VIEWS | _REDUCTIONS | _ELEMENTWISE | _MEANS
+# Ops whose meaning a float64 copy would change, or onnx.reference does not have: ONNX Runtime judges them.
+_NOT_HERE = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+             "ConvInteger", "MatMulInteger", "EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike",
+             "RandomUniformLike", "Multinomial", "Bernoulli"}
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+
+
+def check_in_float64(piece: Piece, opsets: Dict[str, int], seed: int, index: int) -> Tuple[Optional[LocalCheck],
+                                                                                           str]:
+    """(the verdict, "") or (None, why this piece is left to ONNX Runtime)."""
+    why = _unsupported(piece, opsets)
+    if why:
+        return None, why
+    evaluation = _Evaluation(piece, opsets)
+    dims = probe_dims(piece)
+    sizes = sizes_to_try(piece) if has_unknown(dims) else [0]
+    error = ""
+    for attempt, size in enumerate(sizes):
+        rng = np.random.default_rng([seed, index, attempt])
+        try:
+            runs, batch = _runs(evaluation, dims, size, rng)
+        except Exception as exc:  # onnx.reference refused the piece at this size
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            continue
+        return _judge(piece, runs, _roundoff(piece), probe_shapes(dims, size, batch)), ""
+    return None, f"onnx.reference cannot evaluate the piece in float64 ({error})"
+
+
+def _unsupported(piece: Piece, opsets: Dict[str, int]) -> str:
+    if opsets.get("", opsets.get("ai.onnx", 0)) < MIN_OPSET:
+        return f"opset below {MIN_OPSET}"
+    for node in [*piece.before, *piece.after]:
+        if node.domain not in ("", "ai.onnx"):
+            return f"{node.op_type} is in domain {node.domain}"
+        if node.op_type in _NOT_HERE:
+            return f"{node.op_type} has no float64 meaning here"
+        if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
+            return f"{node.op_type} has a subgraph"
+    for constants in (piece.constants_before, piece.constants_after):
+        for array in constants.values():
+            dtype = np.asarray(array).dtype
+            if not (is_float(dtype) or np.issubdtype(dtype, np.integer) or dtype == np.bool_):
+                return f"a constant of dtype {dtype}"
+    fresh = {spec.name for spec in piece.inputs}
+    constants = set(piece.constants_after)
+    for node in piece.after:
+        op = node.op_type
+        if op in _CONSTANT_LIKE:
+            constants.update(node.output)
+            continue
+        if op not in _BOUND_OPS:
+            return f"{op} is outside the ops whose rounding the float64 path bounds"
+        runtime = [name for name in node.input if name and name not in constants]
+        if op in _REDUCTIONS and not all(name in fresh for name in runtime[:1]) or len(runtime) > 1 and op in (
+                "Mul", "Div", *_REDUCTIONS):
+            return f"{op} reads a tensor the piece computes"
+        if op == "Div" and (len(node.input) < 2 or node.input[1] not in constants):
+            return "Div by a run-time tensor"
+        if op == "Cast" and _attribute(node, "to") not in _FLOAT_TYPES:
+            return "a Cast to a non-float type"
+        if op in _VIEWS and all(name in fresh or name in constants for name in node.input if name):
+            fresh.update(name for name in node.output if name)
+    return ""
+
+
+def _attribute(node: onnx.NodeProto, name: str, default=None):
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+# --- the evaluated model: before, after and the magnitude model, in one onnx.reference evaluator -------------------
+
+
+class _Evaluation:
+    """Two onnx.reference evaluators for one piece: both sides in float64 (names prefixed b/ and a/), and the after
+    side's magnitude model (prefixed s/), fed squared constants and, for each normal probe, its mean square 1 (the
+    variance of a weight's rounding seen through the after side); the magnitude model runs once per probe shape."""
+
+    def __init__(self, piece: Piece, opsets: Dict[str, int]):
+        self.piece = piece
+        self.constants = {"b/" + name: _double(array) for name, array in piece.constants_before.items()}
+        self.constants.update({"a/" + name: _double(array) for name, array in piece.constants_after.items()})
+        self.squares = {"s/" + name: _squared(array) for name, array in piece.constants_after.items()}
+        floats = [array.dtype for array in self.squares.values() if array.dtype.kind == "f"]
+        self.magnitude_dtype = np.float64 if np.dtype(np.float64) in floats else np.float32
+        if self.magnitude_dtype == np.float64:
+            self.squares = {name: array.astype(np.float64) if array.dtype.kind == "f" else array
+                            for name, array in self.squares.items()}
+        sides = [prefixed(node, side) for side, nodes in (("b/", piece.before), ("a/", piece.after))
+                 for node in nodes]
+        self.sides = _evaluator(sides, [*self.constants, *_inputs(piece, "b/"), *_inputs(piece, "a/")],
+                                [side + name for side in ("b/", "a/") for name in piece.outputs], opsets)
+        squares = [prefixed(node, "s/") for node in piece.after]
+        for node in squares:
+            _to_squares(node)
+        self.magnitude = _evaluator(squares, [*self.squares, *_inputs(piece, "s/")],
+                                    ["s/" + name for name in piece.outputs], opsets)
+        self.magnitudes: Dict[tuple, Dict[str, np.ndarray]] = {}
+
+    def run(self, shapes, rng) -> Dict[str, np.ndarray]:
+        """Outputs of every side ("b/y", "a/y", "s/y") on fresh probes of these shapes."""
+        probes = {name: _double(array) for name, array in probe_feeds(self.piece.inputs, shapes, rng).items()}
+        feeds = dict(self.constants)
+        for side in ("b/", "a/"):
+            feeds.update((side + name, array) for name, array in probes.items())
+        outputs = dict(zip(self.sides.output_names, self.sides.run(None, feeds)))
+        key = tuple(sorted(shapes.items()))
+        if key not in self.magnitudes:
+            feeds = dict(self.squares)
+            feeds.update(("s/" + name, np.ones(array.shape, self.magnitude_dtype) if array.dtype == np.float64
+                          else array) for name, array in probes.items())
+            self.magnitudes[key] = dict(zip(self.magnitude.output_names, self.magnitude.run(None, feeds)))
+        outputs.update(self.magnitudes[key])
+        return outputs
+
+
+def _inputs(piece: Piece, side: str) -> List[str]:
+    return [side + spec.name for spec in piece.inputs]
+
+
+def _evaluator(nodes: List[onnx.NodeProto], inputs: List[str], outputs: List[str], opsets: Dict[str, int]):
+    from onnx.reference import ReferenceEvaluator
+
+    for node in nodes:
+        _to_double(node)
+    graph = helper.make_graph(nodes, "bnfold-local-check-float64",
+                              [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None) for name in inputs],
+                              [onnx.ValueInfoProto(name=name) for name in outputs])
+    return ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, version)
+                                                                      for domain, version in opsets.items()]))
+
+
+def _squared(array) -> np.ndarray:
+    """The square of a float constant, in float32 where that holds it (the magnitude model needs no more precision
+    than a bound does), else float64; other constants as they are."""
+    array = np.asarray(array)
+    if not is_float(array.dtype):
+        return array
+    if array.dtype.itemsize < 8 and (not array.size or float(np.abs(array).max()) < _FLOAT32_SAFE):
+        return np.square(array, dtype=np.float32)
+    return np.square(array, dtype=np.float64)
+
+
+def _double(array) -> np.ndarray:
+    array = np.asarray(array)
+    return array.astype(np.float64) if is_float(array.dtype) else array
+
+
+def _to_double(node: onnx.NodeProto) -> None:
+    """Float types named by the node (Cast targets, Constant and ConstantOfShape values) become double."""
+    for attr in node.attribute:
+        if attr.name == "to" and attr.i in _FLOAT_TYPES:
+            attr.i = TensorProto.DOUBLE
+        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in _FLOAT_TYPES:
+            attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64), attr.t.name))
+    if node.op_type == "Constant":
+        for attr in list(node.attribute):
+            if attr.name in ("value_float", "value_floats"):
+                value = np.asarray(helper.get_attribute_value(attr), np.float64)
+                node.attribute.remove(attr)
+                node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(value)))
+
+
+def _to_squares(node: onnx.NodeProto) -> None:
+    """The magnitude model's version of an after-side node, on squared inputs and constants."""
+    if node.op_type == "Sub":
+        node.op_type = "Add"
+    elif node.op_type in ("Neg", "Abs"):
+        node.op_type = "Identity"
+    for attr in node.attribute:
+        if node.op_type == "Gemm" and attr.name in ("alpha", "beta") or node.op_type == "Pad" and attr.name == "value":
+            attr.f = attr.f * attr.f
+        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.DOUBLE:
+            value = numpy_helper.to_array(attr.t)
+            attr.t.CopyFrom(numpy_helper.from_array(value * value, attr.t.name))
+
+
+def _runs(evaluation: _Evaluation, dims, size: int, rng) -> Tuple[List[Dict[str, np.ndarray]], int]:
+    """Outputs of every side, one dict per run, until each channel has MIN_SAMPLES values: a free batch axis grows
+    once, otherwise the piece runs again on fresh draws. Also the batch used."""
+    piece = evaluation.piece
+    batch = 1
+    runs = [evaluation.run(probe_shapes(dims, size, batch), rng)]
+    samples = _samples(piece, runs[0])
+    if 0 < samples < MIN_SAMPLES and batch_is_free(dims):
+        batch = -(-MIN_SAMPLES // samples)
+        runs = [evaluation.run(probe_shapes(dims, size, batch), rng)]
+        samples = _samples(piece, runs[0])
+    if 0 < samples < MIN_SAMPLES:
+        copies = min(MAX_RUNS, -(-MIN_SAMPLES // samples))
+        runs += [evaluation.run(probe_shapes(dims, size, batch), rng) for _ in range(copies - 1)]
+    return runs, batch
+
+
+def _samples(piece: Piece, run: Dict[str, np.ndarray]) -> int:
+    counts = [by_channel(np.asarray(run["b/" + name]), _axis(piece, name, np.ndim(run["b/" + name]))).shape[1]
+              for name in piece.outputs]
+    return min(counts, default=MIN_SAMPLES)
+
+
+def _axis(piece: Piece, name: str, ndim: int) -> Optional[int]:
+    axis = piece.channel_axes.get(name)
+    return None if axis is None or ndim == 0 else axis % ndim
+
+
+def _roundoff(piece: Piece) -> float:
+    """The unit roundoff of the coarsest float dtype the after side stores constants in."""
+    dtypes = [np.asarray(array).dtype for array in piece.constants_after.values()]
+    for node in piece.after:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in _FLOAT_TYPES:
+                dtypes.append(np.dtype(helper.tensor_dtype_to_np_dtype(attr.t.data_type)))
+    return max((unit_roundoff(dtype) for dtype in dtypes), default=0.0)
+
+
+# --- the verdict ---------------------------------------------------------------------------------------------------
+
+
+def _judge(piece: Piece, runs: List[Dict[str, np.ndarray]], roundoff: float, shapes) -> LocalCheck:
+    check = LocalCheck(piece.label, passed=True, shapes=shapes, method=METHOD)
+    worst = -1.0
+    for name in piece.outputs:
+        before = np.stack([np.asarray(run["b/" + name]) for run in runs])
+        after_arrays = [np.asarray(run["a/" + name]) for run in runs]
+        floating = before.dtype.kind == "f"
+        if floating and not np.all(np.isfinite(before)):
+            check.notes.append(f"{name}: the original gives NaN/inf on the random inputs; not compared")
+            continue
+        channel = None
+        if any(array.shape != before.shape[1:] for array in after_arrays):
+            ratio, error, tolerance = math.inf, math.inf, 0.0
+            shape = next(array.shape for array in after_arrays if array.shape != before.shape[1:])
+            check.error = f"{name} has shape {shape} in the replacement, {before.shape[1:]} in the original"
+        else:
+            after = np.stack(after_arrays)
+            if floating and not np.all(np.isfinite(after.astype(np.float64))):
+                ratio, error, tolerance = math.inf, math.inf, 0.0
+                check.error = f"{name} has NaN/inf in the replacement where the original is finite"
+            else:
+                axis = _axis(piece, name, before.ndim - 1)
+                axis = None if axis is None else axis + 1
+                magnitude = np.sqrt(np.maximum(np.stack([np.asarray(run["s/" + name]) for run in runs])
+                                               .astype(np.float64), 0.0)) if floating else np.zeros(before.shape)
+                ratio, error, tolerance, channel = _worst(before, after, magnitude, axis,
+                                                          roundoff if floating else 0.0)
+        if ratio > worst:
+            worst = ratio
+            check.max_error, check.tolerance, check.output, check.channel = error, tolerance, name, channel
+            check.bound_ratio = ratio
+        if ratio > 1.0:
+            check.passed = False
+    if worst < 0:
+        check.passed = False
+        check.skipped = "the original gives NaN/inf on every output for the random inputs"
+    return check
+
+
+def _worst(before: np.ndarray, after: np.ndarray, magnitude: np.ndarray, axis: Optional[int], roundoff: float
+           ) -> Tuple[float, float, float, Optional[int]]:
+    """(worst bound ratio, that channel's relative error, the relative error at its bound, the channel or None)."""
+    b, a, m = (by_channel(array.astype(np.float64), axis) for array in (before, after, magnitude))
+    if b.shape[1] == 0:
+        return 0.0, 0.0, BOUND_FACTOR * roundoff, None
+    difference = np.abs(a - b)
+    peak = np.maximum(np.abs(b).max(axis=1), m.max(axis=1))
+    bound = BOUND_FACTOR * roundoff * m + FLOAT64_SLACK * peak[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(difference == 0, 0.0, difference / bound).max(axis=1)
+    channel = int(np.argmax(ratios))
+    ratio = float(ratios[channel])
+    error = float(channel_errors(before, after, axis, scale_floor(before))[channel])
+    tolerance = error / ratio if ratio > 0 and math.isfinite(ratio) else (0.0 if ratio else BOUND_FACTOR * roundoff)
+    return ratio, error, tolerance, (channel if axis is not None else None)
