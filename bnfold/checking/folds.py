@@ -22,6 +22,7 @@ class LocalChecker:
         self.pending_bytes = 0
         self.failures: Dict[tuple, str] = {}
         self.checked = self.skipped = 0
+        self.methods: Dict[str, int] = {}  # checked folds by how: "float64", "ORT float32", ...
         self.worst: Optional[float] = None
         self.available = _onnxruntime_available()
 
@@ -52,6 +53,7 @@ class LocalChecker:
                 decision.local_check = check.reason
                 continue
             self.checked += 1
+            self.methods[check.method or "unknown"] = self.methods.get(check.method or "unknown", 0) + 1
             decision.local_error = check.max_error
             if check.max_error is not None and np.isfinite(check.max_error):
                 self.worst = max(self.worst or 0.0, check.max_error)
@@ -64,7 +66,7 @@ class LocalChecker:
         if not self.available:
             return {"ran": False, "why": "onnxruntime is not installed"}
         return {"ran": True, "checked": self.checked, "skipped": self.skipped, "failed": len(self.failures),
-                "worst_error": self.worst}
+                "worst_error": self.worst, "methods": dict(self.methods)}
 
 
 def _nbytes(value) -> int:

@@ -35,6 +35,10 @@ def check_pieces(
     """One LocalCheck per piece, in order. The pieces of one graph scope share its opset imports and IR version.
     exact=False skips the float64 path (every piece runs in ONNX Runtime, as benchmarks compare)."""
     opsets = {entry.domain: entry.version for entry in opset_imports}
+
+    def confirm(piece: Piece, probes):
+        return ort_pieces.run_original(piece, probes, opset_imports=opset_imports, ir_version=ir_version)
+
     checks: List[Optional[LocalCheck]] = [None] * len(pieces)
     left: Dict[int, str] = {}  # piece index -> why the float64 path left it to ONNX Runtime
     for index, piece in enumerate(pieces):
@@ -42,7 +46,7 @@ def check_pieces(
             left[index] = ""
             continue
         try:
-            checks[index], left_why = float64.check_in_float64(piece, opsets, seed, index)
+            checks[index], left_why = float64.check_in_float64(piece, opsets, seed, index, confirm)
         except Exception as error:  # a bug here must not sink the other pieces, nor the fold run
             checks[index] = internal_error(piece, error)
             continue
