@@ -138,9 +138,23 @@ def _unsupported(piece: Piece, opsets: Dict[str, int]) -> str:
             return "Div by a run-time tensor"
         if op == "Cast" and _attribute(node, "to") not in _FLOAT_TYPES:
             return "a Cast to a non-float type"
-        if op in _VIEWS and all(name in fresh or name in constants for name in node.input if name):
+        if op in _VIEWS and _keeps_probes(node, fresh, piece.constants_after):
             fresh.update(name for name in node.output if name)
     return ""
+
+
+def _keeps_probes(node: onnx.NodeProto, fresh: set, constants: Dict[str, np.ndarray]) -> bool:
+    """Whether a view's outputs are still independent normal probes (each value once, no constants among them):
+    its data input is a probe view, a Concat joins only such views, a Pad adds only zeros."""
+    if node.op_type == "Concat":
+        return all(name in fresh for name in node.input)
+    if node.input[0] not in fresh:
+        return False
+    if node.op_type == "Pad":
+        value = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        zero = _attribute(node, "value", 0.0) == 0 and (value is None or not np.any(value))
+        return zero and _attribute(node, "mode", b"constant") in (b"constant", "constant")
+    return True
 
 
 def _attribute(node: onnx.NodeProto, name: str, default=None):
