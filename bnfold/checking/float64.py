@@ -27,6 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..graph.pieces import Piece
+from . import reference_ops
 from .metric import by_channel, channel_errors, is_float, scale_floor, tolerance_for, unit_roundoff
 from .probes import batch_is_free, has_unknown, probe_dims, probe_feeds, probe_shapes, sizes_to_try
 from .renaming import prefixed
@@ -56,13 +57,13 @@ _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, Te
 
 
 def check_in_float64(piece: Piece, opsets: Dict[str, int], seed: int, index: int,
-                     confirm: Optional[Callable[[Piece, Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None
+                     confirm: Optional[Callable[..., Dict[str, np.ndarray]]] = None
                      ) -> Tuple[Optional[LocalCheck], str]:
     """(the verdict, "") or (None, why this piece is left to ONNX Runtime).
 
-    confirm(piece, probes) -> the before side's outputs in ONNX Runtime: a failing verdict stands only where
-    onnx.reference computes the original piece as ONNX Runtime does (within its float tolerance), so a quirk of
-    the reference evaluator never rejects a correct fold."""
+    confirm(piece, probes, side) -> that side's outputs in ONNX Runtime: a failing verdict stands only where
+    onnx.reference computes both sides as ONNX Runtime does (within its float tolerance), so a quirk of the
+    reference evaluator never rejects a correct fold."""
     why = _unsupported(piece, opsets)
     if why:
         return None, why
@@ -87,22 +88,24 @@ def check_in_float64(piece: Piece, opsets: Dict[str, int], seed: int, index: int
 
 
 def _disagreement(piece: Piece, run: Dict[str, np.ndarray], confirm) -> str:
-    """Why onnx.reference's before side is not ONNX Runtime's on the same probes, or "" when they agree."""
+    """Why onnx.reference does not compute a side as ONNX Runtime does on the same probes, or "" when both sides
+    agree within ONNX Runtime's float tolerance (or ONNX Runtime cannot run them: then nothing contradicts)."""
     probes = {spec.name: run["p/" + spec.name].astype(spec.dtype) for spec in piece.inputs}
-    try:
-        runtime = confirm(piece, probes)
-    except Exception:  # ONNX Runtime cannot run it: nothing contradicts the float64 verdict
-        return ""
-    for name in piece.outputs:
-        reference, actual = run["b/" + name], np.asarray(runtime[name])
-        if reference.shape != actual.shape:
-            return f"onnx.reference and ONNX Runtime disagree on the shape of {name}"
-        if not is_float(actual.dtype) or not np.all(np.isfinite(actual.astype(np.float64))):
+    for side in ("before", "after"):
+        try:
+            runtime = confirm(piece, probes, side)
+        except Exception:
             continue
-        axis = _axis(piece, name, reference.ndim)
-        errors = channel_errors(reference, actual, axis, scale_floor(actual))
-        if errors.size and errors.max() > tolerance_for(actual.dtype):
-            return f"onnx.reference and ONNX Runtime disagree on the original piece ({name}: {errors.max():.3g})"
+        for name in piece.outputs:
+            reference, actual = run[side[0] + "/" + name], np.asarray(runtime[name])
+            if reference.shape != actual.shape:
+                return f"onnx.reference and ONNX Runtime disagree on the shape of {name} ({side} the fold)"
+            if not is_float(actual.dtype) or not np.all(np.isfinite(actual.astype(np.float64))):
+                continue
+            errors = channel_errors(reference, actual, _axis(piece, name, reference.ndim), scale_floor(actual))
+            if errors.size and errors.max() > tolerance_for(actual.dtype):
+                return (f"onnx.reference and ONNX Runtime disagree on {name} {side} the fold "
+                        f"(max rel error {errors.max():.3g})")
     return ""
 
 
@@ -225,21 +228,7 @@ def _evaluator(nodes: List[onnx.NodeProto], inputs: List[str], outputs: List[str
                               [onnx.ValueInfoProto(name=name) for name in outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, version)
                                                     for domain, version in opsets.items()])
-    return ReferenceEvaluator(model, new_ops=[_eval_mode_batchnorm()])
-
-
-def _eval_mode_batchnorm():
-    """BatchNormalization as a fold reads it: inference mode, y = scale * (x - mean) / sqrt(var + eps) + bias.
-    (onnx.reference 1.23 computes opset-9 BNs with a momentum attribute in training mode.)"""
-    from onnx.reference.op_run import OpRun
-
-    def _run(self, x, scale, bias, mean, var, epsilon=1e-5, **_):
-        shape = (-1,) + (1,) * (x.ndim - 2)
-        eps = 1e-5 if epsilon is None else epsilon
-        y = (x - mean.reshape(shape)) * (scale.reshape(shape) / np.sqrt(var.reshape(shape) + eps))
-        return ((y + bias.reshape(shape)).astype(x.dtype),)
-
-    return type("BatchNormalization", (OpRun,), {"op_domain": "", "_run": _run})
+    return ReferenceEvaluator(model, new_ops=reference_ops.OPS)
 
 
 def _squared(array) -> np.ndarray:

@@ -36,8 +36,8 @@ def check_pieces(
     exact=False skips the float64 path (every piece runs in ONNX Runtime, as benchmarks compare)."""
     opsets = {entry.domain: entry.version for entry in opset_imports}
 
-    def confirm(piece: Piece, probes):
-        return ort_pieces.run_original(piece, probes, opset_imports=opset_imports, ir_version=ir_version)
+    def confirm(piece: Piece, probes, side: str):
+        return ort_pieces.run_side(piece, probes, side, opset_imports=opset_imports, ir_version=ir_version)
 
     checks: List[Optional[LocalCheck]] = [None] * len(pieces)
     left: Dict[int, str] = {}  # piece index -> why the float64 path left it to ONNX Runtime

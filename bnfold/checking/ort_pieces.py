@@ -67,14 +67,14 @@ def run_in_ort(
     return checks  # type: ignore[return-value]
 
 
-def run_original(piece: Piece, probes: Feeds, *, opset_imports: Sequence[onnx.OperatorSetIdProto],
-                 ir_version: int) -> Feeds:
-    """The piece's before side in ONNX Runtime on given probes (the float64 path's cross-check); raises
-    InvalidModelError when ONNX Runtime cannot run it."""
+def run_side(piece: Piece, probes: Feeds, side: str, *, opset_imports: Sequence[onnx.OperatorSetIdProto],
+             ir_version: int) -> Feeds:
+    """One side ("before" or "after") of a piece in ONNX Runtime on given probes (the float64 path's cross-check);
+    raises InvalidModelError when ONNX Runtime cannot run it."""
     job = _Job(0, piece, 0)
     job.shapes = {name: array.shape for name, array in probes.items()}
     job.feeds = [probes]
-    result = _Runner(list(opset_imports), ir_version).run_side([job], "before")[0]
+    result = _Runner(list(opset_imports), ir_version).run_side([job], side)[0]
     if isinstance(result, str):
         raise InvalidModelError(result)
     return result[0]

@@ -237,10 +237,7 @@ def test_correct_folds_pass(piece, exact):
     assert not result.failed and result.skipped is None
     assert 0 <= result.max_error <= result.tolerance
     assert result.output == "y" and result.channel is not None
-    # onnx.reference (1.23) cannot run a grouped ConvTranspose: that piece falls back to ONNX Runtime.
-    grouped_transpose = piece.before[0].op_type == "ConvTranspose"
-    in_float64 = exact and not grouped_transpose
-    assert result.method == ("float64" if in_float64 else f"ORT {piece.constants_before['w'].dtype.name}")
+    assert result.method == ("float64" if exact else f"ORT {piece.constants_before['w'].dtype.name}")
 
 
 def test_float64_correct_fold_is_near_exact():

@@ -9,6 +9,7 @@ from onnx import helper
 
 import bnfold.checking.float64 as float64
 import bnfold.checking.ort_pieces as ort_pieces
+import bnfold.checking.reference_ops as reference_ops
 from bnfold.checking.local import check_pieces
 from bnfold.graph.pieces import Piece, PieceInput
 
@@ -150,20 +151,49 @@ def test_what_float64_cannot_bound_runs_in_onnx_runtime():
 
 
 def test_onnx_reference_quirks_do_not_reject_a_correct_fold(monkeypatch):
-    """If onnx.reference computes the original piece unlike ONNX Runtime, its verdict is not trusted: the piece is
-    judged in ONNX Runtime. Simulated by an evaluator that gets BatchNormalization wrong."""
-    real = float64._eval_mode_batchnorm
-
-    def broken():
-        op = real()
-        run = op._run
-        op._run = lambda self, x, *args, **kwargs: (run(self, x, *args, **kwargs)[0] * 1.01,)
-        return op
-
-    monkeypatch.setattr(float64, "_eval_mode_batchnorm", broken)
+    """If onnx.reference computes a side unlike ONNX Runtime, its verdict is not trusted: the piece is judged in
+    ONNX Runtime. Simulated by an evaluator that gets BatchNormalization wrong."""
+    real = reference_ops.BatchNormalization._run
+    monkeypatch.setattr(reference_ops.BatchNormalization, "_run",
+                        lambda self, x, *args, **kwargs: (real(self, x, *args, **kwargs)[0] * 1.01,))
     (result,) = check(conv_bn())
     assert result.passed and result.method == "ORT float32", result.reason
     assert "disagree" in result.notes[0]
+
+
+@pytest.mark.parametrize("group, strides, pads, output_padding", [(1, [2, 2], [0, 0, 0, 0], [1, 1]),
+                                                                   (4, [2, 1], [1, 0, 1, 1], [0, 0]),
+                                                                   (8, [1, 1], [1, 1, 1, 1], [0, 0])])
+def test_conv_transpose_in_float64_matches_onnx_runtime(group, strides, pads, output_padding):
+    """bnfold's own ConvTranspose for onnx.reference (whose grouped one is wrong): a correct fold passes in
+    float64, and ONNX Runtime computes the same map."""
+    rng = np.random.default_rng(3)
+    weight = rng.normal(0, 0.3, (8, 16 // group, 3, 3))
+    bias = rng.normal(0, 0.1, 16)
+    bn = stats(16, rng)
+    # Output channel g * (16 / group) + j scales weight[group g's inputs, j].
+    scale, beta, mean, var = (np.asarray(a, np.float32).astype(np.float64) for a in bn)
+    multiplier = scale / np.sqrt(var + EPS)
+    stored = np.asarray(weight, np.float32).astype(np.float64)
+    columns = multiplier.reshape(group, 16 // group)[np.arange(8) // (8 // group)]
+    new_weight = (stored * columns[:, :, None, None]).astype(np.float32)
+    new_bias = ((np.asarray(bias, np.float32).astype(np.float64) - mean) * multiplier + beta).astype(np.float32)
+    attributes = dict(group=group, strides=strides, pads=pads, output_padding=output_padding)
+    piece = Piece(
+        "bn into conv transpose", [PieceInput("x", np.dtype(np.float32), (None, 8, None, None))], ["y"],
+        before=[helper.make_node("ConvTranspose", ["x", "w", "b"], ["t"], **attributes), bn_node("t")],
+        after=[helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attributes)],
+        constants_before={"w": np.asarray(weight, np.float32), "b": np.asarray(bias, np.float32),
+                          **bn_constants(bn, np.float32)},
+        constants_after={"w": new_weight, "b": new_bias}, channel_axes={"y": 1})
+    (result,) = check(piece)
+    assert result.passed and result.method == "float64" and not result.notes, result.reason
+    evaluation = float64._Evaluation(piece, {"": 17})
+    out = evaluation.run({"x": (1, 8, 5, 6)}, np.random.default_rng(0))
+    for side in ("before", "after"):
+        runtime = ort_pieces.run_side(piece, {"x": out["p/x"].astype(np.float32)}, side, opset_imports=OPSET,
+                                      ir_version=8)["y"]
+        np.testing.assert_allclose(out[side[0] + "/y"], runtime, rtol=1e-4, atol=1e-4)
 
 
 def test_bn9_with_momentum_is_evaluated_in_inference_mode():
