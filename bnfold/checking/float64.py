@@ -47,7 +47,6 @@ _VIEWS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
 _REDUCTIONS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # terms of distinct inputs: their data must be probes
 _ELEMENTWISE = {"Add", "Sum", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "Expand", "Tile", "Gather"}
 _MEANS = {"AveragePool", "GlobalAveragePool", "ReduceMean", "MaxPool", "GlobalMaxPool"}  # RMS >= mean
-_CONSTANT_LIKE = {"Constant", "ConstantOfShape", "Shape", "Size"}  # their outputs are constants of the piece
 _BOUND_OPS = _VIEWS | _REDUCTIONS | _ELEMENTWISE | _MEANS
 # Ops whose meaning a float64 copy would change, or onnx.reference does not have: ONNX Runtime judges them.
 _NOT_HERE = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
@@ -67,7 +66,11 @@ def check_in_float64(piece: Piece, opsets: Dict[str, int], seed: int, index: int
     why = _unsupported(piece, opsets)
     if why:
         return None, why
-    evaluation = _Evaluation(piece, opsets)
+    try:
+        evaluation = _Evaluation(piece, opsets)
+    except Exception as exc:  # onnx.reference has no implementation of an op at this opset
+        return None, f"onnx.reference cannot evaluate the piece in float64 ({type(exc).__name__}: {exc})".split(
+            "\n")[0]
     dims = probe_dims(piece)
     sizes = sizes_to_try(piece) if has_unknown(dims) else [0]
     error = ""
@@ -112,23 +115,28 @@ def _disagreement(piece: Piece, run: Dict[str, np.ndarray], confirm) -> str:
 def _unsupported(piece: Piece, opsets: Dict[str, int]) -> str:
     if opsets.get("", opsets.get("ai.onnx", 0)) < MIN_OPSET:
         return f"opset below {MIN_OPSET}"
-    for node in [*piece.before, *piece.after]:
-        if node.domain not in ("", "ai.onnx"):
-            return f"{node.op_type} is in domain {node.domain}"
-        if node.op_type in _NOT_HERE:
-            return f"{node.op_type} has no float64 meaning here"
-        if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
-            return f"{node.op_type} has a subgraph"
-    for constants in (piece.constants_before, piece.constants_after):
+    for nodes, constants in ((piece.before, piece.constants_before), (piece.after, piece.constants_after)):
+        folded = constant_nodes(nodes, constants)
+        for node in nodes:
+            if node.domain not in ("", "ai.onnx"):
+                return f"{node.op_type} is in domain {node.domain}"
+            if node.op_type in _NOT_HERE and not (node.op_type == "DequantizeLinear" and id(node) in folded):
+                return f"{node.op_type} has no float64 meaning here"
+            if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
+                return f"{node.op_type} has a subgraph"
         for array in constants.values():
             dtype = np.asarray(array).dtype
             if not (is_float(dtype) or np.issubdtype(dtype, np.integer) or dtype == np.bool_):
                 return f"a constant of dtype {dtype}"
+    folded = constant_nodes(piece.after, piece.constants_after)
+    constants = set(piece.constants_after) | {name for node in piece.after if id(node) in folded
+                                              for name in node.output}
     fresh = {spec.name for spec in piece.inputs}
-    constants = set(piece.constants_after)
     for node in piece.after:
         op = node.op_type
-        if op in _CONSTANT_LIKE:
+        if id(node) in folded:
+            continue
+        if op in ("Shape", "Size"):
             constants.update(node.output)
             continue
         if op not in _BOUND_OPS:
@@ -141,14 +149,39 @@ def _unsupported(piece: Piece, opsets: Dict[str, int]) -> str:
             return "Div by a run-time tensor"
         if op == "Cast" and _attribute(node, "to") not in _FLOAT_TYPES:
             return "a Cast to a non-float type"
-        if op in _VIEWS and _keeps_probes(node, fresh, piece.constants_after):
+        if _keeps_probes(node, fresh, piece.constants_after):
             fresh.update(name for name in node.output if name)
     return ""
 
 
+def constant_nodes(nodes: List[onnx.NodeProto], constants: Dict[str, np.ndarray]) -> set:
+    """ids of the nodes that compute from constants only (a DequantizeLinear of a stored int8 weight, a Constant):
+    the magnitude model takes their float64 results as constants."""
+    known, result = set(constants), set()
+    for node in nodes:
+        if node.op_type not in ("Shape", "Size") and all(not name or name in known for name in node.input):
+            result.add(id(node))
+            known.update(name for name in node.output if name)
+    return result
+
+
+def fresh_means(piece: Piece) -> set:
+    """Outputs of the after side's GlobalAveragePools of independent probes: still independent normals, of variance
+    1 / (pooled values); the magnitude model divides by that count."""
+    fresh, means = {spec.name for spec in piece.inputs}, set()
+    for node in piece.after:
+        if node.op_type == "GlobalAveragePool" and node.input[0] in fresh:
+            means.add(node.output[0])
+        if _keeps_probes(node, fresh, piece.constants_after):
+            fresh.update(name for name in node.output if name)
+    return means
+
+
 def _keeps_probes(node: onnx.NodeProto, fresh: set, constants: Dict[str, np.ndarray]) -> bool:
-    """Whether a view's outputs are still independent normal probes (each value once, no constants among them):
-    its data input is a probe view, a Concat joins only such views, a Pad adds only zeros."""
+    """Whether a node's outputs are still independent normal probes (each value once, no constants among them): a
+    view of probes, a Concat of only such views, a Pad adding only zeros, a GlobalAveragePool (disjoint means)."""
+    if node.op_type not in _VIEWS and node.op_type != "GlobalAveragePool":
+        return False
     if node.op_type == "Concat":
         return all(name in fresh for name in node.input)
     if node.input[0] not in fresh:
@@ -189,9 +222,16 @@ class _Evaluation:
                  for node in nodes]
         self.sides = _evaluator(sides, [*self.constants, *_inputs(piece, "b/"), *_inputs(piece, "a/")],
                                 [side + name for side in ("b/", "a/") for name in piece.outputs], opsets)
-        squares = [prefixed(node, "s/") for node in piece.after]
+        folded = constant_nodes(piece.after, piece.constants_after)
+        if folded:  # constant-only nodes: their float64 results, squared, are the magnitude model's constants
+            nodes = [prefixed(node, "a/") for node in piece.after if id(node) in folded]
+            names = [name for node in nodes for name in node.output if name]
+            values = _evaluator(nodes, list(self.constants), names, opsets).run(None, self.constants)
+            self.squares.update(("s/" + name[2:], _squared(value)) for name, value in zip(names, values))
+        means = fresh_means(piece)
+        squares = [prefixed(node, "s/") for node in piece.after if id(node) not in folded]
         for node in squares:
-            _to_squares(node)
+            _to_squares(node, means)
         self.magnitude = _evaluator(squares, [*self.squares, *_inputs(piece, "s/")],
                                     ["s/" + name for name in piece.outputs], opsets)
         self.magnitudes: Dict[tuple, Dict[str, np.ndarray]] = {}
@@ -226,6 +266,7 @@ def _evaluator(nodes: List[onnx.NodeProto], inputs: List[str], outputs: List[str
     graph = helper.make_graph(nodes, "bnfold-local-check-float64",
                               [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None) for name in inputs],
                               [onnx.ValueInfoProto(name=name) for name in outputs])
+    opsets = {**opsets, reference_ops.DOMAIN: 1}
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, version)
                                                     for domain, version in opsets.items()])
     return ReferenceEvaluator(model, new_ops=reference_ops.OPS)
@@ -262,9 +303,12 @@ def _to_double(node: onnx.NodeProto) -> None:
                 node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(value)))
 
 
-def _to_squares(node: onnx.NodeProto) -> None:
-    """The magnitude model's version of an after-side node, on squared inputs and constants."""
-    if node.op_type == "Sub":
+def _to_squares(node: onnx.NodeProto, means: set = frozenset()) -> None:
+    """The magnitude model's version of an after-side node, on squared inputs and constants (`means`: outputs of
+    GlobalAveragePools of independent probes, whose variance is the mean's over the count)."""
+    if node.op_type == "GlobalAveragePool" and node.output[0][2:] in means:
+        node.op_type, node.domain = "GlobalAveragePoolOfIndependent", reference_ops.DOMAIN
+    elif node.op_type == "Sub":
         node.op_type = "Add"
     elif node.op_type in ("Neg", "Abs"):
         node.op_type = "Identity"

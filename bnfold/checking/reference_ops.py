@@ -1,6 +1,7 @@
 """Ops the float64 local check gives onnx.reference in place of its own, where onnx.reference (1.23) does not compute
 what ONNX Runtime and the fold mean: BatchNormalization-9 with a momentum attribute runs in training mode there,
-and a grouped ConvTranspose fails or adds its bias to the wrong channels. Both are plain numpy."""
+and a grouped ConvTranspose fails or adds its bias to the wrong channels; and the magnitude model's mean of
+independent probes. All plain numpy."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from itertools import product
 
 import numpy as np
 from onnx.reference.op_run import OpRun
+
+
+DOMAIN = "bnfold.magnitude"  # the magnitude model's own ops
 
 
 class BatchNormalization(OpRun):
@@ -63,4 +67,16 @@ class ConvTranspose(OpRun):
         return (np.ascontiguousarray(out).astype(X.dtype),)
 
 
-OPS = [BatchNormalization, ConvTranspose]
+class GlobalAveragePoolOfIndependent(OpRun):
+    """The magnitude model's GlobalAveragePool of independent probes: the mean of n independent values has the
+    variance of their mean over n."""
+
+    op_domain = DOMAIN
+
+    def _run(self, x):
+        axes = tuple(range(2, x.ndim))
+        count = int(np.prod(x.shape[2:])) if x.ndim > 2 else 1
+        return (x.mean(axis=axes, keepdims=True) / max(count, 1),)
+
+
+OPS = [BatchNormalization, ConvTranspose, GlobalAveragePoolOfIndependent]

@@ -235,3 +235,64 @@ def test_a_fault_in_the_onnx_runtime_path_judges_only_its_piece(monkeypatch):
     results = check(*pieces, exact=False)
     assert [r.passed for r in results] == [True, False, True]
     assert results[1].failed and "negative dimensions" in results[1].reason
+
+
+def pool_linear(eps=EPS, channels=32, out=10, seed=4):
+    """BN -> GlobalAveragePool -> Flatten -> Gemm, folded forward into the Gemm (a classifier head)."""
+    rng = np.random.default_rng(seed)
+    weight, bias = rng.normal(0, channels**-0.5, (out, channels)), rng.normal(0, 0.1, out)
+    bn = stats(channels, rng)
+    scale, beta, mean, var = (np.asarray(a, np.float32).astype(np.float64) for a in bn)
+    multiplier = scale / np.sqrt(var + eps)
+    stored = np.asarray(weight, np.float32).astype(np.float64)
+    new_weight = (stored * multiplier[None, :]).astype(np.float32)
+    new_bias = (np.asarray(bias, np.float32) + stored @ (beta - mean * multiplier)).astype(np.float32)
+    head = [helper.make_node("GlobalAveragePool", ["n"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node("Gemm", ["f", "w", "b"], ["y"], transB=1)]
+    after = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), *head[1:]]
+    return Piece(
+        "bn into gemm (forward)", [PieceInput("x", np.dtype(np.float32), (None, channels, None, None))], ["y"],
+        before=[helper.make_node("BatchNormalization", ["x", "s", "bb", "m", "v"], ["n"], epsilon=EPS), *head],
+        after=after,
+        constants_before={"w": np.asarray(weight, np.float32), "b": np.asarray(bias, np.float32),
+                          **bn_constants(bn, np.float32)},
+        constants_after={"w": new_weight, "b": new_bias}, channel_axes={"y": 1})
+
+
+def quantized_conv_bn(eps=EPS, channels=16, in_channels=8, seed=5):
+    """DequantizeLinear(int8 weight, per-channel scale) -> Conv -> BN, folded into the DequantizeLinear's scale."""
+    rng = np.random.default_rng(seed)
+    quantized = rng.integers(-127, 128, (channels, in_channels, 3, 3)).astype(np.int8)
+    weight_scale = rng.uniform(0.001, 0.01, channels).astype(np.float32)
+    bn = stats(channels, rng)
+    scale, beta, mean, var = (np.asarray(a, np.float32).astype(np.float64) for a in bn)
+    multiplier = scale / np.sqrt(var + eps)
+    dequantize = helper.make_node("DequantizeLinear", ["q", "qs", "qz"], ["w"], axis=0)
+    return Piece(
+        "bn into quantized conv", [PieceInput("x", np.dtype(np.float32), (None, in_channels, None, None))], ["y"],
+        before=[dequantize, helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), bn_node("c")],
+        after=[dequantize, helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
+        constants_before={"q": quantized, "qs": weight_scale, "qz": np.zeros(channels, np.int8),
+                          **bn_constants(bn, np.float32)},
+        constants_after={"q": quantized, "qs": (weight_scale * multiplier).astype(np.float32),
+                         "qz": np.zeros(channels, np.int8),
+                         "b": (beta - mean * multiplier).astype(np.float32)},
+        channel_axes={"y": 1})
+
+
+@pytest.mark.parametrize("build", [pool_linear, quantized_conv_bn], ids=["pool-linear", "dequantized-weight"])
+def test_means_of_probes_and_dequantized_weights_stay_in_float64(build):
+    """A Gemm reading a mean of the probes, and a weight computed from int8 constants, are still bounded: correct
+    folds pass, eps ignored fails, both in float64."""
+    opsets = [helper.make_opsetid("", 19)]  # onnx.reference has DequantizeLinear from opset 19 on
+    correct = check(*[build(seed=seed) for seed in range(3)], opsets=opsets)
+    assert all(r.passed and r.method == "float64" and r.bound_ratio < 0.5 for r in correct), [r.reason for r in
+                                                                                              correct]
+    (wrong,) = check(build(eps=0.0), opsets=opsets)
+    assert wrong.failed and wrong.method == "float64", wrong.reason
+
+
+def test_ops_onnx_reference_lacks_at_the_opset_run_in_onnx_runtime():
+    (result,) = check(quantized_conv_bn())  # DequantizeLinear-13: not in onnx.reference 1.23
+    assert result.passed and result.method == "ORT float32", result.reason
+    assert "onnx.reference cannot evaluate" in result.notes[0]
