@@ -4,17 +4,15 @@ ONNX Runtime computes in the model's own dtype, whose rounding hides errors as s
 variance near 1). Here both sides run in float64 (onnx.reference on a copy of the piece converted to double), so
 before(x) is the exact map of the stored original constants and after(x) that of the stored folded ones. A correct
 fold's folded constants are the exact ones rounded to their dtype (relative error <= u, the unit roundoff), so
-after(x) - before(x) is that rounding seen through the after side. Its size is bounded element by element with a
-root-sum-square magnitude model: the after side evaluated on x^2 with squared constants (Sub as Add), whose square
-root B(x) is the spread of a sum of independently-signed terms. On the seeded normal probes a rounding error of the
-weights of a reduction is a normal variable with standard deviation <= u * B, so
+after(x) - before(x) is that rounding seen through the after side. Its size is bounded element by element by the
+magnitude model (checking.magnitude): B, the standard deviation a rounding error of each stored constant of at most
+its own size spreads to on the normal probes, so u * B bounds a correct fold's error's spread and
 
     |after(x) - before(x)| <= BOUND_FACTOR * u * B(x) + FLOAT64_SLACK * (channel peak)
 
 holds for a correct fold (8 standard deviations, x2 for sums of such terms), while a wrong fold's error grows with
-its own size: eps ignored on a float32 Conv is ~80 u. Pieces outside what this model bounds (reductions over
-intermediates, non-monotone ops on the after side) or what onnx.reference evaluates return None: the caller runs
-them in ONNX Runtime instead.
+its own size: eps ignored on a float32 Conv is ~80 u. Pieces outside what the magnitude model bounds or what
+onnx.reference evaluates return None: the caller runs them in ONNX Runtime instead.
 """
 
 from __future__ import annotations
@@ -28,7 +26,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..graph.pieces import Piece
 from . import reference_ops
-from .metric import by_channel, channel_errors, is_float, scale_floor, tolerance_for, unit_roundoff
+from .magnitude import FLOAT_TYPES, constant_nodes, fresh_means, roundoff, squared, to_squares, unsupported
+from .metric import by_channel, channel_errors, is_float, scale_floor, tolerance_for
 from .probes import batch_is_free, has_unknown, probe_dims, probe_feeds, probe_shapes, sizes_to_try
 from .renaming import prefixed
 from .verdict import LocalCheck
@@ -38,22 +37,6 @@ BOUND_FACTOR = 16.0  # 8 standard deviations of a normal rounding error, x2 for 
 FLOAT64_SLACK = 2.0**-36  # float64 evaluation error of both sides, relative to the channel's peak (~1.5e-11)
 MIN_SAMPLES = 16  # values per channel: detection power for errors that are a fraction of the channel
 MAX_RUNS = 32
-_FLOAT32_SAFE = 1e15  # constants whose squares stay well inside float32 are squared in float32
-MIN_OPSET = 7  # numpy broadcasting for elementwise ops from here on; older pieces run in ONNX Runtime
-
-# Ops of the after side and how the magnitude model treats them: the same op on squares of everything float.
-_VIEWS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Pad", "Concat", "Split",
-          "DepthToSpace", "SpaceToDepth", "Cast", "Dropout"}
-_REDUCTIONS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # terms of distinct inputs: their data must be probes
-_ELEMENTWISE = {"Add", "Sum", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "Expand", "Tile", "Gather"}
-_MEANS = {"AveragePool", "GlobalAveragePool", "ReduceMean", "MaxPool", "GlobalMaxPool"}  # RMS >= mean
-_BOUND_OPS = _VIEWS | _REDUCTIONS | _ELEMENTWISE | _MEANS
-# Ops whose meaning a float64 copy would change, or onnx.reference does not have: ONNX Runtime judges them.
-_NOT_HERE = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
-             "ConvInteger", "MatMulInteger", "EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike",
-             "RandomUniformLike", "Multinomial", "Bernoulli"}
-_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
-
 
 def check_in_float64(piece: Piece, opsets: Dict[str, int], seed: int, index: int,
                      confirm: Optional[Callable[..., Dict[str, np.ndarray]]] = None
@@ -63,7 +46,7 @@ def check_in_float64(piece: Piece, opsets: Dict[str, int], seed: int, index: int
     confirm(piece, probes, side) -> that side's outputs in ONNX Runtime: a failing verdict stands only where
     onnx.reference computes both sides as ONNX Runtime does (within its float tolerance), so a quirk of the
     reference evaluator never rejects a correct fold."""
-    why = _unsupported(piece, opsets)
+    why = unsupported(piece, opsets)
     if why:
         return None, why
     try:
@@ -81,7 +64,7 @@ def check_in_float64(piece: Piece, opsets: Dict[str, int], seed: int, index: int
         except Exception as exc:  # onnx.reference refused the piece at this size
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             continue
-        check = _judge(piece, runs, _roundoff(piece), probe_shapes(dims, size, batch))
+        check = _judge(piece, runs, roundoff(piece), probe_shapes(dims, size, batch))
         if check.failed and confirm is not None:
             disagreement = _disagreement(piece, runs[0], confirm)
             if disagreement:
@@ -112,94 +95,6 @@ def _disagreement(piece: Piece, run: Dict[str, np.ndarray], confirm) -> str:
     return ""
 
 
-def _unsupported(piece: Piece, opsets: Dict[str, int]) -> str:
-    if opsets.get("", opsets.get("ai.onnx", 0)) < MIN_OPSET:
-        return f"opset below {MIN_OPSET}"
-    for nodes, constants in ((piece.before, piece.constants_before), (piece.after, piece.constants_after)):
-        folded = constant_nodes(nodes, constants)
-        for node in nodes:
-            if node.domain not in ("", "ai.onnx"):
-                return f"{node.op_type} is in domain {node.domain}"
-            if node.op_type in _NOT_HERE and not (node.op_type == "DequantizeLinear" and id(node) in folded):
-                return f"{node.op_type} has no float64 meaning here"
-            if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
-                return f"{node.op_type} has a subgraph"
-        for array in constants.values():
-            dtype = np.asarray(array).dtype
-            if not (is_float(dtype) or np.issubdtype(dtype, np.integer) or dtype == np.bool_):
-                return f"a constant of dtype {dtype}"
-    folded = constant_nodes(piece.after, piece.constants_after)
-    constants = set(piece.constants_after) | {name for node in piece.after if id(node) in folded
-                                              for name in node.output}
-    fresh = {spec.name for spec in piece.inputs}
-    for node in piece.after:
-        op = node.op_type
-        if id(node) in folded:
-            continue
-        if op in ("Shape", "Size"):
-            constants.update(node.output)
-            continue
-        if op not in _BOUND_OPS:
-            return f"{op} is outside the ops whose rounding the float64 path bounds"
-        runtime = [name for name in node.input if name and name not in constants]
-        if op in _REDUCTIONS and not all(name in fresh for name in runtime[:1]) or len(runtime) > 1 and op in (
-                "Mul", "Div", *_REDUCTIONS):
-            return f"{op} reads a tensor the piece computes"
-        if op == "Div" and (len(node.input) < 2 or node.input[1] not in constants):
-            return "Div by a run-time tensor"
-        if op == "Cast" and _attribute(node, "to") not in _FLOAT_TYPES:
-            return "a Cast to a non-float type"
-        if _keeps_probes(node, fresh, piece.constants_after):
-            fresh.update(name for name in node.output if name)
-    return ""
-
-
-def constant_nodes(nodes: List[onnx.NodeProto], constants: Dict[str, np.ndarray]) -> set:
-    """ids of the nodes that compute from constants only (a DequantizeLinear of a stored int8 weight, a Constant):
-    the magnitude model takes their float64 results as constants."""
-    known, result = set(constants), set()
-    for node in nodes:
-        if node.op_type not in ("Shape", "Size") and all(not name or name in known for name in node.input):
-            result.add(id(node))
-            known.update(name for name in node.output if name)
-    return result
-
-
-def fresh_means(piece: Piece) -> set:
-    """Outputs of the after side's GlobalAveragePools of independent probes: still independent normals, of variance
-    1 / (pooled values); the magnitude model divides by that count."""
-    fresh, means = {spec.name for spec in piece.inputs}, set()
-    for node in piece.after:
-        if node.op_type == "GlobalAveragePool" and node.input[0] in fresh:
-            means.add(node.output[0])
-        if _keeps_probes(node, fresh, piece.constants_after):
-            fresh.update(name for name in node.output if name)
-    return means
-
-
-def _keeps_probes(node: onnx.NodeProto, fresh: set, constants: Dict[str, np.ndarray]) -> bool:
-    """Whether a node's outputs are still independent normal probes (each value once, no constants among them): a
-    view of probes, a Concat of only such views, a Pad adding only zeros, a GlobalAveragePool (disjoint means)."""
-    if node.op_type not in _VIEWS and node.op_type != "GlobalAveragePool":
-        return False
-    if node.op_type == "Concat":
-        return all(name in fresh for name in node.input)
-    if node.input[0] not in fresh:
-        return False
-    if node.op_type == "Pad":
-        value = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        zero = _attribute(node, "value", 0.0) == 0 and (value is None or not np.any(value))
-        return zero and _attribute(node, "mode", b"constant") in (b"constant", "constant")
-    return True
-
-
-def _attribute(node: onnx.NodeProto, name: str, default=None):
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
-
-
 # --- the evaluated model: before, after and the magnitude model, in one onnx.reference evaluator -------------------
 
 
@@ -212,7 +107,7 @@ class _Evaluation:
         self.piece = piece
         self.constants = {"b/" + name: _double(array) for name, array in piece.constants_before.items()}
         self.constants.update({"a/" + name: _double(array) for name, array in piece.constants_after.items()})
-        self.squares = {"s/" + name: _squared(array) for name, array in piece.constants_after.items()}
+        self.squares = {"s/" + name: squared(array) for name, array in piece.constants_after.items()}
         floats = [array.dtype for array in self.squares.values() if array.dtype.kind == "f"]
         self.magnitude_dtype = np.float64 if np.dtype(np.float64) in floats else np.float32
         if self.magnitude_dtype == np.float64:
@@ -227,11 +122,11 @@ class _Evaluation:
             nodes = [prefixed(node, "a/") for node in piece.after if id(node) in folded]
             names = [name for node in nodes for name in node.output if name]
             values = _evaluator(nodes, list(self.constants), names, opsets).run(None, self.constants)
-            self.squares.update(("s/" + name[2:], _squared(value)) for name, value in zip(names, values))
+            self.squares.update(("s/" + name[2:], squared(value)) for name, value in zip(names, values))
         means = fresh_means(piece)
         squares = [prefixed(node, "s/") for node in piece.after if id(node) not in folded]
         for node in squares:
-            _to_squares(node, means)
+            to_squares(node, means)
         self.magnitude = _evaluator(squares, [*self.squares, *_inputs(piece, "s/")],
                                     ["s/" + name for name in piece.outputs], opsets)
         self.magnitudes: Dict[tuple, Dict[str, np.ndarray]] = {}
@@ -272,17 +167,6 @@ def _evaluator(nodes: List[onnx.NodeProto], inputs: List[str], outputs: List[str
     return ReferenceEvaluator(model, new_ops=reference_ops.OPS)
 
 
-def _squared(array) -> np.ndarray:
-    """The square of a float constant, in float32 where that holds it (the magnitude model needs no more precision
-    than a bound does), else float64; other constants as they are."""
-    array = np.asarray(array)
-    if not is_float(array.dtype):
-        return array
-    if array.dtype.itemsize < 8 and (not array.size or float(np.abs(array).max()) < _FLOAT32_SAFE):
-        return np.square(array, dtype=np.float32)
-    return np.square(array, dtype=np.float64)
-
-
 def _double(array) -> np.ndarray:
     array = np.asarray(array)
     return array.astype(np.float64) if is_float(array.dtype) else array
@@ -291,9 +175,9 @@ def _double(array) -> np.ndarray:
 def _to_double(node: onnx.NodeProto) -> None:
     """Float types named by the node (Cast targets, Constant and ConstantOfShape values) become double."""
     for attr in node.attribute:
-        if attr.name == "to" and attr.i in _FLOAT_TYPES:
+        if attr.name == "to" and attr.i in FLOAT_TYPES:
             attr.i = TensorProto.DOUBLE
-        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in _FLOAT_TYPES:
+        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in FLOAT_TYPES:
             attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64), attr.t.name))
     if node.op_type == "Constant":
         for attr in list(node.attribute):
@@ -301,23 +185,6 @@ def _to_double(node: onnx.NodeProto) -> None:
                 value = np.asarray(helper.get_attribute_value(attr), np.float64)
                 node.attribute.remove(attr)
                 node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(value)))
-
-
-def _to_squares(node: onnx.NodeProto, means: set = frozenset()) -> None:
-    """The magnitude model's version of an after-side node, on squared inputs and constants (`means`: outputs of
-    GlobalAveragePools of independent probes, whose variance is the mean's over the count)."""
-    if node.op_type == "GlobalAveragePool" and node.output[0][2:] in means:
-        node.op_type, node.domain = "GlobalAveragePoolOfIndependent", reference_ops.DOMAIN
-    elif node.op_type == "Sub":
-        node.op_type = "Add"
-    elif node.op_type in ("Neg", "Abs"):
-        node.op_type = "Identity"
-    for attr in node.attribute:
-        if node.op_type == "Gemm" and attr.name in ("alpha", "beta") or node.op_type == "Pad" and attr.name == "value":
-            attr.f = attr.f * attr.f
-        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.DOUBLE:
-            value = numpy_helper.to_array(attr.t)
-            attr.t.CopyFrom(numpy_helper.from_array(value * value, attr.t.name))
 
 
 def _runs(evaluation: _Evaluation, dims, size: int, rng) -> Tuple[List[Dict[str, np.ndarray]], int]:
@@ -346,16 +213,6 @@ def _samples(piece: Piece, run: Dict[str, np.ndarray]) -> int:
 def _axis(piece: Piece, name: str, ndim: int) -> Optional[int]:
     axis = piece.channel_axes.get(name)
     return None if axis is None or ndim == 0 else axis % ndim
-
-
-def _roundoff(piece: Piece) -> float:
-    """The unit roundoff of the coarsest float dtype the after side stores constants in."""
-    dtypes = [np.asarray(array).dtype for array in piece.constants_after.values()]
-    for node in piece.after:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in _FLOAT_TYPES:
-                dtypes.append(np.dtype(helper.tensor_dtype_to_np_dtype(attr.t.data_type)))
-    return max((unit_roundoff(dtype) for dtype in dtypes), default=0.0)
 
 
 # --- the verdict ---------------------------------------------------------------------------------------------------
