@@ -27,9 +27,10 @@ Shape = Tuple[int, ...]
 Dims = Tuple[Optional[int], ...]
 
 
-def probe_dims(piece: Piece) -> Dict[str, Dims]:
+def probe_dims(piece: Piece, free_spatial: bool = False) -> Dict[str, Dims]:
     """Each input's dims as far as the piece says: positive declared sizes, overridden by what a weight-reading
-    node implies; None where unknown."""
+    node implies; None where unknown. free_spatial: the spatial axes of a Conv's or ConvTranspose's input are
+    unknown even where declared (any size the kernels fit computes the same map, and a small one costs less)."""
     result = {}
     for spec in piece.inputs:
         declared = [dim if isinstance(dim, (int, np.integer)) and dim > 0 else None for dim in spec.dims]
@@ -38,8 +39,15 @@ def probe_dims(piece: Piece) -> Dict[str, Dims]:
             if len(implied) != len(declared):
                 declared = [None] * len(implied)
             declared = [known if known is not None else dim for known, dim in zip(implied, declared)]
+            if free_spatial and _spatial_reader(spec.name, piece):
+                declared = declared[:2] + [None] * (len(declared) - 2)
         result[spec.name] = tuple(declared)
     return result
+
+
+def _spatial_reader(name: str, piece: Piece) -> bool:
+    return any(node.op_type in ("Conv", "ConvTranspose") and node.input and node.input[0] == name
+               for node in piece.before)
 
 
 def has_unknown(dims: Dict[str, Dims]) -> bool:

@@ -365,7 +365,7 @@ def test_pieces_that_do_not_run_print_nothing(capfd):
         constants_before={"w": w},
         constants_after={"w": w},
     )
-    (result,) = check(too_small)
+    (result,) = check(too_small, exact=False)  # (the float64 path tries sizes the kernel fits, and runs it)
     assert result.skipped is not None and "Conv" in result.skipped
     assert capfd.readouterr().err == ""
 

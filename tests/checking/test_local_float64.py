@@ -296,3 +296,22 @@ def test_ops_onnx_reference_lacks_at_the_opset_run_in_onnx_runtime():
     (result,) = check(quantized_conv_bn())  # DequantizeLinear-13: not in onnx.reference 1.23
     assert result.passed and result.method == "ORT float32", result.reason
     assert "onnx.reference cannot evaluate" in result.notes[0]
+
+
+def test_declared_spatial_sizes_are_not_needed_unless_the_piece_needs_them():
+    """A Conv's declared 224x224 input is probed at a size its kernel fits (the map is the same); a piece that
+    reshapes to a fixed size after the Conv runs at the declared size, the one it needs."""
+    piece = conv_bn()
+    piece.inputs[0].dims = (1, 64, 224, 224)
+    (result,) = check(piece)
+    assert result.passed and result.shapes["x"][2] <= 16, result.shapes
+    fixed = conv_bn()
+    fixed.inputs[0].dims = (1, 64, 6, 6)
+    shape = np.array([1, 32 * 6 * 6], np.int64)
+    for side, constants in ((fixed.before, fixed.constants_before), (fixed.after, fixed.constants_after)):
+        side[-1].output[0] = "z"
+        side.append(helper.make_node("Reshape", ["z", "shape"], ["y"]))
+        constants["shape"] = shape
+    fixed.channel_axes = {"y": None}
+    (result,) = check(fixed)
+    assert result.passed and result.method == "float64" and result.shapes["x"] == (1, 64, 6, 6), result.reason
