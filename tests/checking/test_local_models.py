@@ -96,3 +96,32 @@ def test_zero_channel_conv_folds_with_no_flags(tmp_path, out_channels, in_channe
     folded, _ = fold_with_cli(original, tmp_path)
     assert "BatchNormalization" not in {node.op_type for node in folded.graph.node}
     assert_same(original, folded, {"x": np.ones((1, in_channels, 8, 8), np.float32)})
+
+
+def test_a_fault_while_checking_one_fold_keeps_only_that_bn(tmp_path, monkeypatch):
+    """The check of BN 'b.bn' raises: that BN stays with the reason, the other folds, the model verifies and is
+    written (exit 0)."""
+    import bnfold.checking.float64 as float64
+
+    real = float64._judge
+
+    def faulty(piece, *args, **kwargs):
+        if piece.label.startswith("b.bn"):
+            raise RuntimeError("boom")
+        return real(piece, *args, **kwargs)
+
+    monkeypatch.setattr(float64, "_judge", faulty)
+    rng = np.random.default_rng(3)
+    n1, i1 = conv_bn("a", "x", 8, 3, rng)
+    n2, i2 = conv_bn("b", "a.y", 4, 8, rng, output="out")
+    graph = helper.make_graph([*n1, *n2], "two", [helper.make_tensor_value_info("x", 1, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", 1, [1, 4, 8, 8])], [*i1, *i2])
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    source, target = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(original, source)
+    result = CliRunner().invoke(cli, [str(source), "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert "kept   b.bn" in result.output and "internal error in the local check: RuntimeError: boom" in result.output
+    folded = onnx.load(target)
+    assert [node.name for node in folded.graph.node if node.op_type == "BatchNormalization"] == ["b.bn"]
+    assert_same(original, folded, {"x": np.random.default_rng(4).normal(size=(1, 3, 8, 8)).astype(np.float32)})
