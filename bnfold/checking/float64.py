@@ -18,6 +18,7 @@ onnx.reference evaluates return None: the caller runs them in ONNX Runtime inste
 from __future__ import annotations
 
 import math
+from itertools import chain
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -39,8 +40,8 @@ MIN_SAMPLES = 16  # values per channel: detection power for errors that are a fr
 MAX_RUNS = 32
 
 def check_in_float64(piece: Piece, opsets: Dict[str, int], seed: int, index: int,
-                     confirm: Optional[Callable[..., Dict[str, np.ndarray]]] = None
-                     ) -> Tuple[Optional[LocalCheck], str]:
+                     confirm: Optional[Callable[..., Dict[str, np.ndarray]]] = None,
+                     scratch: Optional["Scratch"] = None) -> Tuple[Optional[LocalCheck], str]:
     """(the verdict, "") or (None, why this piece is left to ONNX Runtime).
 
     confirm(piece, probes, side) -> that side's outputs in ONNX Runtime: a failing verdict stands only where
@@ -50,7 +51,7 @@ def check_in_float64(piece: Piece, opsets: Dict[str, int], seed: int, index: int
     if why:
         return None, why
     try:
-        evaluation = _Evaluation(piece, opsets)
+        evaluation = _Evaluation(piece, opsets, scratch)
     except Exception as exc:  # onnx.reference has no implementation of an op at this opset
         return None, f"onnx.reference cannot evaluate the piece in float64 ({type(exc).__name__}: {exc})".split(
             "\n")[0]
@@ -108,11 +109,15 @@ class _Evaluation:
     side's magnitude model (prefixed s/), fed squared constants and, for each normal probe, its mean square 1 (the
     variance of a weight's rounding seen through the after side); the magnitude model runs once per probe shape."""
 
-    def __init__(self, piece: Piece, opsets: Dict[str, int]):
+    def __init__(self, piece: Piece, opsets: Dict[str, int], scratch: Optional["Scratch"] = None):
         self.piece = piece
-        self.constants = {"b/" + name: _double(array) for name, array in piece.constants_before.items()}
-        self.constants.update({"a/" + name: _double(array) for name, array in piece.constants_after.items()})
-        self.squares = {"s/" + name: squared(array) for name, array in piece.constants_after.items()}
+        scratch = scratch or Scratch()
+        scratch.reset(3 * 8 * sum(np.asarray(array).size for array in chain(piece.constants_before.values(),
+                                                                            piece.constants_after.values())))
+        self.constants = {"b/" + name: _double(array, scratch.take) for name, array in piece.constants_before.items()}
+        self.constants.update({"a/" + name: _double(array, scratch.take)
+                               for name, array in piece.constants_after.items()})
+        self.squares = {"s/" + name: squared(array, scratch.take) for name, array in piece.constants_after.items()}
         floats = [array.dtype for array in self.squares.values() if array.dtype.kind == "f"]
         self.magnitude_dtype = np.float64 if np.dtype(np.float64) in floats else np.float32
         if self.magnitude_dtype == np.float64:
@@ -172,9 +177,38 @@ def _evaluator(nodes: List[onnx.NodeProto], inputs: List[str], outputs: List[str
     return ReferenceEvaluator(model, new_ops=reference_ops.OPS)
 
 
-def _double(array) -> np.ndarray:
+def _double(array, take=None) -> np.ndarray:
     array = np.asarray(array)
-    return array.astype(np.float64) if is_float(array.dtype) else array
+    if not is_float(array.dtype):
+        return array
+    if take is None:
+        return array.astype(np.float64)
+    out = take(array.shape, np.dtype(np.float64))
+    out[...] = array
+    return out
+
+
+class Scratch:
+    """One buffer reused for the float64 and squared copies of each piece's constants, piece after piece: fresh
+    memory for every piece's weights costs page faults, which on a ResNet-50 cost more than the arithmetic. The
+    copies live as long as their piece's check."""
+
+    def __init__(self):
+        self.buffer = np.empty(0, np.uint8)
+        self.used = 0
+
+    def reset(self, nbytes: int) -> None:
+        if self.buffer.nbytes < nbytes:
+            self.buffer = np.empty(nbytes, np.uint8)
+        self.used = 0
+
+    def take(self, shape, dtype: np.dtype) -> np.ndarray:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if self.used + nbytes > self.buffer.nbytes:  # more than reset() planned for: a fresh array
+            return np.empty(shape, dtype)
+        view = self.buffer[self.used:self.used + nbytes].view(dtype).reshape(shape)
+        self.used += -(-nbytes // 8) * 8
+        return view
 
 
 def _to_double(node: onnx.NodeProto) -> None:

@@ -19,6 +19,7 @@ import onnx
 
 from ..graph.pieces import Piece
 from . import float64, ort_pieces
+from .blas_threads import one_blas_thread
 from .verdict import LocalCheck
 
 __all__ = ["LocalCheck", "check_pieces"]
@@ -40,18 +41,20 @@ def check_pieces(
         return ort_pieces.run_side(piece, probes, side, opset_imports=opset_imports, ir_version=ir_version)
 
     checks: List[Optional[LocalCheck]] = [None] * len(pieces)
+    scratch = float64.Scratch()
     left: Dict[int, str] = {}  # piece index -> why the float64 path left it to ONNX Runtime
-    for index, piece in enumerate(pieces):
-        if not exact:
-            left[index] = ""
-            continue
-        try:
-            checks[index], left_why = float64.check_in_float64(piece, opsets, seed, index, confirm)
-        except Exception as error:  # a bug here must not sink the other pieces, nor the fold run
-            checks[index] = internal_error(piece, error)
-            continue
-        if checks[index] is None:
-            left[index] = left_why
+    with one_blas_thread():
+        for index, piece in enumerate(pieces):
+            if not exact:
+                left[index] = ""
+                continue
+            try:
+                checks[index], left_why = float64.check_in_float64(piece, opsets, seed, index, confirm, scratch)
+            except Exception as error:  # a bug here must not sink the other pieces, nor the fold run
+                checks[index] = internal_error(piece, error)
+                continue
+            if checks[index] is None:
+                left[index] = left_why
     if left:
         for index, check in zip(left, _run_in_ort([pieces[index] for index in left], opset_imports, ir_version,
                                                   seed)):

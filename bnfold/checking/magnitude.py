@@ -130,15 +130,18 @@ def _attribute(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def squared(array) -> np.ndarray:
+def squared(array, take=None) -> np.ndarray:
     """The square of a float constant, in float32 where that holds it (the magnitude model needs no more precision
-    than a bound does), else float64; other constants as they are."""
+    than a bound does), else float64; other constants as they are. take(shape, dtype): where to put it."""
     array = np.asarray(array)
     if not is_float(array.dtype):
         return array
-    if array.dtype.itemsize < 8 and (not array.size or float(np.abs(array).max()) < _FLOAT32_SAFE):
-        return np.square(array, dtype=np.float32)
-    return np.square(array, dtype=np.float64)
+    small = array.dtype.itemsize < 8 and (not array.size or max(abs(float(array.max())), abs(float(array.min())))
+                                          < _FLOAT32_SAFE)
+    dtype = np.dtype(np.float32 if small else np.float64)
+    out = take(array.shape, dtype) if take is not None else np.empty(array.shape, dtype)
+    np.square(array, out=out, dtype=dtype)
+    return out
 
 
 def to_squares(node: onnx.NodeProto, means: set = frozenset()) -> None:
