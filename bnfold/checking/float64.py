@@ -39,6 +39,7 @@ FLOAT64_SLACK = 2.0**-36  # float64 evaluation error of both sides, relative to 
 MIN_SAMPLES = 16  # values per channel: detection power for errors that are a fraction of the channel
 MAX_RUNS = 32
 
+
 def check_in_float64(piece: Piece, opsets: Dict[str, int], seed: int, index: int,
                      confirm: Optional[Callable[..., Dict[str, np.ndarray]]] = None,
                      scratch: Optional["Scratch"] = None) -> Tuple[Optional[LocalCheck], str]:
