@@ -29,7 +29,7 @@ from ..graph.pieces import Piece
 from . import reference_ops
 from .magnitude import FLOAT_TYPES, constant_nodes, fresh_means, roundoff, squared, to_squares, unsupported
 from .metric import by_channel, channel_errors, is_float, scale_floor, tolerance_for
-from .probes import batch_is_free, has_unknown, probe_dims, probe_feeds, probe_shapes, sizes_to_try
+from .probes import batch_is_free, probe_attempts, probe_feeds, probe_shapes
 from .renaming import prefixed
 from .verdict import LocalCheck
 
@@ -56,15 +56,8 @@ def check_in_float64(piece: Piece, opsets: Dict[str, int], seed: int, index: int
     except Exception as exc:  # onnx.reference has no implementation of an op at this opset
         return None, f"onnx.reference cannot evaluate the piece in float64 ({type(exc).__name__}: {exc})".split(
             "\n")[0]
-    # Small spatial sizes first, whatever the model declares; the declared sizes only where a piece needs them
-    # (a Reshape to a fixed size after the Conv).
-    attempts = []
-    for free in (True, False):
-        dims = probe_dims(piece, free_spatial=free)
-        sizes = sizes_to_try(piece) if has_unknown(dims) else [0]
-        attempts += [(dims, size) for size in sizes if (dims, size) not in attempts]
     error = ""
-    for attempt, (dims, size) in enumerate(attempts):
+    for attempt, (dims, size) in enumerate(probe_attempts(piece)):
         rng = np.random.default_rng([seed, index, attempt])
         try:
             runs, batch = _runs(evaluation, dims, size, rng)

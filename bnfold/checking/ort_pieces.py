@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from ..errors import InvalidModelError
 from ..graph.pieces import Piece
 from .metric import is_float, scale_floor, tolerance_for, worst_channel
-from .probes import Shape, has_unknown, probe_dims, probe_feeds, probe_shapes, sizes_to_try
+from .probes import Shape, probe_attempts, probe_feeds, probe_shapes
 from .renaming import prefixed
 from .verdict import LocalCheck
 
@@ -43,8 +43,8 @@ def run_in_ort(
 
     Pieces are run side by side, one batched model per side per CHUNK_BYTES of constants. A batched model that ONNX
     Runtime cannot load or run is split in halves until the bad pieces stand alone, so one bad piece costs a few
-    sessions and judges only itself. Unknown dims: axis 0 gets 1, others a size valid for the piece's kernels,
-    then RETRY_SIZES while the before side fails. A piece whose outputs have fewer than MIN_SAMPLES values per
+    sessions and judges only itself. Probe shapes: checking.probes.probe_attempts, the next while the before side
+    fails. A piece whose outputs have fewer than MIN_SAMPLES values per
     channel runs as several copies on independent data (one more before session for all such pieces).
     """
     runner = _Runner(list(opset_imports), ir_version)
@@ -92,9 +92,7 @@ class _Job:
         self.index = index
         self.piece = piece
         self.seed = seed
-        self.sizes = sizes_to_try(piece)
-        self.dims = probe_dims(piece)
-        self.has_unknown = has_unknown(self.dims)
+        self.attempts = probe_attempts(piece)
         self.has_bools = any(np.dtype(spec.dtype) == np.bool_ for spec in piece.inputs)
         self.constant_bytes = max(_nbytes(piece.constants_before), _nbytes(piece.constants_after))
         self.before_error: Optional[str] = None
@@ -106,7 +104,7 @@ class _Job:
         return f"p{self.index}c{copy}/"
 
     def prepare(self) -> None:
-        self.shapes = probe_shapes(self.dims, self.sizes[self.attempt])
+        self.shapes = probe_shapes(*self.attempts[self.attempt])
         rng = np.random.default_rng([self.seed, self.index, self.attempt])
         self.feeds = []
         for _ in range(self.replicas):
@@ -116,8 +114,8 @@ class _Job:
                 self.feeds.append({name: np.asarray(~a) if a.dtype == np.bool_ else a for name, a in feeds.items()})
 
     def retry(self) -> bool:
-        """Move to the next size for unknown dims; False when there is none."""
-        if not self.has_unknown or self.attempt + 1 >= len(self.sizes):
+        """Move to the next probe shapes; False when there are none."""
+        if self.attempt + 1 >= len(self.attempts):
             return False
         self.attempt += 1
         self.prepare()

@@ -110,6 +110,19 @@ def sizes_to_try(piece: Piece) -> List[int]:
     return [first] + [size for size in RETRY_SIZES if size > first]
 
 
+def probe_attempts(piece: Piece) -> List[Tuple[Dict[str, Dims], int]]:
+    """(dims, size for unknown dims) to try in turn: a Conv's spatial axes free at small sizes first, whatever the
+    model declares; the declared sizes after, for a piece that needs them (a Reshape to a fixed size after the
+    Conv)."""
+    attempts: List[Tuple[Dict[str, Dims], int]] = []
+    for free in (True, False):
+        dims = probe_dims(piece, free_spatial=free)
+        for size in sizes_to_try(piece) if has_unknown(dims) else [0]:
+            if (dims, size) not in attempts:
+                attempts.append((dims, size))
+    return attempts
+
+
 def _implied_dims(name: str, piece: Piece) -> Optional[List[Optional[int]]]:
     """Dims of input `name` that a Conv / ConvTranspose / Gemm / MatMul of the before side reading it as its data
     input implies from its constant weight (None where it does not say)."""
