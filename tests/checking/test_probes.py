@@ -3,7 +3,7 @@
 import numpy as np
 from onnx import helper
 
-from bnfold.checking.probes import batch_is_free, probe_dims, probe_shapes, spatial_size
+from bnfold.checking.probes import batch_is_free, probe_attempts, probe_dims, probe_shapes, spatial_size
 from bnfold.graph.pieces import Piece, PieceInput
 
 
@@ -37,3 +37,13 @@ def test_spatial_size_gives_four_outputs_per_axis():
     assert spatial_size(piece("Conv", (8, 3, 3, 3), (), pads=[1, 1, 1, 1])) == 4
     assert spatial_size(piece("Conv", (8, 3, 7, 7), (), strides=[2, 2], pads=[3, 3, 3, 3])) == 7
     assert spatial_size(piece("Conv", (8, 3, 5, 5), (), dilations=[3, 3], strides=[2, 2])) == 19
+
+
+def test_attempts_free_a_convs_declared_spatial_sizes_first():
+    conv = piece("Conv", (8, 3, 3, 3), (1, 3, 224, 224), pads=[1, 1, 1, 1])
+    assert probe_dims(conv, free_spatial=True) == {"x": (1, 3, None, None)}
+    attempts = probe_attempts(conv)
+    assert attempts[0] == ({"x": (1, 3, None, None)}, 4)
+    assert attempts[-1] == ({"x": (1, 3, 224, 224)}, 0)  # the declaration last, for pieces that need it
+    gemm = piece("Gemm", (10, 32), (4, 32), transB=1)
+    assert probe_attempts(gemm) == [({"x": (4, 32)}, 0)]
