@@ -19,7 +19,8 @@ correct fold's own error on the same inputs. A mutation with a ratio >= 10 must 
 detection rate, how many failures name the BN, and the smallest caught ratio, for each check in CHECKS
 (end to end with intermediates, and outputs only for comparison), for the local per-fold check (the fold engine
 made to compute that BN's map from the mutated parameters), and for both layers together ("either": what
-`bnfold MODEL -o OUT` does).
+`bnfold MODEL -o OUT` does); then, for every mutation whatever its output error, how many the local check and
+either layer catch, by kind.
 """
 
 from __future__ import annotations
