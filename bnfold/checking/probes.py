@@ -21,6 +21,7 @@ from .metric import is_float
 
 MIN_SPATIAL = 4
 RETRY_SIZES = (16, 32)  # unknown dims tried when the first size is too small for the before side
+SHAPE_COUPLED = ("Reshape", "Flatten")  # ops that may tie channels to the spatial size
 KERNEL_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool")
 
 Shape = Tuple[int, ...]
@@ -29,9 +30,11 @@ Dims = Tuple[Optional[int], ...]
 
 def probe_dims(piece: Piece, free_spatial: bool = False) -> Dict[str, Dims]:
     """Each input's dims as far as the piece says: positive declared sizes, overridden by what a weight-reading
-    node implies; None where unknown. free_spatial: the spatial axes of a Conv's or ConvTranspose's input are
-    unknown even where declared (any size the kernels fit computes the same map, and a small one costs less)."""
+    node implies; None where unknown. free_spatial: in a piece with a Conv or pool, the spatial axes (2 on) of its
+    inputs are unknown even where declared (any size the kernels fit computes the same map, and a small one costs
+    less)."""
     result = {}
+    convolved = any(node.op_type in KERNEL_OPS for node in piece.before)
     for spec in piece.inputs:
         declared = [dim if isinstance(dim, (int, np.integer)) and dim > 0 else None for dim in spec.dims]
         implied = _implied_dims(spec.name, piece)
@@ -39,15 +42,10 @@ def probe_dims(piece: Piece, free_spatial: bool = False) -> Dict[str, Dims]:
             if len(implied) != len(declared):
                 declared = [None] * len(implied)
             declared = [known if known is not None else dim for known, dim in zip(implied, declared)]
-            if free_spatial and _spatial_reader(spec.name, piece):
-                declared = declared[:2] + [None] * (len(declared) - 2)
+        if free_spatial and len(declared) >= 3 and convolved:
+            declared = declared[:2] + [None] * (len(declared) - 2)
         result[spec.name] = tuple(declared)
     return result
-
-
-def _spatial_reader(name: str, piece: Piece) -> bool:
-    return any(node.op_type in ("Conv", "ConvTranspose") and node.input and node.input[0] == name
-               for node in piece.before)
 
 
 def has_unknown(dims: Dict[str, Dims]) -> bool:
@@ -112,10 +110,11 @@ def sizes_to_try(piece: Piece) -> List[int]:
 
 def probe_attempts(piece: Piece) -> List[Tuple[Dict[str, Dims], int]]:
     """(dims, size for unknown dims) to try in turn: a Conv's spatial axes free at small sizes first, whatever the
-    model declares; the declared sizes after, for a piece that needs them (a Reshape to a fixed size after the
-    Conv)."""
+    model declares; the declared sizes after, for a piece that needs them. A piece with a Reshape or Flatten,
+    whose channels may depend on the spatial size, tries the declared sizes first."""
     attempts: List[Tuple[Dict[str, Dims], int]] = []
-    for free in (True, False):
+    coupled = any(node.op_type in SHAPE_COUPLED for node in chain(piece.before, piece.after))
+    for free in ((False, True) if coupled else (True, False)):
         dims = probe_dims(piece, free_spatial=free)
         for size in sizes_to_try(piece) if has_unknown(dims) else [0]:
             if (dims, size) not in attempts:

@@ -47,3 +47,10 @@ def test_attempts_free_a_convs_declared_spatial_sizes_first():
     assert attempts[-1] == ({"x": (1, 3, 224, 224)}, 0)  # the declaration last, for pieces that need it
     gemm = piece("Gemm", (10, 32), (4, 32), transB=1)
     assert probe_attempts(gemm) == [({"x": (4, 32)}, 0)]
+
+
+def test_a_reshape_in_the_piece_tries_the_declared_sizes_first():
+    conv = piece("Conv", (8, 3, 3, 3), (1, 3, 14, 14), pads=[1, 1, 1, 1])
+    conv.after.append(helper.make_node("Reshape", ["y", "shape"], ["z"]))
+    assert probe_attempts(conv)[0] == ({"x": (1, 3, 14, 14)}, 0)
+    assert ({"x": (1, 3, None, None)}, 4) in probe_attempts(conv)
