@@ -3,7 +3,7 @@
 Used for the pieces the float64 path cannot evaluate or bound (quantized ops, custom domains, subgraphs, ops
 outside the float64 path's set). Pieces are batched into one model per side per CHUNK_BYTES of constants, so the
 check costs about two session loads per chunk, not two per fold; a piece whose channels get fewer than MIN_SAMPLES
-values is run as copies on independent data. Each output is judged channel by channel (checking.metric) against
+values runs again at a larger batch where its batch axis is free, else as copies on independent data. Each output is judged channel by channel (checking.metric) against
 a tolerance by dtype.
 """
 
@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from ..errors import InvalidModelError
 from ..graph.pieces import Piece
 from .metric import is_float, scale_floor, tolerance_for, worst_channel
-from .probes import Shape, probe_attempts, probe_feeds, probe_shapes
+from .probes import Shape, batch_is_free, probe_attempts, probe_feeds, probe_shapes
 from .renaming import prefixed
 from .verdict import LocalCheck
 
@@ -44,8 +44,8 @@ def run_in_ort(
     Pieces are run side by side, one batched model per side per CHUNK_BYTES of constants. A batched model that ONNX
     Runtime cannot load or run is split in halves until the bad pieces stand alone, so one bad piece costs a few
     sessions and judges only itself. Probe shapes: checking.probes.probe_attempts, the next while the before side
-    fails. A piece whose outputs have fewer than MIN_SAMPLES values per
-    channel runs as several copies on independent data (one more before session for all such pieces).
+    fails. A piece whose outputs have fewer than MIN_SAMPLES values per channel runs again at a larger batch, or
+    where its batch is fixed as several copies on independent data (one more before session for all such pieces).
     """
     runner = _Runner(list(opset_imports), ir_version)
     jobs = [_Job(index, piece, seed) for index, piece in enumerate(pieces)]
@@ -98,13 +98,14 @@ class _Job:
         self.before_error: Optional[str] = None
         self.attempt = 0
         self.replicas = 1
+        self.batch = 1
         self.prepare()
 
     def prefix(self, copy: int) -> str:
         return f"p{self.index}c{copy}/"
 
     def prepare(self) -> None:
-        self.shapes = probe_shapes(*self.attempts[self.attempt])
+        self.shapes = probe_shapes(*self.attempts[self.attempt], batch=self.batch)
         rng = np.random.default_rng([self.seed, self.index, self.attempt])
         self.feeds = []
         for _ in range(self.replicas):
@@ -128,12 +129,15 @@ class _Job:
             (_samples_per_channel(array, axes.get(name)) for run in outputs for name, array in run.items()),
             default=MIN_SAMPLES,
         )
-        if self.replicas > 1 or samples >= MIN_SAMPLES or samples == 0:
+        if self.replicas > 1 or self.batch > 1 or samples >= MIN_SAMPLES or samples == 0:
             return False
-        self.replicas = min(MAX_REPLICAS, -(-MIN_SAMPLES // samples))
+        # A free batch axis grows (one copy of the piece); otherwise independent copies side by side.
+        if batch_is_free(self.attempts[self.attempt][0]):
+            self.batch = -(-MIN_SAMPLES // samples)
+        else:
+            self.replicas = min(MAX_REPLICAS, -(-MIN_SAMPLES // samples))
         self.prepare()
         return True
-
 
 
 def _samples_per_channel(array: np.ndarray, axis: Optional[int]) -> int:

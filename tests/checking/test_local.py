@@ -493,11 +493,17 @@ def test_chunks_bound_the_constants_per_session(monkeypatch, count_sessions):
 def test_single_sample_channels_are_judged_over_copies(count_sessions):
     """A Gemm at batch 1 has one value per channel: one value near zero by chance would make rounding look like a
     wrong fold. The piece runs again as copies on independent data, so each channel's scale is a max over 32."""
-    (result,) = check(gemm_bn_piece(features=2048, out=1000, seed=4), exact=False)
+    fixed_batch = gemm_bn_piece(features=2048, out=1000, seed=4)
+    fixed_batch.inputs[0].dims = (1, 2048)
+    (result,) = check(fixed_batch, exact=False)
     assert result.passed, result.reason
     assert result.max_error < 1e-5  # float32 rounding over 2048 terms, judged against a steady channel scale
     assert result.shapes["x"] == (1, 2048)
     assert len(count_sessions) == 3  # before, before again with copies, after
+    count_sessions.clear()
+    (result,) = check(gemm_bn_piece(features=2048, out=1000, seed=4), exact=False)
+    assert result.passed and result.shapes["x"] == (16, 2048)  # a free batch grows instead: one copy
+    assert len(count_sessions) == 3
 
 
 def test_single_sample_channels_get_a_larger_batch_in_float64():
