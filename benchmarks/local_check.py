@@ -5,9 +5,10 @@
 Builds one piece per Conv+BN of ResNet-50 (bottlenecks 3-4-6-3; ~25.5M weights, 102 MiB in float32) with random
 BN statistics (extreme: scales 0.1-10 of either sign, means up to 5x the conv outputs' spread, variances 0.1-10x
 the true one; or trained-looking: BN roughly standardizes), folded
-correctly here with plain numpy. Prints the median wall time of check_pieces, the ONNX Runtime sessions it made,
-the largest per-channel error of the correct folds against the tolerance, and for scale the time of one session
-per piece side (what batching saves). Machines are noisy: read the ratios, not the absolute figures.
+correctly here with plain numpy from the stored constants. Prints, for the ONNX Runtime path and the float64 path,
+the median wall time of check_pieces, the sessions it made, the largest error of the correct folds against their
+bound; then how many "eps ignored" folds each path catches, and for scale the ONNX Runtime path with one call per
+piece (what batching saves). Machines are noisy: read the ratios, not the absolute figures.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def resnet50_layers():
     return layers
 
 
-def conv_bn_piece(index, c_in, c_out, kernel, stride, dtype, rng, extreme=True):
+def conv_bn_piece(index, c_in, c_out, kernel, stride, dtype, rng, extreme=True, eps=EPS):
     weight = rng.normal(0, (2.0 / (c_in * kernel * kernel)) ** 0.5, (c_out, c_in, kernel, kernel))
     conv_bias = rng.normal(0, 0.1, c_out)
     spread = np.sqrt((weight**2).sum(axis=(1, 2, 3)))  # std of the conv output on unit-normal inputs
@@ -55,7 +56,10 @@ def conv_bn_piece(index, c_in, c_out, kernel, stride, dtype, rng, extreme=True):
     else:  # trained-looking: BN roughly standardizes the conv output
         scale, bias = rng.uniform(0.5, 1.5, c_out), rng.normal(0, 0.1, c_out)
         mean, var = conv_bias + rng.normal(0, 0.1, c_out) * spread, spread**2 * rng.uniform(0.5, 1.5, c_out)
-    multiplier = scale / np.sqrt(var + EPS)
+    # Fold the stored (rounded) constants, as bnfold does: the folded weights are then the exact map rounded once.
+    weight, conv_bias, scale, bias, mean, var = (np.asarray(a, dtype).astype(np.float64)
+                                                 for a in (weight, conv_bias, scale, bias, mean, var))
+    multiplier = scale / np.sqrt(var + np.float64(np.float32(eps)))  # eps=0: the "eps ignored" bug
     pads = [kernel // 2] * 4
     stats = {"s": scale, "bb": bias, "m": mean, "v": var}
     return Piece(
@@ -104,29 +108,41 @@ def main() -> None:
             super().__init__(*a, **k)
 
     onnxruntime.InferenceSession = Counting
-    times, checks = [], []
+    opsets = [helper.make_opsetid("", 17)]
+    print(f"{len(pieces)} Conv+BN pieces of ResNet-50 ({args.dtype}, {args.stats} BN statistics, "
+          f"{constants:.0f} MiB of constants before)")
+    times = {False: [], True: []}  # the two paths alternate, so both see the same machine load
+    checks, counted = {}, {}
     for _ in range(args.repeats):
-        sessions.clear()
-        start = time.perf_counter()
-        checks = local.check_pieces(pieces, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-        times.append(time.perf_counter() - start)
-    batched_sessions = len(sessions)
+        for exact in (False, True):
+            sessions.clear()
+            start = time.perf_counter()
+            checks[exact] = local.check_pieces(pieces, opset_imports=opsets, ir_version=8, exact=exact)
+            times[exact].append(time.perf_counter() - start)
+            counted[exact] = len(sessions)
+    for exact, name in ((False, "ONNX Runtime path (exact=False)"), (True, "float64 path (default)")):
+        worst = max(checks[exact], key=lambda check: check.max_error)
+        print(f"  {name}: median {statistics.median(times[exact]):.2f} s (min {min(times[exact]):.2f} s), "
+              f"{counted[exact]} sessions; passed {sum(c.passed for c in checks[exact])}/{len(checks[exact])} "
+              f"({', '.join(sorted({c.method for c in checks[exact]}))})")
+        print(f"    largest per-channel error of a correct fold {worst.max_error:.2e} ({worst.label}), "
+              f"tolerance there {worst.tolerance:.1e}")
+        if exact:
+            ratio = max(check.bound_ratio for check in checks[exact])
+            print(f"    largest error / rounding bound of a correct fold: {ratio:.3f}")
+    wrong = [conv_bn_piece(i, *layer, np.dtype(args.dtype), np.random.default_rng(0),
+                           extreme=args.stats == "extreme", eps=0.0) for i, layer in enumerate(resnet50_layers())]
+    for exact, name in ((False, "ONNX Runtime path"), (True, "float64 path")):
+        checks = local.check_pieces(wrong, opset_imports=opsets, ir_version=8, exact=exact)
+        ratios = [check.bound_ratio for check in checks if check.bound_ratio is not None]
+        smallest = f"; smallest error / bound {min(ratios):.1f}" if ratios else ""
+        print(f"  eps ignored, {name}: caught {sum(c.failed for c in checks)}/{len(checks)}{smallest}")
 
     sessions.clear()
     start = time.perf_counter()
     for piece in pieces:
-        local.check_pieces([piece], opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    one_by_one = time.perf_counter() - start
-
-    worst = max(checks, key=lambda check: check.max_error)
-    print(f"{len(pieces)} Conv+BN pieces of ResNet-50 ({args.dtype}, {args.stats} BN statistics, "
-          f"{constants:.0f} MiB of constants before)")
-    print(f"  check_pieces: median {statistics.median(times):.2f} s, {batched_sessions} sessions")
-    print(f"  one piece per call: {one_by_one:.2f} s, {len(sessions)} sessions "
-          f"({one_by_one / statistics.median(times):.1f}x the batched time)")
-    print(f"  passed {sum(c.passed for c in checks)}/{len(checks)}; largest error of a correct fold "
-          f"{worst.max_error:.2e} ({worst.label}), tolerance {worst.tolerance:.0e} "
-          f"(margin {worst.tolerance / worst.max_error:.0f}x)")
+        local.check_pieces([piece], opset_imports=opsets, ir_version=8, exact=False)
+    print(f"  ONNX Runtime path one piece per call: {time.perf_counter() - start:.2f} s, {len(sessions)} sessions")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ correct fold's own error on the same inputs. A mutation with a ratio >= 10 must 
 detection rate, how many failures name the BN, and the smallest caught ratio, for each check in CHECKS
 (end to end with intermediates, and outputs only for comparison), for the local per-fold check (the fold engine
 made to compute that BN's map from the mutated parameters), and for both layers together ("either": what
-`bnfold MODEL -o OUT` does).
+`bnfold MODEL -o OUT` does); then, for every mutation whatever its output error, how many the local check and
+either layer catch, by kind.
 """
 
 from __future__ import annotations
@@ -264,6 +265,17 @@ def summarize(rows: List[dict], checks) -> List[str]:
         for row in must:
             if not row[name]["caught"]:
                 lines.append(f"    missed: {row['model']} {row['bn']} {row['mutation']} ratio {row['ratio']:.3g}")
+    lines.append("every planted mutation, whatever its output error, by kind (local check | either layer):")
+    for mutation in sorted({row["mutation"] for row in rows}):
+        kind = [row for row in rows if row["mutation"] == mutation]
+        local = sum(row[LOCAL]["caught"] for row in kind)
+        either = sum(row["either"]["caught"] for row in kind)
+        lines.append(f"  {mutation:30s} {local}/{len(kind)} | {either}/{len(kind)}  "
+                     f"(output error {min(r['ratio'] for r in kind):.3g}-{max(r['ratio'] for r in kind):.3g}x "
+                     f"the correct fold's)")
+        for row in kind:
+            if not row[LOCAL]["caught"]:
+                lines.append(f"    local check missed: {row['model']} {row['bn']} ({row[LOCAL]['detail']})")
     return lines
 
 

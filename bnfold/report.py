@@ -271,9 +271,10 @@ class FoldReport:
         if self.local_check and self.local_check.get("ran") and (self.local_check["checked"] or
                                                                   self.local_check["skipped"]):
             worst = self.local_check.get("worst_error")
-            lines.append(f"local check: {self.local_check['checked']} fold(s) run on their own in ONNX Runtime, "
-                         f"worst per-channel error {worst:.2g}" if worst is not None else
-                         f"local check: {self.local_check['checked']} fold(s) run on their own in ONNX Runtime")
+            methods = self.local_check.get("methods") or {}
+            how = ", ".join(f"{count} in {method}" for method, count in sorted(methods.items())) or "ONNX Runtime"
+            lines.append(f"local check: {self.local_check['checked']} fold(s) run on their own ({how})"
+                         + (f", worst per-channel error {worst:.2g}" if worst is not None else ""))
             if self.local_check.get("skipped"):
                 lines[-1] += f"; {self.local_check['skipped']} skipped (ONNX Runtime cannot run the original piece)"
         elif self.local_check and not self.local_check.get("ran"):

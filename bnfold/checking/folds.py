@@ -22,6 +22,7 @@ class LocalChecker:
         self.pending_bytes = 0
         self.failures: Dict[tuple, str] = {}
         self.checked = self.skipped = 0
+        self.methods: Dict[str, int] = {}  # checked folds by how: "float64", "ORT float32", ...
         self.worst: Optional[float] = None
         self.available = _onnxruntime_available()
 
@@ -42,21 +43,31 @@ class LocalChecker:
     def flush(self) -> None:
         if not self.pending:
             return
-        from .local import check_pieces
+        from .local import check_pieces, internal_error
 
         pieces = [piece for piece, _, _ in self.pending]
-        for (piece, decision, key), check in zip(self.pending, check_pieces(
-                pieces, opset_imports=self.opset_imports, ir_version=self.ir_version)):
+        try:
+            checks = check_pieces(pieces, opset_imports=self.opset_imports, ir_version=self.ir_version)
+        except Exception:  # check_pieces contains faults per piece; this is the last guard: one piece at a time
+            checks = []
+            for piece in pieces:
+                try:
+                    checks += check_pieces([piece], opset_imports=self.opset_imports, ir_version=self.ir_version)
+                except Exception as error:
+                    checks.append(internal_error(piece, error))
+        for (piece, decision, key), check in zip(self.pending, checks):
             if check.skipped is not None:
                 self.skipped += 1
                 decision.local_check = check.reason
                 continue
             self.checked += 1
+            self.methods[check.method or "unknown"] = self.methods.get(check.method or "unknown", 0) + 1
             decision.local_error = check.max_error
             if check.max_error is not None and np.isfinite(check.max_error):
                 self.worst = max(self.worst or 0.0, check.max_error)
             if check.failed:
-                self.failures[key] = f"{check.reason}; the fold was not applied (a bnfold bug: please report it)"
+                bug = "" if "please report" in check.reason else " (a bnfold bug: please report it)"
+                self.failures[key] = f"{check.reason}; the fold was not applied{bug}"
         self.pending, self.pending_bytes = [], 0
 
     def summary(self) -> dict:
@@ -64,7 +75,7 @@ class LocalChecker:
         if not self.available:
             return {"ran": False, "why": "onnxruntime is not installed"}
         return {"ran": True, "checked": self.checked, "skipped": self.skipped, "failed": len(self.failures),
-                "worst_error": self.worst}
+                "worst_error": self.worst, "methods": dict(self.methods)}
 
 
 def _nbytes(value) -> int:

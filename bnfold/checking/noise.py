@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .tolerance import is_float, unit_roundoff
+from .tolerance import is_float, machine_epsilon
 
 _LOW_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
@@ -139,5 +139,5 @@ def flowing_dtypes(model: onnx.ModelProto, elem_types: Mapping[str, int]) -> Dic
                 own = _float_dtype(elem_types.get(output, 0))
                 candidates = upstream + ([own] if own is not None else [])
                 if output and candidates and output not in constants:
-                    worst[output] = max(candidates, key=unit_roundoff)
+                    worst[output] = max(candidates, key=machine_epsilon)
     return worst

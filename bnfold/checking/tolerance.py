@@ -46,7 +46,7 @@ def is_float(dtype: np.dtype) -> bool:
     return np.issubdtype(dtype, np.inexact) or dtype.name.startswith(_LOW_PRECISION_FLOATS)
 
 
-def unit_roundoff(dtype: np.dtype) -> float:
+def machine_epsilon(dtype: np.dtype) -> float:
     """The machine epsilon of a float dtype (larger: less precise)."""
     import ml_dtypes
 
@@ -58,7 +58,7 @@ def tolerance_dtype(dtype: np.dtype, flowing) -> np.dtype:
     the way to it, see checking.noise) when it is less precise."""
     if flowing is None or not is_float(dtype) or np.issubdtype(dtype, np.complexfloating):
         return dtype
-    return flowing if unit_roundoff(flowing) > unit_roundoff(dtype) else dtype
+    return flowing if machine_epsilon(flowing) > machine_epsilon(dtype) else dtype
 
 
 def default_tolerance(dtype: np.dtype) -> Tuple[float, float]:
