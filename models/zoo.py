@@ -440,6 +440,27 @@ def convmixer_head() -> nn.Module:
     return _build(ConvMixerHead)
 
 
+def repmixer_style() -> nn.Module:
+    """FastViT-style RepMixer blocks: x + gamma * (mixer(x) - norm(x)), branches merged through the Sub."""
+    from .zoo_folds import RepMixerStyle
+
+    return _build(RepMixerStyle)
+
+
+def pooled_head_style() -> nn.Module:
+    """CoAtNet-style BN -> AvgPool2d -> Conv 1x1 (unpadded, and padded with count_include_pad=False)."""
+    from .zoo_folds import PooledHeadStyle
+
+    return _build(PooledHeadStyle)
+
+
+def preact_sum_style() -> nn.Module:
+    """Pre-activation ResNetV2 / RegNet-style stage: the final BN after the sum of a residual and a shortcut Conv."""
+    from .zoo_folds import PreActSumStyle
+
+    return _build(PreActSumStyle)
+
+
 FACTORIES = {
     "resnet_style": resnet_style,
     "mobilenet_style": mobilenet_style,
@@ -454,6 +475,9 @@ FACTORIES = {
     "mixconv_style": mixconv_style,
     "token_mlp": token_mlp,
     "convmixer_head": convmixer_head,
+    "repmixer_style": repmixer_style,
+    "pooled_head_style": pooled_head_style,
+    "preact_sum_style": preact_sum_style,
 }
 
 INPUT_SHAPES = {
@@ -470,4 +494,7 @@ INPUT_SHAPES = {
     "mixconv_style": (2, 3, 32, 32),
     "token_mlp": (2, 7, 16),
     "convmixer_head": (2, 3, 16, 16),
+    "repmixer_style": (2, 3, 16, 16),
+    "pooled_head_style": (2, 3, 16, 16),
+    "preact_sum_style": (2, 3, 16, 16),
 }

@@ -1,0 +1,102 @@
+"""Blocks of third-party architectures (issue 24) whose BNs fold exactly only with the rules added for them, one
+small eval-mode module each, in the zoo's style (models.zoo registers them; seeded, random BN statistics).
+
+- RepMixerStyle (FastViT): `x + gamma * (mixer(x) - norm(x))`, mixer and norm re-parameterizable branches;
+- PooledHeadStyle (CoAtNet): BN -> AvgPool2d(2) -> Conv 1x1, unpadded and with count_include_pad=False;
+- PreActSumStyle (pre-activation RegNet / Xception): BN(Conv(x) + Conv(shortcut));
+- SplitNormStyle (timm lambda layers): Conv -> split along channels -> BN on some parts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _bn_conv(cin: int, cout: int, kernel: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, 1, kernel // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout))
+
+
+class RepMixer(nn.Module):
+    """FastViT's RepMixer in its training structure: norm = BN(x); mixer = BN(x) + BN(dw 1x1(x)) + BN(dw kxk(x));
+    out = x + gamma * (mixer(x) - norm(x))."""
+
+    def __init__(self, dim: int, kernel: int = 3):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(dim)
+        self.mixer_identity = nn.BatchNorm2d(dim)
+        self.mixer_scale = _bn_conv(dim, dim, 1, dim)
+        self.mixer_conv = _bn_conv(dim, dim, kernel, dim)
+        self.gamma = nn.Parameter(0.5 * torch.randn(dim, 1, 1))
+
+    def forward(self, x):
+        mixer = self.mixer_scale(x) + self.mixer_identity(x)
+        mixer = mixer + self.mixer_conv(x)
+        return x + self.gamma * (mixer - self.norm(x))
+
+
+class RepMixerStyle(nn.Module):
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.mixers = nn.Sequential(RepMixer(8), RepMixer(8))
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.mixers(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class PooledHeadStyle(nn.Module):
+    """CoAtNet's MbConv downsampling: pre-norm BN -> AvgPool2d(2) -> Conv 1x1; then BN -> 3x3 average with
+    count_include_pad=False (padded, but only real elements counted) -> Conv 1x1."""
+
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.pre_norm = nn.BatchNorm2d(8)
+        self.down = nn.AvgPool2d(2, 2)
+        self.conv = nn.Conv2d(8, 12, 1)
+        self.norm = nn.BatchNorm2d(12)
+        self.smooth = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.project = nn.Conv2d(12, 8, 1, bias=False)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(self.conv(self.down(self.pre_norm(x))))
+        x = self.project(self.smooth(self.norm(x)))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class PreActBlock(nn.Module):
+    """timm ResNetV2's pre-activation basic block with a Conv shortcut: x_pre = relu(bn1(x)); out =
+    conv2(relu(bn2(conv1(x_pre)))) + shortcut(x_pre)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 2):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x):
+        x = torch.relu(self.norm1(x))
+        return self.conv2(torch.relu(self.norm2(self.conv1(x)))) + self.shortcut(x)
+
+
+class PreActSumStyle(nn.Module):
+    """A pre-activation stage ending in the network's final BN: BN(Conv(...) + Conv shortcut(...))."""
+
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 1, 1)
+        self.block = PreActBlock(8, 12)
+        self.norm = nn.BatchNorm2d(12)
+        self.head = nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.norm(self.block(self.stem(x))))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
