@@ -461,6 +461,13 @@ def preact_sum_style() -> nn.Module:
     return _build(PreActSumStyle)
 
 
+def split_norm_style() -> nn.Module:
+    """timm lambda layer: one qkv Conv split along the channels, BN on the q and v parts."""
+    from .zoo_folds import SplitNormStyle
+
+    return _build(SplitNormStyle)
+
+
 FACTORIES = {
     "resnet_style": resnet_style,
     "mobilenet_style": mobilenet_style,
@@ -478,6 +485,7 @@ FACTORIES = {
     "repmixer_style": repmixer_style,
     "pooled_head_style": pooled_head_style,
     "preact_sum_style": preact_sum_style,
+    "split_norm_style": split_norm_style,
 }
 
 INPUT_SHAPES = {
@@ -497,4 +505,5 @@ INPUT_SHAPES = {
     "repmixer_style": (2, 3, 16, 16),
     "pooled_head_style": (2, 3, 16, 16),
     "preact_sum_style": (2, 3, 16, 16),
+    "split_norm_style": (2, 3, 16, 16),
 }

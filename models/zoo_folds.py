@@ -100,3 +100,37 @@ class PreActSumStyle(nn.Module):
     def forward(self, x):
         x = torch.relu(self.norm(self.block(self.stem(x))))
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class LambdaLayer(nn.Module):
+    """timm's LambdaLayer (content lambda only): qkv = Conv 1x1 (no bias); q, k, v = split(qkv, dim=1);
+    q = BN(q), v = BN(v), k = softmax over positions; out = q @ (k @ v^T)."""
+
+    def __init__(self, dim: int, dim_out: int, heads: int = 2, dim_qk: int = 4):
+        super().__init__()
+        self.heads, self.dim_qk, self.dim_v = heads, dim_qk, dim_out // heads
+        self.qkv = nn.Conv2d(dim, heads * dim_qk + dim_qk + self.dim_v, 1, bias=False)
+        self.norm_q = nn.BatchNorm2d(heads * dim_qk)
+        self.norm_v = nn.BatchNorm2d(self.dim_v)
+
+    def forward(self, x):
+        _, _, height, width = x.shape
+        positions = height * width
+        q, k, v = torch.split(self.qkv(x), [self.heads * self.dim_qk, self.dim_qk, self.dim_v], dim=1)
+        q = self.norm_q(q).reshape(-1, self.heads, self.dim_qk, positions).transpose(-1, -2)
+        v = self.norm_v(v).reshape(-1, self.dim_v, positions).transpose(-1, -2)
+        k = k.reshape(-1, self.dim_qk, positions).softmax(dim=-1)
+        content = (q @ (k @ v).unsqueeze(1)).transpose(-1, -2)  # [B, heads, dim_v, positions]
+        return content.reshape(-1, self.heads * self.dim_v, height, width)
+
+
+class SplitNormStyle(nn.Module):
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.attention = LambdaLayer(8, 8)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.attention(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))

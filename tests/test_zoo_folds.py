@@ -19,6 +19,7 @@ CASES = {
     "repmixer_style": ({"BatchNormalization", "Sub", "Mul", "Add"}, "minus identity through BatchNormalization"),
     "pooled_head_style": ({"BatchNormalization"}, "through AveragePool"),
     "preact_sum_style": ({"BatchNormalization"}, "into Conv+Conv"),
+    "split_norm_style": ({"BatchNormalization"}, "through Split [split_forward"),
 }
 
 
