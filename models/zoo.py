@@ -468,6 +468,13 @@ def split_norm_style() -> nn.Module:
     return _build(SplitNormStyle)
 
 
+def token_norm_style() -> nn.Module:
+    """FastViT / Next-ViT attention blocks: BN2d -> [B, HW, C] tokens -> Linear, and AvgPool1d -> BatchNorm1d."""
+    from .zoo_folds import TokenNormStyle
+
+    return _build(TokenNormStyle)
+
+
 FACTORIES = {
     "resnet_style": resnet_style,
     "mobilenet_style": mobilenet_style,
@@ -486,6 +493,7 @@ FACTORIES = {
     "pooled_head_style": pooled_head_style,
     "preact_sum_style": preact_sum_style,
     "split_norm_style": split_norm_style,
+    "token_norm_style": token_norm_style,
 }
 
 INPUT_SHAPES = {
@@ -506,4 +514,5 @@ INPUT_SHAPES = {
     "pooled_head_style": (2, 3, 16, 16),
     "preact_sum_style": (2, 3, 16, 16),
     "split_norm_style": (2, 3, 16, 16),
+    "token_norm_style": (2, 3, 16, 16),
 }

@@ -134,3 +134,51 @@ class SplitNormStyle(nn.Module):
     def forward(self, x):
         x = self.attention(self.stem(x))
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class TokenAttention(nn.Module):
+    """Multi-head self-attention on [B, N, C] tokens; with `pool` (Next-ViT's E-MHSA, sr_ratio 2), keys and values
+    come from tokens averaged 4 to 1 (AvgPool1d) and normalized by a BatchNorm1d."""
+
+    def __init__(self, dim: int, heads: int = 2, pool: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.q, self.kv = nn.Linear(dim, dim, bias=pool), nn.Linear(dim, 2 * dim, bias=pool)
+        self.proj = nn.Linear(dim, dim)
+        self.pool = nn.Sequential(nn.AvgPool1d(4, 4), nn.BatchNorm1d(dim)) if pool else None
+
+    def forward(self, x):
+        batch, tokens, dim = x.shape
+        q = self.q(x).reshape(batch, tokens, self.heads, -1).transpose(1, 2)
+        if self.pool is not None:
+            x = self.pool(x.transpose(1, 2)).transpose(1, 2)
+        k, v = self.kv(x).reshape(batch, -1, 2, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        attention = (q @ k.transpose(-1, -2) * (dim // self.heads) ** -0.5).softmax(dim=-1)
+        return self.proj((attention @ v).transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class TokenBlock(nn.Module):
+    """FastViT's AttentionBlock / Next-ViT's NTB: x + attention(BN2d(x) as [B, HW, C] tokens), back to NCHW."""
+
+    def __init__(self, dim: int, pool: bool):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(dim)
+        self.attention = TokenAttention(dim, pool=pool)
+
+    def forward(self, x):
+        batch, channels, height, width = x.shape
+        tokens = self.norm(x).reshape(batch, channels, height * width).transpose(1, 2)
+        out = self.attention(tokens).transpose(1, 2).reshape(batch, channels, height, width)
+        return x + out
+
+
+class TokenNormStyle(nn.Module):
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.Sequential(TokenBlock(8, pool=False), TokenBlock(8, pool=True))
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))

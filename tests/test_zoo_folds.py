@@ -20,6 +20,7 @@ CASES = {
     "pooled_head_style": ({"BatchNormalization"}, "through AveragePool"),
     "preact_sum_style": ({"BatchNormalization"}, "into Conv+Conv"),
     "split_norm_style": ({"BatchNormalization"}, "through Split [split_forward"),
+    "token_norm_style": ({"BatchNormalization"}, "[backward_tree"),
 }
 
 

@@ -10,12 +10,12 @@ Adding an op a BN folds into is one entry in producers.PRODUCERS (its --skip nam
 op is one entry in look_through.TABLE; adding a rule is one module implementing base.Rule, listed once below.
 """
 
-from . import backward, decomposed, forward, merge_branches, split_forward, standalone, sum_forward
+from . import backward, backward_tree, decomposed, forward, merge_branches, split_forward, standalone, sum_forward
 from .producers import PRODUCERS
 
-# The order rules are offered each candidate node: a BN goes to forward, sum_forward, split_forward, backward, then standalone (which only
+# The order rules are offered each candidate node: a BN goes to forward, sum_forward, split_forward, backward, backward_tree, then standalone (which only
 # applies where the walk up reaches no producer); an Add / Sum to merge_branches, then decomposed.
-RULES = (forward.RULE, sum_forward.RULE, split_forward.RULE, backward.RULE, standalone.RULE, merge_branches.RULE, decomposed.RULE)
+RULES = (forward.RULE, sum_forward.RULE, split_forward.RULE, backward.RULE, backward_tree.RULE, standalone.RULE, merge_branches.RULE, decomposed.RULE)
 RULE_NAMES = tuple(rule.name for rule in RULES) + tuple(entry.skip_name for entry in PRODUCERS.values())
 
 
