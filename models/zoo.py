@@ -475,6 +475,13 @@ def token_norm_style() -> nn.Module:
     return _build(TokenNormStyle)
 
 
+def botnet_style() -> nn.Module:
+    """BoTNet-style bottleneck attention: a BN after softmax(q kᵀ) @ v, stride 1 and with a 2x2 average pool."""
+    from .zoo_folds import BotNetStyle
+
+    return _build(BotNetStyle)
+
+
 FACTORIES = {
     "resnet_style": resnet_style,
     "mobilenet_style": mobilenet_style,
@@ -494,6 +501,7 @@ FACTORIES = {
     "preact_sum_style": preact_sum_style,
     "split_norm_style": split_norm_style,
     "token_norm_style": token_norm_style,
+    "botnet_style": botnet_style,
 }
 
 INPUT_SHAPES = {
@@ -515,4 +523,5 @@ INPUT_SHAPES = {
     "preact_sum_style": (2, 3, 16, 16),
     "split_norm_style": (2, 3, 16, 16),
     "token_norm_style": (2, 3, 16, 16),
+    "botnet_style": (2, 3, 8, 8),
 }

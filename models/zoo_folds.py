@@ -182,3 +182,44 @@ class TokenNormStyle(nn.Module):
     def forward(self, x):
         x = self.blocks(self.stem(x))
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class BottleneckAttention(nn.Module):
+    """timm's BottleneckAttn (BoTNet), a learned [HW, HW] logit bias in place of relative position embeddings:
+    qkv = Conv 1x1; q, k, v split and reshaped to [B * heads, ., HW]; softmax(q kᵀ * scale + bias) @ v, reshaped
+    back to [B, C, H, W], then (stride 2) AvgPool2d(2)."""
+
+    def __init__(self, dim: int, heads: int = 2, size: int = 4, stride: int = 1):
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=False)
+        self.bias = nn.Parameter(0.1 * torch.randn(size * size, size * size))
+        self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
+
+    def forward(self, x):
+        batch, _, height, width = x.shape
+        head = self.dim // self.heads
+        q, k, v = torch.split(self.qkv(x), [self.dim] * 3, dim=1)
+        q = q.reshape(batch * self.heads, head, -1).transpose(-1, -2)
+        k = k.reshape(batch * self.heads, head, -1)
+        v = v.reshape(batch * self.heads, head, -1).transpose(-1, -2)
+        attention = (q @ k * head ** -0.5 + self.bias).softmax(dim=-1)
+        out = (attention @ v).transpose(-1, -2).reshape(batch, self.dim, height, width)
+        return self.pool(out)
+
+
+class BotNetStyle(nn.Module):
+    """BoTNet bottlenecks: Conv1x1+BN+ReLU -> self-attention -> BN (post_attn) + ReLU -> Conv1x1+BN, residual."""
+
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.attentions = nn.ModuleList([BottleneckAttention(8, stride=1), BottleneckAttention(8, stride=2)])
+        self.post = nn.ModuleList([nn.BatchNorm2d(8), nn.BatchNorm2d(8)])
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + torch.relu(self.post[0](self.attentions[0](x)))
+        x = torch.relu(self.post[1](self.attentions[1](x)))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))

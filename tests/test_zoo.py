@@ -35,6 +35,7 @@ def test_zoo_covers_the_issue_architectures():
         "densenet_block", "two_branch", "repvgg_style", "mobileone_style", "mixconv_style", "token_mlp",
         "convmixer_head", "repmixer_style", "pooled_head_style",
         "preact_sum_style", "split_norm_style", "token_norm_style",
+        "botnet_style",
     }
 
 

@@ -21,6 +21,7 @@ CASES = {
     "preact_sum_style": ({"BatchNormalization"}, "into Conv+Conv"),
     "split_norm_style": ({"BatchNormalization"}, "through Split [split_forward"),
     "token_norm_style": ({"BatchNormalization"}, "[backward_tree"),
+    "botnet_style": ({"BatchNormalization"}, "Softmax, MatMul, Transpose, Reshape, AveragePool [attention"),
 }
 
 
