@@ -152,6 +152,7 @@ def plan(found, candidate: Candidate) -> Edit:
     views = 0
     while views < len(nodes) and is_op(nodes[views], MOVES[1:]):
         views += 1
+    why = Refuse(f"the attention output {matmul.output[0]!r} does not reach the BN with its channels on axis 1")
     for start in range(views + 1):  # the fewest label moves after which the channel walk takes over
         tensor = nodes[start - 1].output[0] if start else matmul.output[0]
         dims = sizes_of(index.dims(tensor), index.rank(tensor))
@@ -159,13 +160,14 @@ def plan(found, candidate: Candidate) -> Edit:
             continue
         try:
             arrived, chain = track(nodes[start:], index, Channels(bn.channels, dims, 1), moved=(bn.scale, bn.shift))
-        except Refuse:
-            continue
-        if arrived.axis == 1:
+            if arrived.axis != 1:
+                continue
+            mapping = _labels_at_bn(found, candidate, nodes[:start])
             break
+        except Refuse as refused:
+            why = refused
     else:
-        raise Refuse(f"the attention output {matmul.output[0]!r} does not reach the BN with its channels on axis 1")
-    mapping = _labels_at_bn(found, candidate, nodes[:start])
+        raise why
     count = producer_channels(producer, index).count
     scale, shift = np.ones(count), np.zeros(count)
     scale[mapping] = chain.scale * bn.scale
