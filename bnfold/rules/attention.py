@@ -111,8 +111,8 @@ def _labels_at_bn(found, candidate: Candidate, prefix: List[onnx.NodeProto]) -> 
     if int(np.prod(shape)) > MAX_LABELS:
         raise Refuse(f"{producer.op_type} {node_label(producer)!r} output {list(shape)} is too large to follow its "
                      f"channels by labels (over {MAX_LABELS} elements)")
-    labels = np.arange(shape[channels.axis], dtype=np.int32).reshape([-1 if a == channels.axis else 1 for a in range(len(shape))])
-    labels = np.broadcast_to(labels, shape)
+    labels = np.arange(shape[channels.axis], dtype=np.int32)
+    labels = np.broadcast_to(labels.reshape([-1 if a == channels.axis else 1 for a in range(len(shape))]), shape)
     for node, output in moves:
         labels = _move(node, index, labels, output)
     if labels.ndim < 2 or not np.all(labels == labels[..., :1, :]):

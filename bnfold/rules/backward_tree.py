@@ -11,7 +11,7 @@ with s = gamma / sqrt(var + eps), an exact per-channel identity. The affine step
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import onnx
@@ -71,7 +71,7 @@ def _absorb_into_bn(leaf: onnx.NodeProto, index: GraphIndex, scale, shift, edit:
                   f"{leaf.input[position]}_bnfold")
 
 
-def plan(bn: BatchNorm, index: GraphIndex, allowed, crossed: List[onnx.NodeProto], leaves: List[Leaf]) -> Edit:
+def plan(bn: BatchNorm, index: GraphIndex, crossed: List[onnx.NodeProto], leaves: List[Leaf]) -> Edit:
     rank = index.rank(bn.input) or index.rank(bn.output)
     start = Channels(bn.channels, sizes_of(index.dims(bn.input), rank), 1 if rank is not None else None)
     edit = Edit(into=[leaf for leaf, _ in leaves], through=list(crossed))
@@ -132,7 +132,7 @@ class BackwardTree(Rule):
         if skipped:
             raise Skipped(f"{self.describe(match)}, but rule(s) "
                           f"{', '.join(repr(PRODUCERS[op].skip_name) for op in skipped)} skipped")
-        return plan(candidate.bn, candidate.index, candidate.allowed, crossed, leaves)
+        return plan(candidate.bn, candidate.index, crossed, leaves)
 
 
 RULE = BackwardTree()

@@ -17,7 +17,7 @@ from typing import List
 import numpy as np
 import onnx
 
-from ..graph import Edit, GraphIndex, is_op, node_label
+from ..graph import Edit, is_op, node_label
 from .base import Candidate, Refuse, Rule, Skipped, rank_unknown, require_exclusive
 from .chain import Walk, bypass_affine, require_single_readers, track, walk
 from .forward import producer_channels

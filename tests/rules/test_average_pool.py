@@ -74,3 +74,24 @@ def test_conv_average_pool_bn_folds_forward():
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "c", "h", "w"])], initializers)
     folded, report = fold_and_compare(model, expect_folded=1)
     assert op_types(folded) == ["Conv", "AveragePool"] and report.decisions[0].into_op == "Conv"
+
+
+@pytest.mark.parametrize("standalone", [False, True])
+def test_a_pool_read_by_a_bn_and_a_concat_is_nothing_the_conv_can_absorb(standalone):
+    """DenseNet's transition: Conv -> AveragePool -> {next layer's BN, the Concat}. The walk crosses the pool to the
+    Conv, which cannot absorb the BN (the pool's output is shared): kept with that reason, or Mul + Add when asked."""
+    rng = np.random.default_rng(5)
+    initializers = [numpy_helper.from_array(rng.normal(0, 0.5, (C, 3, 1, 1)).astype(np.float32), "W")]
+    initializers += bn_parameters(C, rng, "bn")
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv"), _pool("c", "p", strides=[2, 2]),
+             bn_node("p", "b", "bn"), helper.make_node("Relu", ["b"], ["r"], name="relu"),
+             helper.make_node("Concat", ["p", "r"], ["y"], name="concat", axis=1)]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2 * C, 4, 4])], initializers)
+    folded, report = bnfold.fold(model, standalone=standalone)
+    assert report.decisions[0].folded == standalone
+    if standalone:
+        assert report.decisions[0].rule == "standalone"
+    else:
+        assert "also feeds concat" in report.decisions[0].reason
+    assert_same_outputs(model, folded)
