@@ -86,3 +86,34 @@ def test_unknown_shapes_keep_the_bn_and_ask_for_static_ones():
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
     folded, report = bnfold.fold(model)
     assert report.folded_count == 0 and "static shape" in report.decisions[0].reason
+
+
+def test_token_attention_with_a_matmul_projection_folds_into_its_v_columns():
+    """ViT-style tokens: x [B, N, D] -> MatMul W[D, 3C] -> Split(last axis) -> v [B, N, h, C/h] -> heads first ->
+    softmax(q kᵀ) @ v -> back to [B, N, C] -> Transpose -> BatchNorm1d: the V columns of the MatMul absorb the
+    scale, and the shift is added after it (zero on the q and k columns)."""
+    rng = np.random.default_rng(4)
+    batch, tokens, dim, heads = 2, 5, 6, 2
+    head = C // heads
+    initializers = bn_parameters(C, rng, "bn") + [
+        numpy_helper.from_array(rng.normal(0, 0.5, (dim, 3 * C)).astype(np.float32), "Wqkv"),
+        numpy_helper.from_array(np.array([C, C, C], np.int64), "sizes"),
+        numpy_helper.from_array(np.array([batch, tokens, heads, head], np.int64), "heads"),
+        numpy_helper.from_array(np.array([batch, tokens, C], np.int64), "merged")]
+    nodes = [helper.make_node("MatMul", ["x", "Wqkv"], ["qkv"], name="qkv"),
+             helper.make_node("Split", ["qkv", "sizes"], ["q", "k", "v"], name="split", axis=-1)]
+    for part, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [helper.make_node("Reshape", [part, "heads"], [f"{part}h"], name=f"{part}_heads"),
+                  helper.make_node("Transpose", [f"{part}h"], [f"{part}t"], name=f"{part}_t", perm=perm)]
+    nodes += [helper.make_node("MatMul", ["qt", "kt"], ["logits"], name="logits"),
+              helper.make_node("Softmax", ["logits"], ["weights"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["weights", "vt"], ["attended"], name="attend"),
+              helper.make_node("Transpose", ["attended"], ["tokens_first"], name="back", perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["tokens_first", "merged"], ["out"], name="merge"),
+              helper.make_node("Transpose", ["out"], ["channels_first"], name="to_channels", perm=[0, 2, 1]),
+              bn_node("channels_first", "y", "bn")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, tokens, dim])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    folded, report = _fold(model, expect_folded=1)
+    assert report.decisions[0].rule == "attention" and report.decisions[0].into_op == "MatMul"
+    assert "BatchNormalization" not in op_types(folded)

@@ -92,3 +92,45 @@ def test_a_token_matmul_split_on_its_last_axis_then_transposed_folds():
                         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 6, 3])], initializers)
     folded, report = fold_and_compare(model, expect_folded=1)
     assert report.decisions[0].into_op == "MatMul" and "BatchNormalization" not in op_types(folded)
+
+
+def _conv_slices_bn(ranges, *, normed=0, opset=17, axes=(1,), seed=0):
+    """x -> Conv(3x3, 8 channels) -> one Slice per (begin, end) in `ranges` on `axes` -> BN on slice `normed`, Relu
+    on the others."""
+    rng = np.random.default_rng(seed)
+    initializers = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "W")]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv", pads=[1] * 4)]
+    outputs = []
+    for number, (begin, end) in enumerate(ranges):
+        bounds = [f"s{number}_{what}" for what in ("starts", "ends", "axes")]
+        for name, values in zip(bounds, ([begin] * len(axes), [end] * len(axes), list(axes))):
+            initializers.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        nodes.append(helper.make_node("Slice", ["c", *bounds], [f"s{number}"], name=f"slice{number}"))
+        if number == normed:
+            channels = len(range(8)[begin:end])
+            initializers += bn_parameters(channels, rng, "bn")
+            nodes.append(bn_node(f"s{number}", f"y{number}", "bn"))
+        else:
+            nodes.append(helper.make_node("Relu", [f"s{number}"], [f"y{number}"], name=f"relu{number}"))
+        outputs.append(helper.make_tensor_value_info(f"y{number}", TensorProto.FLOAT, ["N", "c", "h", "w"]))
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5, 5])], outputs,
+                      initializers, opset=opset)
+
+
+@pytest.mark.parametrize("ranges", [[(0, 3), (3, 8)], [(2, 5)], [(-3, 2**62), (0, 5)], [(0, 4), (4, 8), (5, 6)]])
+def test_a_bn_on_a_channel_slice_folds_into_those_rows(ranges):
+    folded, report = fold_and_compare(_conv_slices_bn(ranges), expect_folded=1)
+    assert report.decisions[0].rule == "split_forward" and "BatchNormalization" not in op_types(folded)
+
+
+@pytest.mark.parametrize("ranges, axes, why", [
+    ([(0, 4), (2, 6)], (1,), "also reads channels (2, 6)"),
+    ([(0, 4)], (2,), "not a channel range"),
+])
+def test_an_overlapping_slice_or_one_off_the_channels_is_refused(ranges, axes, why):
+    model = _conv_slices_bn(ranges, axes=axes)
+    if axes != (1,):  # slicing H keeps 8 channels: the BN has 8
+        model = _conv_slices_bn([(0, 8)], axes=(2,))
+    folded, report = bnfold.fold(model)
+    assert report.folded_count == 0 and why in report.decisions[0].reason, report.decisions[0].reason
+    assert_same_outputs(model, folded)
