@@ -1,6 +1,7 @@
 """Export every zoo architecture with the torchscript exporter into models/zoo/<name>.onnx, every BN kept.
 
     python models/build_zoo.py            (or: python -m models.build_zoo)
+    python models/build_zoo.py NAME...    (only those)
 
 The files are reference inputs for `bnfold` itself: each keeps all its BatchNormalization nodes, has a dynamic
 batch dimension, and was checked against its PyTorch module when written. Rerun after changing models/zoo.py.
@@ -56,7 +57,10 @@ def main() -> None:
 
     OUTPUT_DIR.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
+    names = sys.argv[1:] or list(FACTORIES)
     for name, factory in FACTORIES.items():
+        if name not in names:
+            continue
         example = torch.from_numpy(random_array(np.float32, INPUT_SHAPES[name], rng))
         path = OUTPUT_DIR / f"{name}.onnx"
         result = export(factory(), example, path, exporter="torchscript", dynamic_batch=True)

@@ -469,6 +469,48 @@ def centerface_style() -> nn.Module:
     return _build(CenterFaceStyle)
 
 
+def repmixer_style() -> nn.Module:
+    """FastViT-style RepMixer blocks: x + gamma * (mixer(x) - norm(x)), branches merged through the Sub."""
+    from .zoo_folds import RepMixerStyle
+
+    return _build(RepMixerStyle)
+
+
+def pooled_head_style() -> nn.Module:
+    """CoAtNet-style BN -> AvgPool2d -> Conv 1x1 (unpadded, and padded with count_include_pad=False)."""
+    from .zoo_folds import PooledHeadStyle
+
+    return _build(PooledHeadStyle)
+
+
+def preact_sum_style() -> nn.Module:
+    """Pre-activation ResNetV2 / RegNet-style stage: the final BN after the sum of a residual and a shortcut Conv."""
+    from .zoo_folds import PreActSumStyle
+
+    return _build(PreActSumStyle)
+
+
+def split_norm_style() -> nn.Module:
+    """timm lambda layer: one qkv Conv split along the channels, BN on the q and v parts."""
+    from .zoo_folds import SplitNormStyle
+
+    return _build(SplitNormStyle)
+
+
+def token_norm_style() -> nn.Module:
+    """FastViT / Next-ViT attention blocks: BN2d -> [B, HW, C] tokens -> Linear, and AvgPool1d -> BatchNorm1d."""
+    from .zoo_folds import TokenNormStyle
+
+    return _build(TokenNormStyle)
+
+
+def botnet_style() -> nn.Module:
+    """BoTNet-style bottleneck attention: a BN after softmax(q kᵀ) @ v, stride 1 and with a 2x2 average pool."""
+    from .zoo_folds import BotNetStyle
+
+    return _build(BotNetStyle)
+
+
 FACTORIES = {
     "resnet_style": resnet_style,
     "mobilenet_style": mobilenet_style,
@@ -483,6 +525,12 @@ FACTORIES = {
     "mixconv_style": mixconv_style,
     "token_mlp": token_mlp,
     "convmixer_head": convmixer_head,
+    "repmixer_style": repmixer_style,
+    "pooled_head_style": pooled_head_style,
+    "preact_sum_style": preact_sum_style,
+    "split_norm_style": split_norm_style,
+    "token_norm_style": token_norm_style,
+    "botnet_style": botnet_style,
 }
 
 # Architectures stored as old PyTorch exporters wrote them by default (keep_initializers_as_inputs=True: every
@@ -506,4 +554,10 @@ INPUT_SHAPES = {
     "mixconv_style": (2, 3, 32, 32),
     "token_mlp": (2, 7, 16),
     "convmixer_head": (2, 3, 16, 16),
+    "repmixer_style": (2, 3, 16, 16),
+    "pooled_head_style": (2, 3, 16, 16),
+    "preact_sum_style": (2, 3, 16, 16),
+    "split_norm_style": (2, 3, 16, 16),
+    "token_norm_style": (2, 3, 16, 16),
+    "botnet_style": (2, 3, 8, 8),
 }

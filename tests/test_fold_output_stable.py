@@ -24,6 +24,10 @@ CHANGED = {
     "models/fixtures/exporter_initializer_inputs.onnx": "an old export's initializer inputs fold by default "
                                                         "(issue 24): every option set but fii, which folded before",
     "models/zoo/centerface_style_initializer_inputs.onnx": "new model (issue 24), recorded when added",
+    "models/zoo/densenet_block.onnx": "its final BN folds forward through the transition AveragePool (issue 24)",
+    **{f"models/zoo/{name}.onnx": "new model (issue 24 section 2), recorded when added"
+       for name in ("repmixer_style", "pooled_head_style", "preact_sum_style", "split_norm_style",
+                    "token_norm_style", "botnet_style")},
 }
 
 

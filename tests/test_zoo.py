@@ -33,7 +33,9 @@ def test_zoo_covers_the_issue_architectures():
     assert set(zoo.FACTORIES) == set(zoo.INPUT_SHAPES) == {
         "resnet_style", "mobilenet_style", "convtranspose_decoder", "mlp_bn1d", "audio_conv1d", "conv3d_net",
         "densenet_block", "two_branch", "repvgg_style", "mobileone_style", "mixconv_style", "token_mlp",
-        "convmixer_head",
+        "convmixer_head", "repmixer_style", "pooled_head_style",
+        "preact_sum_style", "split_norm_style", "token_norm_style",
+        "botnet_style",
     }
 
 

@@ -24,7 +24,8 @@ from onnx import helper
 from ..graph import NUMPY_ELEMENT_TYPES, GraphIndex, NotConstant, node_label
 from .affine import compose_affine
 from .base import Refuse, rank_unknown, read_attribute
-from .views import (Channels, Size, axes_of, flatten_dims, relocate, reshape_dims, squeeze_dims, unsqueeze_dims)
+from .views import (Channels, Size, axes_of, flatten_dims, relocate, reshape_dims, sizes_of, squeeze_dims,
+                    unsqueeze_dims)
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,15 @@ class Div(Affine):
     op_type, scales = "Div", True
 
 
+class Neg(LookThrough):
+    """-x: the per-channel affine step x * -1 (a negated branch, `a + (-b)`)."""
+
+    op_type, removed, scales = "Neg", True, True
+
+    def step(self, node, index, channels):
+        return Step("Mul", np.full(channels.count, -1.0), True)
+
+
 # --- spatial averages: the average of x * s + t is the average of x, times s, plus t ---------------------------
 
 class GlobalAveragePool(LookThrough):
@@ -313,6 +323,38 @@ class GlobalAveragePool(LookThrough):
                          "channels are not on axis 1")
         rank = len(channels.dims)
         return Channels(channels.count, channels.dims[:2] + [Size(1)] * (rank - 2), 1)
+
+
+class AveragePool(LookThrough):
+    """Averages windows of each channel's own plane (axes 2 on): a scale crosses it always; a shift only when every
+    window's divisor counts real elements alone: no padding (explicit pads 0, VALID, or SAME with a 1-sized
+    kernel) and ceil_mode=0, or count_include_pad=0. A zero it pads in and counts would not receive the shift."""
+
+    op_type = "AveragePool"
+
+    def channels(self, node, index, channels):
+        _known_rank(node, channels, "average the channel axis")
+        if channels.axis != 1:
+            raise Refuse(f"AveragePool {node_label(node)!r} averages axis {channels.axis}'s neighbours; channels "
+                         "are not on axis 1")
+        declared = sizes_of(index.dims(node.output[0]), len(channels.dims))
+        return Channels(channels.count, channels.dims[:2] + declared[2:], 1)
+
+    def commutes(self, node, index):
+        if not read_attribute(node, "count_include_pad", 0):
+            return BOTH
+        auto_pad = read_attribute(node, "auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        kernel = list(read_attribute(node, "kernel_shape", None) or [])
+        pads = list(read_attribute(node, "pads", None) or [])
+        padded = auto_pad in ("SAME_UPPER", "SAME_LOWER") and any(k != 1 for k in kernel) or \
+            auto_pad == "NOTSET" and any(pads)
+        if padded:
+            return Commutes(scale=True, shift=False, why="it pads with zeros and counts them (count_include_pad=1)")
+        if read_attribute(node, "ceil_mode", 0):
+            return Commutes(scale=True, shift=False, why="ceil_mode=1 with count_include_pad=1 may count positions "
+                                                         "past the border")
+        return BOTH
 
 
 class ReduceMean(LookThrough):
@@ -336,4 +378,4 @@ class ReduceMean(LookThrough):
 
 TABLE: Dict[str, LookThrough] = {entry.op_type: entry for entry in (
     Identity(), Cast(), Reshape(), Flatten(), Squeeze(), Unsqueeze(), Transpose(), Pad(), Add(), Sub(), Mul(), Div(),
-    GlobalAveragePool(), ReduceMean())}
+    Neg(), AveragePool(), GlobalAveragePool(), ReduceMean())}

@@ -1,5 +1,6 @@
-"""Branch merging: parallel branches that read one tensor x and are summed by Add or Sum become one Conv (RepVGG,
-MobileOne and other re-parameterizable blocks exported in their training structure).
+"""Branch merging: parallel branches that read one tensor x and are summed by Add or Sum, or subtracted by Sub,
+become one Conv (RepVGG, MobileOne, FastViT's RepMixer `mixer(x) - norm(x)` and other re-parameterizable blocks
+exported in their training structure). Sub's second input is a negated branch: its map is x * -scale - shift.
 
 A branch is a Conv reading x (its BN already folded into it, as the engine visits the sum after the branches), or
 an identity: x itself; either may be followed by per-channel affine steps (the Mul + Add a standalone BN became, the
@@ -28,7 +29,7 @@ from .reparam import ConvBranch, MergeError, affine_after, identity_branch, merg
 from .weights import read_plain_weight
 
 
-SUMS = ("Add", "Sum")
+SUMS = ("Add", "Sum", "Sub")
 
 
 @dataclass
@@ -39,9 +40,11 @@ class Branch:
     source: str
     conv: Optional[onnx.NodeProto]
     steps: List[onnx.NodeProto] = field(default_factory=list)
+    sign: float = 1.0  # -1 for Sub's second input
 
     def describe(self) -> str:
         what = f"Conv {node_label(self.conv)!r}" if self.conv is not None else "identity"
+        what = what if self.sign > 0 else f"minus {what}"
         if self.steps:
             what += " through " + ", ".join(f"{step.op_type} {node_label(step)!r}" for step in self.steps)
         return what
@@ -82,14 +85,16 @@ def _branch(name: str, index: GraphIndex) -> Branch:
 
 
 def candidate_branches(node: onnx.NodeProto, index: GraphIndex) -> Optional[Branches]:
-    """The branches of an Add (two inputs) or Sum when all of them read one tensor and one is a Conv; None when the
-    sum is no such block (a residual connection, a bias Add)."""
-    if not is_op(node, SUMS) or len(node.input) < 2 or (node.op_type == "Add" and len(node.input) != 2):
+    """The branches of an Add or Sub (two inputs) or Sum when all of them read one tensor and one is a Conv; None
+    when the sum is no such block (a residual connection, a bias Add)."""
+    if not is_op(node, SUMS) or len(node.input) < 2 or (node.op_type != "Sum" and len(node.input) != 2):
         return None
     inputs = list(node.input)
     if not all(inputs) or len(set(inputs)) != len(inputs) or any(index.is_constant(name) for name in inputs):
         return None
     branches = [_branch(name, index) for name in inputs]
+    if node.op_type == "Sub":
+        branches[1].sign = -1.0
     sources = {branch.source for branch in branches}
     if len(sources) != 1 or not any(branch.conv is not None for branch in branches):
         return None
@@ -159,6 +164,9 @@ def _steps_map(steps: List[onnx.NodeProto], index: GraphIndex, channels: int, ra
                 raise Refuse(f"BN {node_label(step)!r} has {bn.channels} channels; the branches have {channels}")
             scale, shift = scale * bn.scale, shift * bn.scale + bn.shift
             continue
+        if step.op_type == "Neg":
+            scale, shift = -scale, -shift
+            continue
         data = list(step.input).index(data_input(step, index))
         try:
             value = index.constant(step.input[1 - data])
@@ -199,6 +207,7 @@ def plan(branches: Branches, index: GraphIndex) -> Edit:
     summed = []
     for branch in branches.branches:
         scale, shift = _steps_map(branch.steps, index, channels, rank)
+        scale, shift = scale * branch.sign, shift * branch.sign
         if branch.conv is None:
             summed.append(identity_branch(scale, shift, rank - 2))
         else:
@@ -234,7 +243,7 @@ class MergeBranches(Rule):
 
     name = "merge_branches"
     description = ("Conv branches of one input (and the input itself, or a per-channel affine of it) summed by "
-                   "Add / Sum -> one Conv (RepVGG, MobileOne)")
+                   "Add / Sum or subtracted by Sub -> one Conv (RepVGG, MobileOne, FastViT RepMixer)")
     candidates = SUMS
     report = "merges"
 

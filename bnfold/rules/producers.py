@@ -343,9 +343,27 @@ class MatMul(Producer):
         weight = _plain_matrix(index, node, 1, "weight")
         scaled, added = rows_affine(weight, scale, shift)
         set_exact(edit, node, 1, scaled, weight.dtype, tensor_hint(node, 1, "bnfold"))
-        if not np.any(added):
+        if not np.any(added) or _into_bias(node, index, added, edit):
             return None
         return _bias_add(node, index, added, weight.dtype, edit)
+
+
+def _into_bias(node: onnx.NodeProto, index: GraphIndex, bias: np.ndarray, edit: Edit) -> bool:
+    """Plan adding a [N] bias to the constant of the bias Add that alone reads `node` (a Linear exports as MatMul +
+    Add), instead of a second Add; whether it could. Backward folds only: a forward fold may remove that Add."""
+    reader = index.sole_consumer(node.output[0])
+    if reader is None or reader.op_type != "Add" or reader.domain not in ("", "ai.onnx") or len(reader.input) != 2 \
+            or list(reader.input).count(node.output[0]) != 1:
+        return False
+    position = 1 - list(reader.input).index(node.output[0])
+    if not index.is_constant(reader.input[position]):
+        return False
+    value = index.constant(reader.input[position])
+    if value.dtype.kind != "f" or value.ndim < 1 or value.shape[-1] != bias.size or value.size != bias.size:
+        return False
+    set_exact(edit, reader, position, value.astype(np.float64) + bias.reshape(value.shape), value.dtype,
+              tensor_hint(reader, position, "bnfold"))
+    return True
 
 
 def _bias_add(node: onnx.NodeProto, index: GraphIndex, bias: np.ndarray, dtype, edit: Edit) -> onnx.NodeProto:

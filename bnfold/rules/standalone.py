@@ -63,7 +63,12 @@ class Standalone(Rule):
     hint = "--standalone would make it Mul + Add, which ONNX Runtime runs 1.1-1.5x slower than BatchNormalization"
 
     def match(self, candidate: Candidate):
-        return None if is_op(candidate.walk.top, PRODUCERS) else candidate.walk
+        walk, index = candidate.walk, candidate.index
+        # A producer reached through look-through nodes one of which other nodes read too (DenseNet's transition
+        # AveragePool, read by the next BN and the Concat) cannot absorb the BN: nothing does.
+        shared = any(len(index.value_readers(node.output[0])) != 1 or index.is_graph_output(node.output[0])
+                     for node in walk.nodes)
+        return None if is_op(walk.top, PRODUCERS) and not shared else walk
 
     def describe(self, walk) -> str:
         return "Mul + Add could replace it"

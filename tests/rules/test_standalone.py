@@ -135,6 +135,6 @@ def test_standalone_is_the_last_bn_rule():
     """The engine offers a BN to the rules that take BatchNormalization in RULES order: standalone, the fallback,
     comes last; the sums' rules (merge_branches, then decomposed) take no BN."""
     assert [rule.name for rule in RULES if "BatchNormalization" in rule.candidates] == \
-        ["forward", "backward", "standalone"]
-    assert RULES[2] is standalone.RULE
+        ["attention", "forward", "sum_forward", "split_forward", "backward", "backward_tree", "standalone"]
+    assert RULES[6] is standalone.RULE
     assert [rule.name for rule in RULES if "Add" in rule.candidates] == ["merge_branches", "decomposed"]
