@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 
 from ..graph import Edit, GraphIndex, NotConstant, is_op, node_label
-from .base import Candidate, Refuse, Rule, Skipped, read_attribute, require_exclusive
-from .chain import bypass_affine, require_single_readers, track
+from .base import Refuse, Rule, Skipped, read_attribute, require_exclusive
+from .chain import Candidate, bypass_affine, require_single_readers, track
 from .forward import producer_channels
 from .producers import PRODUCERS
 from .split_forward import split_sizes

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 
 from ..graph import Edit, GraphIndex, is_op, node_label
-from .base import BatchNorm, Candidate, Refuse, Rule, Skipped, rank_unknown, read_batchnorm, set_exact
-from .chain import bypass_affine, data_input, track
+from .base import BatchNorm, Refuse, Rule, Skipped, rank_unknown, read_batchnorm, set_exact
+from .chain import Candidate, bypass_affine, data_input, track
 from .look_through import TABLE
 from .producers import PRODUCERS
 from .views import Channels, sizes_of

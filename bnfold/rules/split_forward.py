@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 
 from ..graph import Edit, GraphIndex, NotConstant, is_op, node_label
-from .base import Candidate, Refuse, Rule, Skipped, rank_unknown, read_attribute, require_exclusive
-from .chain import Walk, bypass_affine, require_single_readers, track, walk
+from .base import Refuse, Rule, Skipped, rank_unknown, read_attribute, require_exclusive
+from .chain import Candidate, Walk, bypass_affine, require_single_readers, track, walk
 from .forward import producer_channels
 from .producers import PRODUCERS
 from .views import Channels

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 
 from ..graph import Edit, is_op, node_label
-from .base import Candidate, Refuse, Rule, Skipped, rank_unknown, require_exclusive
-from .chain import Walk, bypass_affine, require_single_readers, track, walk
+from .base import Refuse, Rule, Skipped, rank_unknown, require_exclusive
+from .chain import Candidate, Walk, bypass_affine, require_single_readers, track, walk
 from .forward import producer_channels
 from .producers import PRODUCERS
 from .views import Channels, sizes_of

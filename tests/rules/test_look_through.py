@@ -29,6 +29,10 @@ CASES = {
     "Pad/reflect": ((2, C, 4, 4), {"mode": "reflect"}, [("pads", np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64))]),
     "Pad/crop": ((2, C, 4, 4), {}, [("pads", np.array([0, 0, -1, 0, 0, 0, 0, -1], np.int64))]),
     "GlobalAveragePool": ((2, C, 4, 4), {}, []),
+    "AveragePool/unpadded": ((2, C, 6, 6), {"kernel_shape": [2, 2], "strides": [2, 2]}, []),
+    "AveragePool/padded-excluded": ((2, C, 5, 5), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, []),
+    "AveragePool/padded-counted": ((2, C, 5, 5), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
+                                                  "count_include_pad": 1}, []),
     "ReduceMean": ((2, C, 4, 5), {"keepdims": 0}, [("axes", np.array([2, 3], np.int64))]),
 }
 

@@ -17,7 +17,7 @@ from bnfold.folding import FoldOptions
 from bnfold.report import FoldReport
 from bnfold.rules import RULE_NAMES, RULES
 from bnfold.rules.base import Rule
-from bnfold.rules.look_through import TABLE, Affine, LookThrough, View
+from bnfold.rules.look_through import TABLE, LookThrough, View
 from bnfold.rules.producers import PRODUCERS, Producer
 
 PACKAGE = Path(bnfold.__file__).parent
@@ -61,8 +61,8 @@ def test_every_look_through_entry_is_complete(op):
     entry = TABLE[op]
     assert isinstance(entry, LookThrough) and entry.op_type == op and onnx.defs.has(op)
     assert op in VALIDATED_OPS
-    if entry.removed:  # an affine step: a data input chosen among two, and its own map
-        assert isinstance(entry, Affine) and (entry.scales or entry.shifts)
+    if entry.removed:  # an affine step (op(x, c) with a per-channel constant, or -x): its own map, said
+        assert _overrides(entry, LookThrough, "step") and (entry.scales or entry.shifts), op
     if isinstance(entry, View):
         assert _overrides(entry, View, "out_dims"), op
     # What it does to the channels and which maps cross it are said, not defaulted silently: an entry either
