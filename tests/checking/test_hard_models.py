@@ -21,6 +21,17 @@ from models import check_fixtures
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _runnable(model):
+    """A copy whose graph inputs and outputs declare no size of 0 or below (ONNX Runtime would demand it)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for value in (*copy.graph.input, *copy.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                dim.Clear()
+    return copy
+
+
 def _feeds(model, size=None):
     shape = [d.dim_value if d.dim_value > 0 else (1 if axis == 0 else size or 16)
              for axis, d in enumerate(model.graph.input[0].type.tensor_type.shape.dim)]
@@ -43,7 +54,7 @@ def test_each_hard_model_folds_and_verifies_with_no_flags(name, tmp_path):
     weight_rounding = 1e-2 if name == "float16_interior" else 1e-5
     feeds = _feeds(model, size=24)
     names = [value.name for value in model.graph.output]
-    original, folded = run_model(model, feeds), run_model(onnx.load(target), feeds)
+    original, folded = run_model(_runnable(model), feeds), run_model(_runnable(onnx.load(target)), feeds)
     exact = exact_values(model, feeds, names)
     for output in names:
         own_error = np.abs(original[output].astype(np.float64) - exact[output]).max()
