@@ -18,42 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import bnfold  # noqa: E402
 from bnfold.checking import local  # noqa: E402
-
-
-def gemm_bn_stack(pairs: int, features: int, seed: int = 0) -> onnx.ModelProto:
-    """x [batch, features] -> (Gemm -> BatchNormalization) x pairs, as torch exports Linear -> BatchNorm1d. The BN
-    statistics are those of the Gemm's outputs on normal inputs (as training leaves them), so the stack stays
-    finite however deep it is."""
-    rng = np.random.default_rng(seed)
-    nodes, initializers, source = [], [], "x"
-    activations = rng.normal(size=(256, features))
-    for i in range(pairs):
-        weight = rng.normal(0, features**-0.5, (features, features)).astype(np.float32)
-        bias = rng.normal(0, 0.1, features)
-        outputs = activations @ weight.T.astype(np.float64) + bias
-        scale, shift = rng.uniform(0.8, 1.2, features), rng.normal(0, 0.1, features)
-        mean, var = outputs.mean(axis=0), outputs.var(axis=0)
-        activations = (outputs - mean) / np.sqrt(var + 1e-5) * scale + shift
-        arrays = {f"w{i}": weight, f"b{i}": bias, f"s{i}": scale, f"bb{i}": shift, f"m{i}": mean, f"v{i}": var}
-        initializers += [numpy_helper.from_array(np.asarray(a, np.float32), name) for name, a in arrays.items()]
-        nodes.append(helper.make_node("Gemm", [source, f"w{i}", f"b{i}"], [f"g{i}"], name=f"gemm{i}", transB=1))
-        nodes.append(helper.make_node("BatchNormalization", [f"g{i}", f"s{i}", f"bb{i}", f"m{i}", f"v{i}"],
-                                      [f"y{i}"], name=f"bn{i}"))
-        source = f"y{i}"
-    graph = helper.make_graph(nodes, "gemm_bn_stack",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", features])],
-                              [helper.make_tensor_value_info(source, onnx.TensorProto.FLOAT, ["batch", features])],
-                              initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+from models.check_fixtures import gemm_bn_stack  # noqa: E402
 
 
 def pieces_of(model: onnx.ModelProto) -> list:

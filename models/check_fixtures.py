@@ -10,6 +10,8 @@ Each is a correct model with BNs to fold; a sound check folds and verifies every
 - db_head: a text-detector head whose sigmoid map carries signal only on large images (a 32x32 input leaves it
   ~1e-8 everywhere), with a planted error helper for the check to catch;
 - flat_region_detector: an output with signal only for image-like inputs (white noise leaves it ~0);
+- gemm_bn_stack: hundreds of Linear -> BatchNorm1d pairs, one value per channel at batch 1 (float32 rounding
+  accumulates over the depth, and a channel's single element says nothing of its own noise);
 - wide_detector: a detector-sized model (about 400 intermediates at 1x3x800x800) for the check's cost.
 """
 
@@ -251,6 +253,33 @@ def wide_detector(*, size: int = 800, stages: int = 5, blocks: int = 10, channel
     outputs = [helper.make_tensor_value_info(head, TensorProto.FLOAT, [1, 4, size // 2, size // 2]),
                helper.make_tensor_value_info("classes", TensorProto.FLOAT, [1, 10])]
     return make_model(nodes, inputs, outputs, initializers)
+
+
+def gemm_bn_stack(pairs: int, features: int, seed: int = 0) -> onnx.ModelProto:
+    """x [batch, features] -> (Gemm -> BatchNormalization) x pairs, as torch exports Linear -> BatchNorm1d. The BN
+    statistics are those of the Gemm's outputs on normal inputs (as training leaves them), so the stack stays
+    finite however deep it is."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers, source = [], [], "x"
+    activations = rng.normal(size=(256, features))
+    for i in range(pairs):
+        weight = rng.normal(0, features**-0.5, (features, features)).astype(np.float32)
+        bias = rng.normal(0, 0.1, features)
+        outputs = activations @ weight.T.astype(np.float64) + bias
+        scale, shift = rng.uniform(0.8, 1.2, features), rng.normal(0, 0.1, features)
+        mean, var = outputs.mean(axis=0), outputs.var(axis=0)
+        activations = (outputs - mean) / np.sqrt(var + 1e-5) * scale + shift
+        arrays = {f"w{i}": weight, f"b{i}": bias, f"s{i}": scale, f"bb{i}": shift, f"m{i}": mean, f"v{i}": var}
+        initializers += [numpy_helper.from_array(np.asarray(a, np.float32), name) for name, a in arrays.items()]
+        nodes.append(helper.make_node("Gemm", [source, f"w{i}", f"b{i}"], [f"g{i}"], name=f"gemm{i}", transB=1))
+        nodes.append(helper.make_node("BatchNormalization", [f"g{i}", f"s{i}", f"bb{i}", f"m{i}", f"v{i}"],
+                                      [f"y{i}"], name=f"bn{i}"))
+        source = f"y{i}"
+    graph = helper.make_graph(nodes, "gemm_bn_stack",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+                              [helper.make_tensor_value_info(source, TensorProto.FLOAT, ["batch", features])],
+                              initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def plant_bias_error(folded: onnx.ModelProto, conv_name_part: str, fraction: float = 0.05,

@@ -16,8 +16,8 @@ import numpy as np
 
 from ..tolerances import NOISE_MULTIPLE
 from .result import OutputComparison, VerifyResult, shape_text
-from .tolerance import (Tolerance, as_comparable, channel_tolerance, check_tolerance, default_tolerance, is_default,
-                        is_float, output_peak, resolve_tolerance, tolerance_dtype)
+from .tolerance import (MIN_CHANNEL_ELEMENTS, Tolerance, as_comparable, channel_tolerance, check_tolerance,
+                        default_tolerance, is_default, is_float, output_peak, resolve_tolerance, tolerance_dtype)
 
 # Python floats inside sequences and maps (ZipMap) come from float32 tensors.
 _PYTHON_FLOAT_DTYPE = np.dtype(np.float32)
@@ -148,7 +148,8 @@ def _noise(reference: np.ndarray, exact) -> Optional[Tuple[np.ndarray, np.ndarra
     """The reference's distance from its exact values, over finite elements: (largest |exact - reference| of each
     channel of axis 1, shaped to broadcast over the tensor (the whole tensor's for rank < 2), mean of each channel
     [C] (empty for rank < 2)); None when there is no exact tensor of the same shape. Per channel, so a noisy
-    channel does not widen a quiet one, where a wrong fold would show."""
+    channel does not widen a quiet one, where a wrong fold would show; the whole tensor's where a channel has fewer
+    than MIN_CHANNEL_ELEMENTS elements (its few elements say nothing of its noise)."""
     if exact is None:
         return None
     exact = np.asarray(exact)
@@ -157,7 +158,8 @@ def _noise(reference: np.ndarray, exact) -> Optional[Tuple[np.ndarray, np.ndarra
     ref, other = as_comparable(reference), as_comparable(exact)
     finite = np.isfinite(ref) & np.isfinite(other)
     error = np.where(finite, np.abs(other - ref), 0.0)
-    if reference.ndim < 2:
+    if reference.ndim < 2 or reference.size // max(1, reference.shape[1]) < MIN_CHANNEL_ELEMENTS:
+        # Too few elements per channel for a channel's own noise to be measured: the tensor's is used.
         return np.asarray(error.max()), np.zeros(0)
     axes = tuple(axis for axis in range(reference.ndim) if axis != 1)
     means = _channel_mean_error(reference.shape, ref.ravel(), other.ravel(), finite.ravel())

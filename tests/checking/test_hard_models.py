@@ -187,3 +187,20 @@ def test_image_inputs_get_random_blocks_when_white_noise_leaves_an_output_withou
     noise_only = bnfold.verify(model, folded, inputs={"x": np.random.default_rng(0).standard_normal(
         (1, 3, 32, 32)).astype(np.float32)})
     assert not noise_only.evidence["flat"].signal and "proves little" in noise_only.summary()
+
+
+@pytest.mark.slow
+def test_a_deep_linear_batchnorm1d_stack_verifies_with_every_intermediate():
+    model = check_fixtures.gemm_bn_stack(700, 64)
+    folded, report = bnfold.fold(model)
+    assert report.folded_count == 700
+    result = bnfold.verify(model, folded, intermediates=True)
+    assert result.passed, result.summary()
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(folded)
+    gemm = next(node for node in wrong.graph.node if node.name == "gemm350")
+    bias = next(t for t in wrong.graph.initializer if t.name == gemm.input[2])
+    values = onnx.numpy_helper.to_array(bias).copy()
+    values[5] += 0.05 * (values.max() - values.min())
+    bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+    assert not bnfold.verify(model, wrong, intermediates=True).passed
