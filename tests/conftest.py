@@ -23,3 +23,13 @@ def refuse_file_creation(monkeypatch):
         return real_open(name, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", refusing_open)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """A module marked slow as a whole (`pytestmark = [... pytest.mark.slow ...]`: PyTorch exports, property and
+    fuzz suites) is not even imported when the run deselects slow tests: importing PyTorch alone costs the fast
+    loop about a second."""
+    if collection_path.suffix != ".py" or "not slow" not in (config.getoption("markexpr") or ""):
+        return None
+    head = collection_path.read_text(errors="replace")
+    return True if any(line.startswith("pytestmark") and "mark.slow" in line for line in head.splitlines()) else None

@@ -1,9 +1,11 @@
 """The public API surface: names resolve to what they say, whatever was imported first."""
 
+import pytest
 import subprocess
 import sys
 
 
+@pytest.mark.slow  # a real process: seconds, not milliseconds
 def test_api_functions_stay_callable_after_every_submodule_is_imported():
     code = (
         "import bnfold.folding, bnfold.checking.end_to_end, bnfold.benchmark, bnfold.exporting, bnfold.testing, bnfold.cli\n"

@@ -20,6 +20,7 @@ def bnfold(*args, env=None, code=None):
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment)
 
 
+@pytest.mark.slow  # a real process: seconds, not milliseconds
 @pytest.mark.parametrize("full_exit", ["", "1"], ids=["fast", "full"])
 def test_output_is_complete_and_the_code_kept(full_exit, tmp_path):
     env = {"BNFOLD_FULL_EXIT": full_exit}
@@ -31,6 +32,7 @@ def test_output_is_complete_and_the_code_kept(full_exit, tmp_path):
     assert missing.stderr.startswith("bnfold: error: ") and missing.stderr.count("\n") == 1
 
 
+@pytest.mark.slow  # a real process: seconds, not milliseconds
 def test_atexit_handlers_run_before_the_process_ends(tmp_path):
     flag = tmp_path / "flag"
     code = textwrap.dedent(f"""

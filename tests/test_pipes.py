@@ -68,6 +68,7 @@ def test_verify_reads_fifos(tmp_path):
     assert result.exit_code == 0 and "PASSED" in result.output, result.output
 
 
+@pytest.mark.slow  # a real process: seconds, not milliseconds
 def test_dev_stdin_in_a_real_process(tmp_path):
     child = subprocess.run([sys.executable, "-m", "bnfold", "/dev/stdin", "-o", str(tmp_path / "out.onnx")],
                            input=conv_bn(seed=6).SerializeToString(), capture_output=True, cwd=ROOT,

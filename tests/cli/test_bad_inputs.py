@@ -188,6 +188,7 @@ def test_disk_full_injected(good_model, out_dir, monkeypatch):
     assert_refused(invoke(good_model[0], "-o", out_dir / "f.onnx"), out_dir, [good_model], match="disk full")
 
 
+@pytest.mark.slow  # a real process: seconds, not milliseconds
 def test_file_size_limit_in_a_real_process(tmp_path, out_dir):
     """A real failing write: RLIMIT_FSIZE makes the kernel refuse to grow the output past 4 KiB (EFBIG)."""
     source = write(tmp_path / "big.onnx", conv_bn(c_in=16, c_out=32, seed=5).SerializeToString())
@@ -227,6 +228,7 @@ def test_full_disk(tmp_path, tiny_disk):
     ("random.onnx", np.random.default_rng(1).bytes(3000)),
     ("cut.onnx", conv_bn().SerializeToString()[:300]),
 ])
+@pytest.mark.slow  # a real process: seconds, not milliseconds
 def test_no_traceback_from_a_real_process(tmp_path, out_dir, name, data):
     source = write(tmp_path / name, data)
     child = subprocess.run([sys.executable, "-m", "bnfold", str(source[0]), "-o", str(out_dir / "f.onnx")],

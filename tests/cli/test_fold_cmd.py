@@ -1,5 +1,6 @@
 """`bnfold MODEL -o OUT` through the click group and as a real process."""
 
+import pytest
 import json
 import subprocess
 import sys
@@ -74,6 +75,7 @@ def test_rules_command_lists_the_registry():
     assert [line.split()[0] for line in result.output.splitlines()] == list(RULE_NAMES)
 
 
+@pytest.mark.slow  # a real process: seconds, not milliseconds
 def test_python_dash_m_bnfold_runs_without_traceback(tmp_path):
     source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
     ok = subprocess.run([sys.executable, "-m", "bnfold", source, "-o", str(tmp_path / "o.onnx"), "--no-verify"],
@@ -85,6 +87,7 @@ def test_python_dash_m_bnfold_runs_without_traceback(tmp_path):
     assert missing.stderr.strip().splitlines() == [f"bnfold: error: {tmp_path / 'nope.onnx'}: no such file"]
 
 
+@pytest.mark.slow  # a real process: seconds, not milliseconds
 def test_no_verify_does_not_import_onnxruntime(tmp_path):
     source = save(fixtures.conv_bn(), tmp_path / "m.onnx")
     code = ("import sys; from bnfold.cli import main\n"

@@ -153,6 +153,7 @@ BOMB = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a real process: seconds, not milliseconds
 @pytest.mark.parametrize("kind", ["constant_of_shape", "expand"])
 def test_memory_bombs_are_refused_before_anything_is_allocated(kind, tmp_path):
     result = subprocess.run([sys.executable, "-c", BOMB, kind], capture_output=True, text=True, timeout=120,
