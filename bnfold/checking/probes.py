@@ -130,8 +130,8 @@ def probe_attempts(piece: Piece) -> List[Tuple[Dict[str, Dims], int]]:
 
 
 def _implied_dims(name: str, piece: Piece) -> Optional[List[Optional[int]]]:
-    """Dims of input `name` that a Conv / ConvTranspose / Gemm / MatMul of the before side reading it as its data
-    input implies from its constant weight (None where it does not say)."""
+    """Dims of input `name` that a Conv / ConvTranspose / Gemm / MatMul (from its weight) or a BatchNormalization
+    (from its scale) of the before side reading it as its data input implies (None where it does not say)."""
     for node in piece.before:
         if not node.input or node.input[0] != name or len(node.input) < 2:
             continue
@@ -152,4 +152,7 @@ def _implied_dims(name: str, piece: Piece) -> Optional[List[Optional[int]]]:
             spec = next(spec for spec in piece.inputs if spec.name == name)
             rank = max(len(spec.dims), 2)
             return [None] * (rank - 1) + [weight.shape[0]]
+        if node.op_type == "BatchNormalization" and weight.ndim == 1:  # one scale per channel, on axis 1
+            spec = next(spec for spec in piece.inputs if spec.name == name)
+            return [None, weight.shape[0]] + [None] * (max(len(spec.dims), 2) - 2)
     return None

@@ -28,6 +28,12 @@ def test_weights_override_a_contradicting_or_missing_declaration():
     assert probe_dims(piece("MatMul", (32, 10), (-1, -1, 0))) == {"x": (None, None, 32)}
 
 
+def test_a_batchnorm_reading_an_undeclared_input_gives_its_channels():
+    """BN -> Transpose -> MatMul (tokens): the BN's scale says axis 1, which the MatMul's weight does not."""
+    assert probe_dims(piece("BatchNormalization", (8,), (None, None, None))) == {"x": (None, 8, None)}
+    assert probe_dims(piece("BatchNormalization", (8,), (-1, 0, 0, 0))) == {"x": (None, 8, None, None)}
+
+
 def test_zero_channels_from_the_weight_are_kept():
     assert probe_dims(piece("Conv", (4, 0, 3, 3), (1, 0, 8, 8))) == {"x": (1, 0, 8, 8)}
 
