@@ -15,6 +15,7 @@ import onnx
 from .errors import InvalidModelError
 from .external_data import check_external_data
 from .reading import read_header, read_model
+from .saving import save_model
 from .tensors import exceeds_protobuf_limit, is_external, iter_tensors
 from .wire import is_repeated, set_field
 
@@ -124,8 +125,6 @@ def check_model(model: Union[onnx.ModelProto, PathLike], *, full_check: bool = F
         elif exceeds_protobuf_limit(model):
             with tempfile.TemporaryDirectory() as tmp:
                 target = Path(tmp) / "model.onnx"
-                from .saving import save_model
-
                 save_model(model, target, external_data=True)
                 onnx.checker.check_model(str(target), full_check=full_check)
         else:
