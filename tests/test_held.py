@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold import fold, fold_file, held, loading, saving
+from bnfold import atomic_write, fold, fold_file, held, loading, parsing, saving
 from bnfold.errors import BnfoldError
 from bnfold.held import HeldTensors, is_held
 from bnfold.tensors import tensor_array
@@ -106,7 +106,7 @@ def test_copy_without_copy_file_range_writes_the_same_bytes(tmp_path, monkeypatc
             raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
 
         monkeypatch.setattr(saving.os, "copy_file_range", refuse)
-    monkeypatch.setattr(saving, "_COPY_BLOCK", 1000)  # several blocks, the last one short
+    monkeypatch.setattr(atomic_write, "_COPY_BLOCK", 1000)  # several blocks, the last one short
     fold_file(source, tmp_path / "folded.onnx", verify=False)
     assert (tmp_path / "folded.onnx").read_bytes() == expected_bytes(source, tmp_path)
 
@@ -224,7 +224,7 @@ def _held_fold_matches(model: onnx.ModelProto, directory: Path, *, verify: bool,
     source = directory / "m.onnx"
     onnx.save(model, source)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loading, "_MEASURED_BYTES", 0)
+        patch.setattr(parsing, "_MEASURED_BYTES", 0)
         holds = []
         real_hold_range = HeldTensors.hold_range
         patch.setattr(HeldTensors, "hold_range", lambda self, tensor, offset, length:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold import loading, saving, tensors
+from bnfold import atomic_write, loading, saving, tensors
 from bnfold.errors import ExternalDataError, InputFileError, InvalidModelError, ModelLoadError, OutputError
 from models import fixtures
 from models.fixtures import conv_bn
@@ -386,58 +385,105 @@ def test_model_above_the_protobuf_limit_needs_external_data(tmp_path, monkeypatc
 
 # --- crash safety ----------------------------------------------------------------------------------------------
 
-# A child that saves two ~8 MiB versions of one model over the same path, alternately, until it is killed.
-SAVE_FOREVER = textwrap.dedent("""
+# A writer that, asked `<point> <fill>` on stdin, forks a child to save the version filled with <fill> over the
+# model; the child stops at <point> of the write and says `stalled <pid>`, to be SIGKILLed there. The writer
+# imports bnfold once (it is single-threaded, so forking it is safe) and reports how each child ended.
+KILLED_WRITER = textwrap.dedent("""
+    import os
     import sys
+    import time
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
+    from bnfold import atomic_write
     from bnfold.saving import save_model
 
     path, external = sys.argv[1], sys.argv[2] == "1"
 
     def version(fill):
-        payload = numpy_helper.from_array(np.full(2_000_000, fill, np.float32), "payload")
+        payload = numpy_helper.from_array(np.full(1_000_000, fill, np.float32), "payload")
         graph = helper.make_graph([helper.make_node("Identity", ["payload"], ["y"])], "g", [],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2_000_000])], [payload])
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1_000_000])], [payload])
         return helper.make_model(graph)
 
-    versions = [version(1.0), version(2.0)]
+    def stall_at(module, name, number, first=lambda real, *args: None, counted=lambda *args: True):
+        real, calls = getattr(module, name), [0]
+
+        def stalled(*args):
+            calls[0] += counted(*args)
+            if calls[0] == number:
+                first(real, *args)
+                print("stalled", os.getpid(), flush=True)
+                time.sleep(60)
+                os._exit(1)
+            return real(*args)
+
+        setattr(module, name, stalled)
+
+    POINTS = {
+        # half of the first large block of the first file written
+        "writing": lambda: stall_at(atomic_write, "_write_all", 1, lambda real, fd, data: real(fd, data[:len(data) // 2]),
+                                    lambda fd, data: len(data) >= 1 << 20),
+        "first-file-written": lambda: stall_at(os, "fsync", 1),  # not yet fsynced
+        "all-files-fsynced": lambda: stall_at(os, "replace", 1),  # none renamed
+        "between-renames": lambda: stall_at(os, "replace", 2),  # data file renamed, model not
+        "renamed": lambda: stall_at(atomic_write, "_fsync_dir", 1),  # directory not yet fsynced
+    }
+
     print("ready", flush=True)
-    count = 0
-    while True:
-        save_model(versions[count % 2], path, external_data=external)
-        count += 1
+    for line in sys.stdin:
+        point, fill = line.split()
+        pid = os.fork()
+        if pid == 0:
+            POINTS[point]()
+            save_model(version(float(fill)), path, external_data=external)
+            print("finished", flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("signal", os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, flush=True)
 """)
+# Where each kill lands, and the version the target must then load as (None: either, complete).
+KILL_POINTS = [("writing", "old"), ("first-file-written", "old"), ("all-files-fsynced", "old"),
+               ("between-renames", None), ("renamed", "new")]
 
 
 @pytest.mark.parametrize("external", [False, True], ids=["single-file", "external-data"])
 def test_kill_during_write_leaves_old_or_new_file(tmp_path, external):
-    """SIGKILL a process that keeps rewriting the model: the target always loads completely as one version."""
+    """SIGKILL a process at each stage of rewriting the model: the target always loads completely as one version,
+    the old one until the model file is renamed into place."""
     path = tmp_path / "model.onnx"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    rng = np.random.default_rng(0)
-    killed_mid_write = 0
-    for _ in range(4):
-        child = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(path), str(int(external))],
-                                 stdout=subprocess.PIPE, env=env)
-        assert child.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0, 0.3))
-        deadline = time.monotonic() + 5
-        while not temporaries(tmp_path) and time.monotonic() < deadline:
-            pass  # kill as soon as a write is under way
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
-        leftovers = temporaries(tmp_path)
-        killed_mid_write += bool(leftovers)
-        if path.exists():
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path), str(int(external))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        assert writer.stdout.readline() == b"ready\n"
+        payload = numpy_helper.from_array(np.full(1_000_000, 1.0, np.float32), "payload")
+        graph = helper.make_graph([helper.make_node("Identity", ["payload"], ["y"])], "g", [],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1_000_000])], [payload])
+        saving.save_model(helper.make_model(graph), path, external_data=external)
+        old = 1.0
+        for point, expected in KILL_POINTS:
+            if point == "between-renames" and not external:
+                continue  # one file, one rename
+            new = 3.0 - old
+            writer.stdin.write(f"{point} {new}\n".encode())
+            writer.stdin.flush()
+            said, pid = writer.stdout.readline().split()
+            assert said == b"stalled", f"the write finished without reaching {point}"
+            os.kill(int(pid), signal.SIGKILL)
+            assert writer.stdout.readline() == f"signal {int(signal.SIGKILL)}\n".encode()
+            leftovers = temporaries(tmp_path)
+            assert bool(leftovers) == (expected == "old" or point == "between-renames"), (point, leftovers)
             payload = numpy_helper.to_array(loading.load_model(path).graph.initializer[0])
-            assert payload.shape == (2_000_000,)
-            assert payload[0] in (1.0, 2.0) and np.all(payload == payload[0])
-        for name in leftovers:  # a killed process cannot clean up; the next run's writes do not depend on it
-            (tmp_path / name).unlink()
-    assert path.exists()
-    assert killed_mid_write, "no kill landed during a write; the test proved nothing"
+            assert payload.shape == (1_000_000,)
+            assert payload[0] in (1.0, 2.0) and np.all(payload == payload[0]), point
+            if expected is not None:
+                assert payload[0] == {"old": old, "new": new}[expected], point
+            old = float(payload[0])
+            for name in leftovers:  # a killed process cannot clean up; the next run's writes do not depend on it
+                (tmp_path / name).unlink()
+    finally:
+        writer.kill()
+        writer.communicate()
 
 
 def test_saved_bytes_are_exactly_protobufs_serialization(tmp_path):
@@ -466,14 +512,14 @@ def test_pending_save_discarded_leaves_the_old_file_and_no_temporary(tmp_path, m
     path = tmp_path / "out.onnx"
     path.write_bytes(b"previous contents")
     started, release = threading.Event(), threading.Event()
-    real_write_all = saving._write_all
+    real_write_all = atomic_write._write_all
 
     def slow_write_all(fd, data):  # hold the writer mid-file until discard() has been called
         started.set()
         release.wait(5)
         real_write_all(fd, data)
 
-    monkeypatch.setattr(saving, "_write_all", slow_write_all)
+    monkeypatch.setattr(atomic_write, "_write_all", slow_write_all)
     pending = saving.PendingSave(big_conv_bn(), path)
     assert started.wait(5)
     assert temporaries(tmp_path)  # under way

@@ -1,10 +1,12 @@
 """bnfold.testing.assert_equivalent, the helper for a user's own pytest suite."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import bnfold
 from bnfold.testing import assert_equivalent
 
 
@@ -45,5 +47,18 @@ def test_verify_keywords_are_passed_through():
     assert result.runs == 2 and result.outputs[0].shape == (5, 3)
 
 
-def test_reachable_from_the_package():
-    assert bnfold.testing.assert_equivalent is assert_equivalent
+def test_reachable_from_a_bare_import_of_the_package():
+    """`import bnfold` alone reaches the helper (bnfold.testing is imported on first use, not by `import bnfold`),
+    and importing bnfold does not import onnxruntime or torch before a verification needs them."""
+    code = (
+        "import sys\n"
+        "import bnfold\n"
+        "assert 'bnfold.testing' not in sys.modules\n"
+        "helper = bnfold.testing.assert_equivalent\n"
+        "heavy = sorted({'onnxruntime', 'torch'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+        "from bnfold.testing import assert_equivalent\n"
+        "assert helper is assert_equivalent and callable(helper)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
