@@ -167,14 +167,14 @@ def installed(module: str) -> bool:
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
-def cached_model(name: str, cache: Path) -> Path:
-    """The model file, built on first use (in a child process: children start as copies of this process, and its
-    memory would count in theirs)."""
+def cached_model(name: str, cache: Path, script: str = __file__) -> Path:
+    """The model file, built on first use by `script --build NAME PATH` (in a child process: children start as
+    copies of this process, and its memory would count in theirs)."""
     path = cache / f"{name}.onnx"
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
-        subprocess.run([sys.executable, __file__, "--build", name, str(partial)], check=True)
+        subprocess.run([sys.executable, script, "--build", name, str(partial)], check=True)
         os.replace(partial, path)
     return path
 

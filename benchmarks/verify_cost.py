@@ -20,7 +20,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,25 +36,10 @@ MODELS = ("wide_detector", "resnet50")
 def build(name: str, path: Path) -> None:
     import onnx
 
-    if name == "wide_detector":
-        from models.check_fixtures import wide_detector
+    from fold_speed import MODELS as CLASSIFIERS
+    from models.check_fixtures import wide_detector
 
-        onnx.save(wide_detector(), path)
-    else:
-        subprocess.run([sys.executable, str(REPO / "benchmarks" / "fold_speed.py"), "--build", name, str(path)],
-                       check=True)
-
-
-def model_path(name: str, cache: Path) -> Path:
-    if name == "resnet50":
-        return cached_model(name, cache)
-    path = cache / f"{name}.onnx"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        subprocess.run([sys.executable, __file__, "--build", name, str(partial)], check=True)
-        os.replace(partial, path)
-    return path
+    onnx.save(wide_detector() if name == "wide_detector" else CLASSIFIERS[name][0](), path)
 
 
 def environment() -> str:
@@ -81,7 +65,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bnfold-verify-cost-"))
     bnfold = [sys.executable, "-m", "bnfold"]
     for name in args.models.split(","):
-        source = model_path(name, args.cache)
+        source = cached_model(name, args.cache, script=__file__)
         folded = workdir / f"{name}.folded.onnx"
         commands = {
             "--no-verify": [*bnfold, str(source), "-o", str(workdir / f"{name}.nv.onnx"), "--no-verify", "-q"],

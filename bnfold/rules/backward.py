@@ -7,6 +7,8 @@ Mul/Add nodes disappear, its views and averages stay.
 
 from __future__ import annotations
 
+import onnx
+
 from ..graph import Edit, GraphIndex, is_op, node_label
 from .base import BatchNorm, Refuse, Rule, Skipped, rank_unknown
 from .chain import Candidate, bypass_affine, track, walk_down
@@ -34,20 +36,7 @@ def _plan(bn: BatchNorm, index: GraphIndex, allowed, nodes, readers) -> Edit:
     scale, shift = bn.scale * chain.scale, bn.shift * chain.scale + chain.shift
     edit = Edit(into=list(readers), through=list(nodes))
     for reader in readers:
-        entry = PRODUCERS[reader.op_type]
-        reader_rank = len(channels.dims) if channels.dims is not None else entry.input_rank(reader, index)
-        if reader_rank is None or channels.axis is None:
-            raise Refuse(f"BN's channel axis cannot be matched to the input channels of {reader.op_type} "
-                         f"{node_label(reader)!r}: {rank_unknown(bn.input if not nodes else nodes[-1].output[0])}")
-        if channels.axis != entry.input_channel_axis(reader_rank):
-            raise Refuse(f"BN's channels reach {reader.op_type} {node_label(reader)!r} on axis {channels.axis}, "
-                         f"its input channels are on axis {entry.input_channel_axis(reader_rank)}")
-        count = entry.input_channels(reader, index)
-        if count != bn.channels:
-            raise Refuse(f"channel mismatch: {reader.op_type} {node_label(reader)!r} has {count} input channels, "
-                         f"BN has {bn.channels}")
-        entry.backward(reader, index, scale, shift, edit)
-        edit.output_axes[reader.output[0]] = entry.output_axis
+        absorb(reader, channels, bn, scale, shift, edit, index, bn.input if not nodes else nodes[-1].output[0])
     bypass_affine(edit, nodes, index, bn.input)  # the views stay, reading what the BN read
     edit.bypass(bn.node, 0)
     return edit
@@ -80,3 +69,23 @@ class Backward(Rule):
 
 
 RULE = Backward()
+
+
+def absorb(reader: onnx.NodeProto, channels: Channels, bn: BatchNorm, scale, shift, edit: Edit, index: GraphIndex,
+           last: str) -> None:
+    """Plan `reader` (a producer reading `last`, where the BN's channels arrive as `channels`) taking the map
+    x * scale + shift on its input channels; Refuse when its input channels are not the BN's."""
+    entry = PRODUCERS[reader.op_type]
+    reader_rank = len(channels.dims) if channels.dims is not None else entry.input_rank(reader, index)
+    if reader_rank is None or channels.axis is None:
+        raise Refuse(f"BN's channel axis cannot be matched to the input channels of {reader.op_type} "
+                     f"{node_label(reader)!r}: {rank_unknown(last)}")
+    if channels.axis != entry.input_channel_axis(reader_rank):
+        raise Refuse(f"BN's channels reach {reader.op_type} {node_label(reader)!r} on axis {channels.axis}, "
+                     f"its input channels are on axis {entry.input_channel_axis(reader_rank)}")
+    count = entry.input_channels(reader, index)
+    if count != bn.channels:
+        raise Refuse(f"channel mismatch: {reader.op_type} {node_label(reader)!r} has {count} input channels, "
+                     f"BN has {bn.channels}")
+    entry.backward(reader, index, scale, shift, edit)
+    edit.output_axes[reader.output[0]] = entry.output_axis

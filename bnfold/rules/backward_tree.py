@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 
 from ..graph import Edit, GraphIndex, is_op, node_label
-from .base import BatchNorm, Refuse, Rule, Skipped, rank_unknown, read_batchnorm, set_exact
+from .backward import absorb
+from .base import BatchNorm, Refuse, Rule, Skipped, read_batchnorm, set_exact
 from .chain import Candidate, bypass_affine, data_input, track
 from .look_through import TABLE
 from .producers import PRODUCERS
@@ -86,21 +87,7 @@ def plan(bn: BatchNorm, index: GraphIndex, crossed: List[onnx.NodeProto], leaves
             _absorb_into_bn(leaf, index, scale, shift, edit)
             edit.output_axes[leaf.output[0]] = 1
             continue
-        entry = PRODUCERS[leaf.op_type]
-        reader_rank = len(channels.dims) if channels.dims is not None else (
-            None if leaf.op_type == "MatMul" else entry.output_rank(leaf, index))
-        if reader_rank is None or channels.axis is None:
-            raise Refuse(f"BN's channel axis cannot be matched to the input channels of {leaf.op_type} "
-                         f"{node_label(leaf)!r}: {rank_unknown(last)}")
-        if channels.axis != entry.input_channel_axis(reader_rank):
-            raise Refuse(f"BN's channels reach {leaf.op_type} {node_label(leaf)!r} on axis {channels.axis}, its "
-                         f"input channels are on axis {entry.input_channel_axis(reader_rank)}")
-        count = entry.input_channels(leaf, index)
-        if count != bn.channels:
-            raise Refuse(f"channel mismatch: {leaf.op_type} {node_label(leaf)!r} has {count} input channels, BN has "
-                         f"{bn.channels}")
-        entry.backward(leaf, index, scale, shift, edit)
-        edit.output_axes[leaf.output[0]] = -1 if leaf.op_type == "MatMul" else 1
+        absorb(leaf, channels, bn, scale, shift, edit, index, last)
     bypass_affine(edit, crossed, index, bn.input)
     edit.bypass(bn.node, 0)
     return edit
