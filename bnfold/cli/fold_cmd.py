@@ -124,7 +124,7 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
     from ..errors import VerificationFailed
     from ..folding import fold_file
 
-    data_before = _file_identity(_data_file(output)) if output is not None else None
+    data_before = _data_identity(output) if output is not None else None
     also_writes = [] if json_target in (None, "-") else [(json_target, "the JSON report")]
     try:
         report = fold_file(model, output, dry_run=dry_run, also_writes=also_writes, **fold_options)
@@ -159,28 +159,23 @@ def _print(report, json_target, verbose: bool, quiet: bool) -> None:
         click.echo(report.verification.summary())
 
 
-def _data_file(output: str) -> Path:
-    """Where an external data file of `output` goes: beside the file -o names (a symlink followed)."""
-    target = Path(os.path.realpath(output))
-    return target.with_name(target.name + ".data")
+def _data_identity(output: str):
+    """The identity of the external data file a write to `output` would replace (bnfold.file_identity)."""
+    from ..file_identity import identity
+    from ..saving import data_file_path
 
-
-def _file_identity(path: Path):
-    try:
-        found = path.stat()
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size
+    return identity(data_file_path(output))
 
 
 def _wrote_line(report, data_before) -> str:
     """'wrote OUT (82.4 KiB) in 0.52 s', with the external data file when this run wrote one (a write renames a new
     file into place, so a data file this run did not write keeps its identity)."""
     from ..report import size_text
+    from ..saving import data_file_path
 
     sizes = [size_text(Path(report.destination).stat().st_size)]
-    data = _data_file(report.destination)
-    if data.is_file() and _file_identity(data) != data_before:
+    data = data_file_path(report.destination)
+    if data.is_file() and _data_identity(report.destination) != data_before:
         sizes.append(f"weights in {data.name}: {size_text(data.stat().st_size)}")
     return f"wrote {report.destination} ({', '.join(sizes)}) in {report.elapsed_s:.2f} s"
 
