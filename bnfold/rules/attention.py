@@ -23,7 +23,7 @@ import onnx
 
 from ..graph import Edit, GraphIndex, NotConstant, is_op, node_label
 from .base import Refuse, Rule, Skipped, read_attribute, require_exclusive
-from .chain import Candidate, bypass_affine, require_single_readers, track
+from .chain import Candidate, replace_batchnorm, require_single_readers, track
 from .forward import producer_channels
 from .producers import PRODUCERS
 from .split_forward import split_sizes
@@ -175,9 +175,7 @@ def plan(found, candidate: Candidate) -> Edit:
     edit = Edit(into=[producer], through=[*(node for node, _ in moves), softmax, matmul, *nodes],
                 output_axes={bn.output: 1})
     PRODUCERS[producer.op_type].forward(producer, index, scale, shift, edit)
-    kept = bypass_affine(edit, nodes, index, matmul.output[0])
-    edit.remove(bn.node)
-    edit.rename(kept, bn.output)
+    replace_batchnorm(edit, nodes, index, matmul.output[0], bn)
     return edit
 
 

@@ -193,3 +193,10 @@ def bypass_affine(edit, nodes: List[onnx.NodeProto], index: GraphIndex, kept: st
         else:
             kept = node.output[0]
     return kept
+
+
+def replace_batchnorm(edit, nodes: List[onnx.NodeProto], index: GraphIndex, source: str, bn: BatchNorm) -> None:
+    """Plan a forward fold's last steps: the chain's affine steps go (its views stay, reading on from `source`),
+    the BN goes, and the last tensor kept takes the BN's output name, so its readers and graph outputs stay."""
+    edit.remove(bn.node)
+    edit.rename(bypass_affine(edit, nodes, index, source), bn.output)

@@ -15,7 +15,7 @@ import onnx
 
 from ..graph import Edit, GraphIndex, is_op, node_label
 from .base import Refuse, Rule, Skipped, rank_unknown, read_attribute, require_exclusive
-from .chain import Candidate, bypass_affine, require_single_readers, track
+from .chain import Candidate, bypass_affine, replace_batchnorm, require_single_readers, track
 from .views import Channels, sizes_of
 from .producers import PRODUCERS, Producer
 
@@ -111,9 +111,7 @@ def plan_concat(concat: onnx.NodeProto, nodes: List[onnx.NodeProto], index: Grap
         PRODUCERS[producer.op_type].forward(producer, index, scale[offset:offset + part.count],
                                             shift[offset:offset + part.count], edit)
         offset += part.count
-    kept = bypass_affine(edit, nodes, index, concat.output[0])
-    edit.remove(bn.node)
-    edit.rename(kept, bn.output)
+    replace_batchnorm(edit, nodes, index, concat.output[0], bn)
     return edit
 
 

@@ -17,7 +17,7 @@ import onnx
 
 from ..graph import Edit, GraphIndex, NotConstant, is_op, node_label
 from .base import Refuse, Rule, Skipped, rank_unknown, read_attribute, require_exclusive
-from .chain import Candidate, Walk, bypass_affine, require_single_readers, track, walk
+from .chain import Candidate, Walk, bypass_affine, replace_batchnorm, require_single_readers, track, walk
 from .forward import producer_channels
 from .producers import PRODUCERS
 from .views import Channels
@@ -140,9 +140,7 @@ def plan(split: onnx.NodeProto, up: Walk, candidate: Candidate) -> Edit:
     edit = Edit(into=[producer], through=[*up.nodes, split, *others, *down.nodes], output_axes={bn.output: 1})
     PRODUCERS[producer.op_type].forward(producer, index, before.scale * scale, before.shift * scale + shift, edit)
     bypass_affine(edit, up.nodes, index, producer.output[0])
-    kept = bypass_affine(edit, down.nodes, index, down.name)
-    edit.remove(bn.node)
-    edit.rename(kept, bn.output)
+    replace_batchnorm(edit, down.nodes, index, down.name, bn)
     return edit
 
 

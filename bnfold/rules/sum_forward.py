@@ -19,7 +19,7 @@ import onnx
 
 from ..graph import Edit, is_op, node_label
 from .base import Refuse, Rule, Skipped, rank_unknown, require_exclusive
-from .chain import Candidate, Walk, bypass_affine, require_single_readers, track, walk
+from .chain import Candidate, Walk, bypass_affine, replace_batchnorm, require_single_readers, track, walk
 from .forward import producer_channels
 from .producers import PRODUCERS
 from .views import Channels, sizes_of
@@ -86,9 +86,7 @@ def plan(match: SumMatch, candidate: Candidate) -> Edit:
         PRODUCERS[branch.top.op_type].forward(branch.top, index, chain.scale * scale, chain.shift * scale + moved,
                                               edit)
         bypass_affine(edit, branch.nodes, index, branch.top.output[0])
-    kept = bypass_affine(edit, match.nodes, index, total.output[0])
-    edit.remove(bn.node)
-    edit.rename(kept, bn.output)
+    replace_batchnorm(edit, match.nodes, index, total.output[0], bn)
     return edit
 
 
