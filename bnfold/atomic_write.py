@@ -5,7 +5,7 @@ temporaries carry its pid so that whoever killed it can remove them (remove_temp
 
 What is written is a sequence of chunks: bytes, a tensor's raw data read only when written (TensorData), a held
 tensor's array (HeldBytes) or a range of another file, copied file to file (FileRange, copy_file_range where the
-kernel can; see bnfold.held).
+kernel can; see bnfold.tensor_store).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 import onnx
 
 from .errors import OutputError
-from .held import read_at
+from .tensor_store import read_at
 from .output_path import data_file_path, output_target
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -79,7 +79,7 @@ class TensorData:
 
 
 class HeldBytes:
-    """A chunk that is the array a held tensor holds (see bnfold.held); a writer asked to can say where it landed.
+    """A chunk that is the array a held tensor holds (see bnfold.tensor_store); a writer asked to can say where it landed.
     `key` is the held entry's (store, number), taken when the chunk is made: the tensor itself may be rewritten
     afterwards (a copy moved to the external data file no longer says it is held)."""
 
@@ -139,7 +139,7 @@ def _write_all(fd: int, data) -> None:
 
 
 Chunk = Union[bytes, memoryview, FileRange, TensorData, HeldBytes]
-# (held key, file, offset): where a writer put the bytes of a HeldBytes chunk (key: bnfold.held.held_key).
+# (held key, file, offset): where a writer put the bytes of a HeldBytes chunk (key: TensorStore.key).
 Placed = List[Tuple[tuple, str, int]]
 
 

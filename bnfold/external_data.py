@@ -12,7 +12,8 @@ from typing import Optional, Tuple
 import onnx
 
 from .errors import ExternalDataError
-from .tensors import external_info, is_external, iter_tensors
+from .tensor_store import is_external
+from .tensors import external_info, iter_tensors
 from .wellformed import tensor_problem
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 from typing import Optional
 
 import onnx
-from onnx import numpy_helper
-
-from .held import is_held
 from .serializing import held_chunk
-from .tensors import is_external, iter_tensors
+from . import tensor_store
+from .tensor_store import is_external, store_of
+from .tensors import iter_tensors
 
 # Tensors at least this large move to the external data file when external data is written.
 EXTERNAL_DATA_MIN_BYTES = 1024
@@ -24,14 +23,15 @@ def externalize(model: onnx.ModelProto, data_name: str) -> Optional[list]:
     for tensor in iter_tensors(model):
         if is_external(tensor):
             continue
-        if is_held(tensor):
-            raw = held_chunk(tensor)
+        store = store_of(tensor)
+        if store is not None:
+            raw = held_chunk(store, tensor)
         else:
             if not tensor.HasField("raw_data"):
                 if tensor.ByteSize() < EXTERNAL_DATA_MIN_BYTES:
                     continue
                 # Typed fields (float_data, ...) move to raw_data first so their bytes can leave the proto.
-                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+                tensor_store.replace(tensor, tensor_store.value(tensor))
             raw = tensor.raw_data
         if len(raw) < EXTERNAL_DATA_MIN_BYTES:
             continue

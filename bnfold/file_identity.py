@@ -75,7 +75,8 @@ def refuse_overlaps(reads: Iterable[Named], writes: Iterable[Named], *,
 
 def external_data_files(model, model_path: PathLike) -> List[Path]:
     """The files the external tensors of a parsed model (external data not loaded yet) name, resolved beside it."""
-    from .tensors import external_info, is_external, iter_tensors
+    from .tensor_store import is_external
+    from .tensors import external_info, iter_tensors
 
     base = Path(model_path).parent
     files = []
@@ -91,8 +92,7 @@ def model_files(path: PathLike) -> List[Named]:
     """The model file and the external data files it names, each with what it is; the model is parsed without its
     weights. A model that cannot be read is only itself here (reading it will say what is wrong)."""
     from .errors import BnfoldError
-    from .held import holding
-    from .loading import is_stream, load_model
+    from .loading import holding, is_stream, load_model
 
     files: List[Named] = [(path, "an input model")]
     if is_stream(path):

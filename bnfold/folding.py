@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Uni
 import onnx
 import onnx.inliner
 
-from .held import HeldTensors, holding
-from .loading import is_stream, load_checked_model, load_model, read_stream
+from .loading import holding, is_stream, load_checked_model, load_model, read_stream
 from .file_identity import identity, refuse_overlaps
 from .saving import PendingSave, data_file_path, save_model
 from .tensors import exceeds_protobuf_limit, tensor_bytes
@@ -237,11 +236,12 @@ def _planned_writes(destination, dry_run: bool, *, data_file: bool, also_writes)
     return writes + [(path, what) for path, what in also_writes]
 
 
-def _fold_file(source: Path, destination, held: Optional[HeldTensors], data: Optional[bytes], started: float, *,
+def _fold_file(source: Path, destination, held, data: Optional[bytes], started: float, *,
                verify, force, dry_run, check, external_data, verify_options: VerifyOptions, fold_input_initializers,
                keep_input_initializers, skip, inline_functions, require_end_to_end, standalone, overwrite,
                also_writes) -> FoldReport:
-    """fold_file's work, with large initializers held in the file (see bnfold.held) from load to save."""
+    """fold_file's work, with large initializers held in the file (`held`: see bnfold.tensor_store) from load to
+    save."""
     data_files: list = []
     model = load_checked_model(source, check=check, held=held, data=data, data_files=data_files)
     writes_data = external_data or (external_data is None and exceeds_protobuf_limit(model))
@@ -265,7 +265,7 @@ def _fold_file(source: Path, destination, held: Optional[HeldTensors], data: Opt
     # renamed into place only once the check has passed.
     pending = None
     if checked and not dry_run:
-        pending = PendingSave(folded, destination, external_data=external_data, on_written=_read_from_output)
+        pending = PendingSave(folded, destination, external_data=external_data)
     try:
         if checked:
             checking = time.perf_counter()
@@ -287,12 +287,6 @@ def _fold_file(source: Path, destination, held: Optional[HeldTensors], data: Opt
             pending.discard()
     report.elapsed_s = time.perf_counter() - started
     return report
-
-
-def _read_from_output(placed) -> None:
-    """The folded weights are written: held tensors read them from the output from now on, and their arrays go."""
-    for (store, number), path, offset in placed:
-        store.moved_to_file(number, path, offset)
 
 
 def _check_end_to_end(source: Union[Path, onnx.ModelProto], folded: onnx.ModelProto, report: FoldReport, started: float, *,

@@ -103,13 +103,12 @@ def check(path, *, check_model: bool = True, fold_input_initializers: bool = Fal
     foldable unless keep_input_initializers.
     """
     from .folding import fold
-    from .held import holding
-    from .loading import load_checked_model
+    from .loading import holding, load_checked_model
 
     source = as_paths(path, "path")
     if len(source) != 1:
         raise ArgumentTypeError("path", "expected one model path; call check once per model")
-    # Weights stay in the file (bnfold.held): read only where a fold needs them, never all in memory at once.
+    # Weights stay in the file (bnfold.tensor_store): read only where a fold needs them, never all in memory at once.
     with holding(source[0]) as held:
         model = load_checked_model(source[0], check=check_model, held=held)
         others = list(_other_normalizations(model))

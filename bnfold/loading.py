@@ -8,7 +8,8 @@ data that is missing, truncated, or outside the model's directory.
 This module sequences one load; each step is its own module: bnfold.reading (the path, the memory-mapped file or
 stream), bnfold.parsing (the field-by-field parse), bnfold.wellformed (strings and tensor data),
 bnfold.external_data (resolving and reading data files) and bnfold.model_checker (onnx.checker on a skeleton).
-Their public names are importable from here too.
+Their public names are importable from here too, and bnfold.tensor_store's `holding`: a caller that wants a model's
+large weights left in its file opens it and passes what it gives as `held`, without knowing the store.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from . import external_data
 from .model_checker import check_model, check_skeleton, checker_skeleton
 from .parsing import parse_model_bytes
 from .reading import is_stream, read_header, read_model, read_stream
-from .tensors import is_external, iter_tensors
+from .tensor_store import holding, is_external
+from .tensors import iter_tensors
 from .wire import set_field
 
-__all__ = ["check_model", "is_stream", "load_checked_model", "load_model", "parse_model_bytes", "read_header",
+__all__ = ["check_model", "holding", "is_stream", "load_checked_model", "load_model", "parse_model_bytes", "read_header",
            "read_stream", "set_field"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -35,8 +37,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def load_model(path: PathLike, *, load_external_data: bool = True, held=None, data: Optional[bytes] = None,
                data_files: Optional[list] = None) -> onnx.ModelProto:
-    """Read an ONNX model, raising a typed error for anything a user could have got wrong. held: a
-    bnfold.held.HeldTensors open on `path`, to keep large initializers' bytes in the file (see bnfold.held).
+    """Read an ONNX model, raising a typed error for anything a user could have got wrong. held: what
+    holding(path) gives, to keep large initializers' bytes in the file (see bnfold.tensor_store).
     data: the file's bytes when they were read already (a stream: see read_stream). data_files: a list that gets
     the external data files read."""
     path = Path(path)

@@ -16,7 +16,8 @@ from .errors import InvalidModelError
 from .external_data import check_external_data
 from .reading import read_header, read_model
 from .saving import save_model
-from .tensors import exceeds_protobuf_limit, is_external, iter_tensors
+from .tensor_store import is_external
+from .tensors import exceeds_protobuf_limit, iter_tensors
 from .wire import is_repeated, set_field
 
 PathLike = Union[str, "os.PathLike[str]"]

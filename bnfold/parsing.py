@@ -1,6 +1,6 @@
 """Parsing a serialized model: field by field from a memory map, releasing the pages already parsed, and measuring
 large initializers' raw data on the wire against their dims and type (the measured ones need no decode to be known
-well-formed, and with a bnfold.held.HeldTensors their bytes can stay in the file). Protobuf's own parse is the
+well-formed, and with a bnfold.tensor_store.TensorStore their bytes can stay in the file). Protobuf's own parse is the
 fallback, for its verdict and its words.
 """
 
@@ -13,7 +13,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import ModelLoadError
-from .held import HOLDABLE_TYPES
+from .tensor_store import HOLDABLE_TYPES
 from .wellformed import structure_problem
 from .wire import fields
 
@@ -111,7 +111,7 @@ def _parse_pieces(data, held=None) -> Tuple[onnx.ModelProto, List[onnx.TensorPro
 
 def _parse_initializer(tensor: onnx.TensorProto, view, start: int, end: int, held) -> bool:
     """Parse the initializer encoded in view[start:end] into `tensor`; return whether its raw data is exactly what
-    its dims and type need. With `held` (a bnfold.held.HeldTensors), such a tensor of a holdable type is parsed
+    its dims and type need. With `held` (a bnfold.tensor_store.TensorStore), such a tensor of a holdable type is parsed
     without its raw data, which stays in the file as a held range."""
     raw = _raw_data_field(view, start, end)
     if raw is None:

@@ -65,7 +65,7 @@ def readable_file(path: Path) -> None:
 def read_model(path: Path, held=None, data: Optional[bytes] = None) -> Tuple[onnx.ModelProto, List[onnx.TensorProto]]:
     """Parse a model file, well-formedness checked but external data not loaded; also return the tensors whose data
     was measured against their dims and type while parsing (see bnfold.parsing). With `held` (a
-    bnfold.held.HeldTensors open on `path`), their bytes stay in the file. `data`: the file's bytes, already read
+    bnfold.tensor_store.TensorStore open on `path`), their bytes stay in the file. `data`: the file's bytes, already read
     (a stream); a stream not read yet is read whole here."""
     if data is None:
         readable_file(path)

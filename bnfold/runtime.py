@@ -52,14 +52,13 @@ _HANDED_OVER_DTYPES = {"float16", "float32", "float64", "int8", "uint8", "int16"
 def _weightless(model, options, ort):
     """For an in-memory ModelProto: the model serialized without its large main-graph initializers, so that ONNX
     Runtime does not parse a serialized copy of the weights. A tensor held as a range of its source file (see
-    bnfold.held) becomes external data in that file, which ORT reads itself (ORT >= 1.21, which can be told the
+    bnfold.tensor_store) becomes external data in that file, which ORT reads itself (ORT >= 1.21, which can be told the
     folder of a model given as bytes); the others go to ORT as OrtValues (SessionOptions.add_external_initializers),
     which ORT copies while the session is made. Returns (bytes, the arrays to keep until then), or None when
     nothing is large."""
     import onnx
 
-    from .held import is_held, materialized
-    from .tensors import is_external, tensor_array
+    from .tensor_store import in_proto, is_external, is_held, value as tensor_value
 
     graph_inputs = {value.name for value in model.graph.input}
     large = [tensor for tensor in model.graph.initializer
@@ -78,7 +77,7 @@ def _weightless(model, options, ort):
     for tensor in model.graph.initializer:
         stub = copy.graph.initializer.add()
         if id(tensor) not in handed:
-            stub.CopyFrom(materialized(tensor) if is_held(tensor) else tensor)
+            stub.CopyFrom(in_proto(tensor))
             continue
         stub.name, stub.data_type = tensor.name, tensor.data_type
         stub.dims.extend(tensor.dims)
@@ -90,7 +89,7 @@ def _weightless(model, options, ort):
             entry.key, entry.value = key, value
         if where is None:
             names.append(tensor.name)
-            arrays.append(tensor_array(tensor))
+            arrays.append(tensor_value(tensor))
     if in_file:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     if arrays:
@@ -106,7 +105,7 @@ def _in_files(tensors, ort) -> Tuple[str, dict]:
     """(folder, {id(tensor): external-data entries}) for the tensors held as ranges of files in one folder (the
     folder holding most of their bytes), when this ONNX Runtime can read them there; else ("", {}): they go as
     arrays."""
-    from .held import held_range, is_held
+    from .tensor_store import store_of
 
     try:
         version = tuple(int(part) for part in ort.__version__.split(".")[:2])
@@ -114,7 +113,8 @@ def _in_files(tensors, ort) -> Tuple[str, dict]:
         return "", {}
     if version < _EXTERNAL_FOLDER_VERSION:
         return "", {}
-    ranges = {id(tensor): held_range(tensor) for tensor in tensors if is_held(tensor)}
+    stores = {id(tensor): (store_of(tensor), tensor) for tensor in tensors}
+    ranges = {key: store.file_range(tensor) for key, (store, tensor) in stores.items() if store is not None}
     ranges = {key: where for key, where in ranges.items() if where is not None}
     if not ranges:
         return "", {}

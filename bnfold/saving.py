@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 import onnx
 
@@ -82,14 +82,11 @@ class PendingSave:
     """A save_model running in a background thread while the caller does other work (the end-to-end check):
     commit() waits for it and renames the files into place as save_model does; discard() stops it and removes its
     temporary files. The model's messages are serialized before the thread starts, so the caller may change the
-    model meanwhile, but not the tensors' data (held arrays are read-only)."""
+    model meanwhile, but not the tensors' data (held arrays are read-only). `placed`, once written: (store key,
+    file, offset) of each held array."""
 
-    def __init__(self, model: onnx.ModelProto, path: PathLike, *, external_data: Optional[bool] = None,
-                 on_written: Optional[Callable[[Placed], None]] = None):
-        """on_written: called in the writing thread once every file is written and fsynced, with where the held
-        tensors' arrays landed (files that commit() renames, discard() removes; open descriptors keep them
-        readable)."""
-        self._on_written = on_written
+    def __init__(self, model: onnx.ModelProto, path: PathLike, *, external_data: Optional[bool] = None):
+        self.placed: Placed = []
         self._plan = _SavePlan(model, path, external_data)
         self._files = self._plan.files(list(serialize(self._plan.model, self._plan.path)))
         self._cancelled = False
@@ -99,12 +96,13 @@ class PendingSave:
         self._thread.start()
 
     def _write(self) -> None:
-        placed: Placed = []
         try:
-            self._written = write_temporaries(self._files, lambda: self._cancelled, placed)
+            self._written = write_temporaries(self._files, lambda: self._cancelled, self.placed)
             self._files = [(path, ()) for path, _ in self._files]  # the chunks are written: let their arrays go
-            if self._on_written is not None:
-                self._on_written(placed)
+            # Held tensors read the arrays a fold gave them from the written files from now on, and the arrays go
+            # (files that commit() renames and discard() removes: the stores' open descriptors keep them readable).
+            for (store, number), written, offset in self.placed:
+                store.moved_to_file(number, written, offset)
         except BaseException as error:  # handed to commit()
             self._error = error
 

@@ -1,6 +1,6 @@
 """Serializing a model as a stream of chunks (bnfold.atomic_write), byte for byte what SerializeToString() gives,
 without a second copy of the weights: the graph's nodes and initializers one at a time, a large initializer as its
-other fields around its raw data (read only when written), and a held tensor (see bnfold.held) from where it is: a
+other fields around its raw data (read only when written), and a held tensor (see bnfold.tensor_store) from where it is: a
 range of the source file or the array it holds.
 """
 
@@ -16,7 +16,7 @@ from google.protobuf.message import EncodeError
 
 from .atomic_write import FileRange, HeldBytes, TensorData
 from .errors import OutputError
-from .held import held_data, held_key, held_nbytes, is_held, materialized
+from .tensor_store import TensorStore, in_proto, is_held, store_of
 from .tensors import exceeds_protobuf_limit, tensor_bytes
 from .wire import is_repeated, single_field, varint_bytes
 
@@ -62,11 +62,12 @@ _NOT_AROUND_RAW_DATA = {_RAW_DATA_NUMBER, *(onnx.TensorProto.DESCRIPTOR.fields_b
 
 def _split_tensor(tensor: onnx.TensorProto) -> Optional[Tuple[bytes, int, bytes]]:
     """(encoded fields before raw_data with raw_data's tag and length, its predicted length, encoded fields after
-    it) for a large tensor whose only data is raw_data, or a held one (see bnfold.held), else None. Protobuf encodes
+    it) for a large tensor whose only data is raw_data, or a held one (see bnfold.tensor_store), else None. Protobuf encodes
     fields in number order, so these pieces around the raw bytes are the tensor's own encoding, without a copy of
     the tensor to find its size."""
-    if is_held(tensor):
-        return _around_raw_data(tensor, held_nbytes(tensor))
+    store = store_of(tensor)
+    if store is not None:
+        return _around_raw_data(tensor, store.nbytes(tensor))
     if tensor.data_type == onnx.TensorProto.STRING or not tensor.HasField("raw_data") or \
             tensor.HasField("segment") or tensor.HasField("data_location") or \
             any(len(getattr(tensor, name)) for name in _OTHER_DATA_FIELDS) or \
@@ -125,7 +126,8 @@ def _graph_pieces(number: int, graph: onnx.GraphProto, predict: bool) -> Iterato
         yield head
         if split:
             yield split[0]
-            yield held_chunk(element) if is_held(element) else TensorData(element, split[1])
+            store = store_of(element)
+            yield held_chunk(store, element) if store is not None else TensorData(element, split[1])
             yield split[2]
         elif element is not None:
             yield element.SerializeToString()
@@ -137,12 +139,14 @@ def _with_held_data(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    for position, tensor in enumerate(copy.graph.initializer):
-        if is_held(tensor):
-            copy.graph.initializer[position].CopyFrom(materialized(tensor))
+    for tensor in copy.graph.initializer:
+        whole = in_proto(tensor)
+        if whole is not tensor:
+            tensor.CopyFrom(whole)
     return copy
 
 
-def held_chunk(tensor: onnx.TensorProto) -> Union[HeldBytes, FileRange]:
-    data = held_data(tensor)
-    return FileRange(*data) if isinstance(data, tuple) else HeldBytes(held_key(tensor), data)
+def held_chunk(store: TensorStore, tensor: onnx.TensorProto) -> Union[HeldBytes, FileRange]:
+    """What a held tensor's bytes are written from: a range of a file, or the array a fold put in its store."""
+    data = store.raw_bytes(tensor)
+    return FileRange(*data) if isinstance(data, tuple) else HeldBytes(store.key(tensor), data)

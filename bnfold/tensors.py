@@ -1,14 +1,14 @@
-"""Where a model keeps its tensors, and how many bytes they hold: shared by loading, saving and folding."""
+"""A model's tensors and how many bytes they hold, counted without reading them: shared by loading, saving and
+folding (a tensor's value is bnfold.tensor_store's to read)."""
 
 from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from .held import held_array, is_held
+from .tensor_store import is_external
 
 # Protobuf cannot serialize a message of 2 GiB or more; above this, weights go to an external file.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -39,16 +39,6 @@ def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     for function in model.functions:
         for node in function.node:
             yield from from_node(node)
-
-
-def is_external(tensor: onnx.TensorProto) -> bool:
-    """Whether the tensor's data is in a file beside the model (not held by this process: see bnfold.held)."""
-    return tensor.data_location == onnx.TensorProto.EXTERNAL and not is_held(tensor)
-
-
-def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
-    """The tensor's value, wherever this process keeps it (in the proto, or held: see bnfold.held)."""
-    return held_array(tensor) if is_held(tensor) else numpy_helper.to_array(tensor)
 
 
 def external_info(tensor: onnx.TensorProto) -> dict:

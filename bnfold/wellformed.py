@@ -8,14 +8,15 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Tuple
 
 import onnx
-from onnx import numpy_helper
 from google.protobuf.descriptor import FieldDescriptor
 
 from .errors import BnfoldError, ExternalDataError, ModelLoadError
-from .tensors import external_info, is_external
+from . import tensor_store
+from .tensor_store import is_external
+from .tensors import external_info
 from .wire import is_repeated
 
-# What numpy_helper.to_array raises for a tensor whose data does not match its shape and type.
+# What reading a tensor (numpy_helper.to_array) raises for a tensor whose data does not match its shape and type.
 _DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError, UnicodeDecodeError)
 
 
@@ -34,7 +35,7 @@ def tensor_problem(tensor: onnx.TensorProto) -> Optional[str]:
     if is_external(tensor):
         return externaltensor_problem(tensor)
     try:
-        numpy_helper.to_array(tensor)
+        tensor_store.value(tensor)
     except _DECODE_ERRORS as error:
         dims = "x".join(str(d) for d in tensor.dims) or "scalar"
         type_name = onnx.TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in \

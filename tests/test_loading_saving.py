@@ -21,6 +21,7 @@ from bnfold import atomic_write, loading, saving, tensors
 from bnfold.errors import ExternalDataError, InputFileError, InvalidModelError, ModelLoadError, OutputError
 from models import fixtures
 from models.fixtures import conv_bn
+from support import assert_same_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,6 +150,25 @@ def test_piecewise_parse_equals_protobufs(tmp_path):
     expected.ParseFromString(data)
     assert model_bytes(loading.load_model(path)) == model_bytes(expected)
     assert model_bytes(loading.load_checked_model(path)) == model_bytes(expected)
+
+
+def test_external_data_moves_typed_tensor_data_and_keeps_the_tensors_fields(tmp_path):
+    """A large tensor stored in typed fields (float_data) moves to the data file like raw data, with its doc
+    string; the reloaded model computes the same as the original."""
+    model = big_conv_bn()
+    weight = model.graph.initializer[0]
+    values = numpy_helper.to_array(weight)
+    weight.ClearField("raw_data")
+    weight.float_data.extend(values.reshape(-1).tolist())
+    weight.doc_string = "typed, with a doc string"
+    saving.save_model(model, tmp_path / "out.onnx", external_data=True)
+    reloaded = loading.load_model(tmp_path / "out.onnx")
+    moved = next(tensor for tensor in onnx.load(tmp_path / "out.onnx", load_external_data=False).graph.initializer
+                 if tensor.name == weight.name)
+    assert moved.data_location == onnx.TensorProto.EXTERNAL and moved.doc_string == "typed, with a doc string"
+    np.testing.assert_array_equal(numpy_helper.to_array(next(
+        tensor for tensor in reloaded.graph.initializer if tensor.name == weight.name)), values)
+    assert_same_outputs(model, reloaded)
 
 
 def test_checked_load_keeps_the_checkers_verdict(tmp_path):
@@ -567,30 +587,24 @@ def test_fold_file_interrupted_during_its_check_leaves_the_old_output(tmp_path, 
 
 
 def test_pending_save_says_where_held_arrays_landed_and_they_read_back_from_there(tmp_path):
-    """fold_file lets the folded weights' arrays go once the background save has written them: they are read back
+    """A background save lets the folded weights' arrays go once it has written them: they are read back
     from the output (renamed or not) at the offsets the writer reports."""
     import numpy as np
 
-    from bnfold.held import HeldTensors, held_range, is_held
-    from bnfold.tensors import tensor_array
+    from bnfold.tensor_store import TensorStore, is_held, store_of
+    from bnfold.tensor_store import value as tensor_array
 
     source = tmp_path / "m.onnx"
     onnx.save(big_conv_bn(), source)
-    with HeldTensors(source) as store:
+    with TensorStore(source) as store:
         model = loading.load_model(source, held=store)
         weight = next(tensor for tensor in model.graph.initializer if is_held(tensor))
         new = np.arange(tensor_array(weight).size, dtype=np.float32).reshape(tensor_array(weight).shape)
-        store.hold_array(weight, new)
-        placed = []
-
-        def read_from_output(where):  # what fold_file does, in the writing thread, before the rename
-            placed.extend(where)
-            for (owner, number), path, offset in where:
-                owner.moved_to_file(number, path, offset)
-
-        saving.PendingSave(model, tmp_path / "out.onnx", on_written=read_from_output).commit()
-        (((owner, _), path, offset),) = placed
+        store.replace(weight, new)
+        pending = saving.PendingSave(model, tmp_path / "out.onnx")
+        pending.commit()
+        (((owner, _), path, offset),) = pending.placed
         assert owner is store and path != str(tmp_path / "out.onnx")  # the temporary name, renamed since
         assert (tmp_path / "out.onnx").read_bytes()[offset:offset + new.nbytes] == new.tobytes()
-        assert held_range(weight)[1:] == (offset, new.nbytes)
+        assert store_of(weight).file_range(weight)[1:] == (offset, new.nbytes)
         np.testing.assert_array_equal(tensor_array(weight), new)  # read through the descriptor, after the rename

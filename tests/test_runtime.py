@@ -73,7 +73,7 @@ def test_held_weights_reach_onnx_runtime_from_their_file(tmp_path, monkeypatch, 
     from onnx import numpy_helper
 
     from bnfold import loading, runtime
-    from bnfold.held import HeldTensors, is_held
+    from bnfold.tensor_store import TensorStore, is_held
 
     model = fixtures.conv_bn(c_in=16, c_out=32, seed=3)
     source = tmp_path / "m.onnx"
@@ -82,7 +82,7 @@ def test_held_weights_reach_onnx_runtime_from_their_file(tmp_path, monkeypatch, 
     expected = run(make_session(str(source)), {"x": x})["y"]
     monkeypatch.setattr(ort, "__version__", ort_version)
     monkeypatch.chdir(tmp_path / "..")  # ORT must find the file by the folder it is told, not the working one
-    with HeldTensors(source) as store:
+    with TensorStore(source) as store:
         held = loading.load_model(source, held=store)
         weight = next(tensor for tensor in held.graph.initializer if is_held(tensor))
         options = ort.SessionOptions()
@@ -93,7 +93,7 @@ def test_held_weights_reach_onnx_runtime_from_their_file(tmp_path, monkeypatch, 
         assert (len(arrays) == 0) == (ort_version == "1.32.0")
         np.testing.assert_array_equal(run(make_session(held), {"x": x})["y"], expected)
         doubled = numpy_helper.to_array(model.graph.initializer[0]) * 2  # a fold's new weight: an array
-        store.hold_array(weight, doubled)
+        store.replace(weight, doubled)
         serialized, arrays = runtime._weightless(held, ort.SessionOptions(), ort)
         assert [array.shape for array in arrays] == [doubled.shape]
         assert not np.array_equal(run(make_session(held), {"x": x})["y"], expected)

@@ -30,9 +30,8 @@ ShapesArg = Union[None, str, Mapping[Optional[str], Sequence[int]], Sequence[str
 
 def _load(model: ModelLike, default_label: str, held: contextlib.ExitStack):
     """(ModelProto, what to give ORT, label): paths keep their path for ORT, so models over 2 GiB still load. A
-    model read from a path holds its large initializers in the file (bnfold.held) until `held` closes."""
-    from ..held import holding
-    from ..loading import is_stream, load_model
+    model read from a path holds its large initializers in the file (bnfold.tensor_store) until `held` closes."""
+    from ..loading import holding, is_stream, load_model
 
     if isinstance(model, (str, os.PathLike)):
         loaded = load_model(model, held=held.enter_context(holding(model)))

@@ -26,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..graph.pieces import Piece
+from .. import tensor_store
 from . import reference_ops
 from .magnitude import FLOAT_TYPES, constant_nodes, fresh_means, roundoff, squared, to_squares, unsupported
 from .metric import by_channel, channel_errors, is_float, scale_floor, tolerance_for
@@ -211,7 +212,7 @@ def _to_double(node: onnx.NodeProto) -> None:
         if attr.name == "to" and attr.i in FLOAT_TYPES:
             attr.i = TensorProto.DOUBLE
         elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in FLOAT_TYPES:
-            attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64), attr.t.name))
+            attr.t.CopyFrom(numpy_helper.from_array(tensor_store.value(attr.t).astype(np.float64), attr.t.name))
     if node.op_type == "Constant":
         for attr in list(node.attribute):
             if attr.name in ("value_float", "value_floats"):

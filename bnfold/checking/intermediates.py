@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..tensor_store import same_value
+
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.BFLOAT16}
 
@@ -102,21 +104,11 @@ def _same_node(a: onnx.NodeProto, b: onnx.NodeProto, a_init, b_init, a_constants
         return False
     for name in a.input:
         if name in a_init or name in b_init:
-            if name not in a_init or name not in b_init or not _same_tensor(a_init[name], b_init[name]):
+            if name not in a_init or name not in b_init or not same_value(a_init[name], b_init[name]):
                 return False
         elif (name in a_constants) != (name in b_constants):
             return False
     return True
-
-
-def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
-    if a.data_type != b.data_type or list(a.dims) != list(b.dims):
-        return False
-    if a.HasField("raw_data") and b.HasField("raw_data"):
-        return a.raw_data == b.raw_data
-    from ..tensors import tensor_array
-
-    return bool(np.array_equal(tensor_array(a), tensor_array(b), equal_nan=True))
 
 
 def element_types(model: onnx.ModelProto) -> Dict[str, int]:

@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..graph.pieces import Piece
+from .. import tensor_store
 from . import reference_ops
 from .metric import is_float, unit_roundoff
 
@@ -157,7 +158,7 @@ def to_squares(node: onnx.NodeProto, means: set = frozenset()) -> None:
         if node.op_type == "Gemm" and attr.name in ("alpha", "beta") or node.op_type == "Pad" and attr.name == "value":
             attr.f = attr.f * attr.f
         elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.DOUBLE:
-            value = numpy_helper.to_array(attr.t)
+            value = tensor_store.value(attr.t)
             attr.t.CopyFrom(numpy_helper.from_array(value * value, attr.t.name))
 
 

@@ -68,11 +68,10 @@ def _needed_for(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto
 
 
 def _readable(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    """The tensor with its values in it (a weight held in the source file is read: see bnfold.held)."""
-    from ..held import is_held
-    from ..tensors import tensor_array
+    """The tensor with its values in it (a weight held in the source file is read: see bnfold.tensor_store)."""
+    from ..tensor_store import in_proto
 
-    return numpy_helper.from_array(np.asarray(tensor_array(tensor)), tensor.name) if is_held(tensor) else tensor
+    return in_proto(tensor)
 
 
 def _outer_names(node: onnx.NodeProto):
@@ -108,9 +107,9 @@ def _widen_graph(graph: onnx.GraphProto) -> None:
 
 def _widen_tensor(tensor: onnx.TensorProto) -> None:
     if tensor.data_type in _LOW_FLOATS:
-        from ..tensors import tensor_array
+        from ..tensor_store import value
 
-        tensor.CopyFrom(numpy_helper.from_array(np.asarray(tensor_array(tensor), np.float64), tensor.name))
+        tensor.CopyFrom(numpy_helper.from_array(np.asarray(value(tensor), np.float64), tensor.name))
 
 
 def _float_dtype(elem_type: int):

@@ -17,9 +17,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from ..tensors import is_external, tensor_array
+from .. import tensor_store
 from .nodes import DEFAULT_DOMAINS, NotConstant, attribute, node_label
 
 # The budget for computed constants: this many times the model's own tensor bytes, and never less than the floor.
@@ -63,11 +63,11 @@ class ConstantBudget:
 
 
 def tensor_value(tensor: onnx.TensorProto) -> np.ndarray:
-    if is_external(tensor):
+    if tensor_store.is_external(tensor):
         raise NotConstant(f"{tensor.name!r} holds external data that was not loaded (load the model from its "
                           "file with bnfold.load_model)")
     try:
-        return tensor_array(tensor)
+        return tensor_store.value(tensor)
     except (ValueError, TypeError, KeyError) as error:
         raise NotConstant(f"tensor {tensor.name!r} cannot be read ({error})") from None
 
@@ -196,7 +196,7 @@ def _expand(node, inputs, budget):
 def _constant_of_shape(node, inputs, budget):
     shape = _ints(inputs[0], node, "the shape")
     fill = attribute(node, "value", None)
-    fill_value = numpy_helper.to_array(fill) if fill is not None else np.zeros(1, np.float32)
+    fill_value = tensor_store.value(fill) if fill is not None else np.zeros(1, np.float32)
     if fill_value.size != 1:
         raise NotConstant(f"ConstantOfShape node {node_label(node)!r} has a fill value of {fill_value.size} elements")
     budget.charge(shape, fill_value.dtype, node)

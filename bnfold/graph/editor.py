@@ -16,11 +16,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..held import HOLDABLE_TYPES, clear_data, held_by, is_held
+from .. import tensor_store
 from .constants import CONSTANT_OPS
 from .nodes import NotConstant, node_label, subgraphs
 
-_HOLDABLE_DTYPES = {dtype.newbyteorder("=") for dtype in HOLDABLE_TYPES.values()}
 _MISSING = object()
 
 
@@ -130,11 +129,7 @@ class Editor:
             if self.journal is not None:
                 self.journal.call(lambda: ix.constants.forget(old))
             ix.constants.forget(old)
-            if is_held(tensor) and value.dtype in _HOLDABLE_DTYPES:
-                held_by(tensor).hold_array(tensor, value)  # the new weight stays an array until it is saved
-            else:
-                clear_data(tensor)
-                tensor.MergeFrom(numpy_helper.from_array(value, old))
+            tensor_store.replace(tensor, value)
             return
         name = ix.unique_name(hint)
         if ix.function:

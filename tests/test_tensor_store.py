@@ -1,4 +1,4 @@
-"""Held tensors: fold_file keeps large initializers' bytes in the source file (or, once folded, as arrays) from load
+"""The tensor store: fold_file keeps large initializers' bytes in the source file (or, once folded, as arrays) from load
 to save. What it writes must be what bnfold.fold + save_model write, byte for byte, whatever path the bytes take."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold import atomic_write, fold, fold_file, held, loading, parsing, saving
+from bnfold import atomic_write, fold, fold_file, loading, parsing, saving, tensor_store
 from bnfold.errors import BnfoldError
-from bnfold.held import HeldTensors, is_held
-from bnfold.tensors import tensor_array
+from bnfold.tensor_store import TensorStore, is_held
+from bnfold.tensor_store import value as tensor_array
 from models import fixtures
 from support import assert_same_outputs
 from test_properties import multi_node_graphs, property_settings
@@ -66,7 +66,7 @@ def test_the_zoo_has_held_tensors_and_they_read_as_parsed():
     held_count = 0
     for source in MODELS:
         plain = {tensor.name: numpy_helper.to_array(tensor) for tensor in loading.load_model(source).graph.initializer}
-        with HeldTensors(source) as store:
+        with TensorStore(source) as store:
             model = loading.load_checked_model(source, held=store)
             for tensor in model.graph.initializer:
                 held_count += is_held(tensor)
@@ -86,8 +86,8 @@ def test_verified_fold_file_writes_the_same_bytes(tmp_path):
 def test_weights_no_fold_changes_are_copied_without_being_read(tmp_path, monkeypatch):
     source = save(conv_bn_gemm(), tmp_path / "m.onnx")
     reads = []
-    real_read = HeldTensors.read
-    monkeypatch.setattr(HeldTensors, "read", lambda self, fd, offset, length, dtype:
+    real_read = TensorStore.read
+    monkeypatch.setattr(TensorStore, "read", lambda self, fd, offset, length, dtype:
                         reads.append(length) or real_read(self, fd, offset, length, dtype))
     fold_file(source, tmp_path / "folded.onnx", verify=False)
     assert reads and 32 * 4 * 4 * 32 * 4 not in reads  # the Conv weight was read, the Gemm weight never
@@ -149,10 +149,10 @@ def test_a_refold_after_a_failed_local_check_holds_tensors_too(tmp_path, monkeyp
 
     original = fixtures.conv_bn(c_in=16, c_out=32, kernel=3, seed=1)  # an 18 KiB weight: held
     source = save(original, tmp_path / "m.onnx")
-    real_fold_bias, real_hold_range = producers.fold_bias, HeldTensors.hold_range
+    real_fold_bias, real_hold_range = producers.fold_bias, TensorStore.hold_range
     holds = []
     monkeypatch.setattr(producers, "fold_bias", lambda *args: real_fold_bias(*args) + 0.5)  # a wrong fold
-    monkeypatch.setattr(HeldTensors, "hold_range", lambda self, tensor, offset, length:
+    monkeypatch.setattr(TensorStore, "hold_range", lambda self, tensor, offset, length:
                         holds.append(tensor.name) or real_hold_range(self, tensor, offset, length))
     report = fold_file(source, tmp_path / "folded.onnx")
     assert "local check failed" in report.decisions[0].reason
@@ -166,9 +166,9 @@ def test_a_refold_after_a_failed_local_check_holds_tensors_too(tmp_path, monkeyp
 def test_reads_without_preadv_or_pread(tmp_path, monkeypatch, missing):
     """Platforms without os.preadv (macOS before Python 3.12) or os.pread (Windows) read through os.read."""
     source = save(conv_bn_gemm(), tmp_path / "m.onnx")
-    monkeypatch.delattr(held.os, "preadv", raising=False)
+    monkeypatch.delattr(tensor_store.os, "preadv", raising=False)
     if missing == "pread":
-        monkeypatch.delattr(held.os, "pread", raising=False)
+        monkeypatch.delattr(tensor_store.os, "pread", raising=False)
     monkeypatch.delattr(saving.os, "copy_file_range", raising=False)
     fold_file(source, tmp_path / "folded.onnx", verify=False)
     assert (tmp_path / "folded.onnx").read_bytes() == expected_bytes(source, tmp_path)
@@ -176,7 +176,7 @@ def test_reads_without_preadv_or_pread(tmp_path, monkeypatch, missing):
 
 def test_a_held_tensor_does_not_outlive_its_fold(tmp_path):
     source = save(conv_bn_gemm(), tmp_path / "m.onnx")
-    with HeldTensors(source) as store:
+    with TensorStore(source) as store:
         model = loading.load_model(source, held=store)
         tensor = next(tensor for tensor in model.graph.initializer if is_held(tensor))
         assert tensor_array(tensor).shape == tuple(tensor.dims)
@@ -197,14 +197,14 @@ def test_unknown_fields_are_kept_and_held_weights_written_in_full(tmp_path):
 
 def test_scalars_and_empty_tensors_held_by_a_fold_are_written_whole(tmp_path):
     source = save(conv_bn_gemm(), tmp_path / "m.onnx")
-    with HeldTensors(source) as store:
+    with TensorStore(source) as store:
         model = loading.load_model(source, held=store)
         tensors = [tensor for tensor in model.graph.initializer if is_held(tensor)][:2]
-        store.hold_array(tensors[0], np.array(2.5, np.float32))
-        store.hold_array(tensors[1], np.zeros((0, 3), np.int64))
+        store.replace(tensors[0], np.array(2.5, np.float32))
+        store.replace(tensors[1], np.zeros((0, 3), np.int64))
         saving.save_model(model, tmp_path / "out.onnx")
         for tensor in tensors:
-            np.testing.assert_array_equal(numpy_helper.to_array(held.materialized(tensor)), tensor_array(tensor))
+            np.testing.assert_array_equal(numpy_helper.to_array(tensor_store.in_proto(tensor)), tensor_array(tensor))
     written = {tensor.name: numpy_helper.to_array(tensor) for tensor in onnx.load(tmp_path / "out.onnx").graph.initializer}
     assert written[tensors[0].name].shape == () and written[tensors[0].name] == np.float32(2.5)
     assert written[tensors[1].name].shape == (0, 3) and written[tensors[1].name].dtype == np.int64
@@ -213,7 +213,7 @@ def test_scalars_and_empty_tensors_held_by_a_fold_are_written_whole(tmp_path):
 def test_loading_without_a_store_holds_nothing():
     model = loading.load_model(MODELS[0])
     assert not any(is_held(tensor) for tensor in model.graph.initializer)
-    assert held.HELD_LOCATION.startswith("#")  # onnx.checker looks for no file at such a location
+    assert tensor_store.HELD_LOCATION.startswith("#")  # onnx.checker looks for no file at such a location
 
 
 # --- random graphs: every main-graph initializer held ----------------------------------------------------------
@@ -226,8 +226,8 @@ def _held_fold_matches(model: onnx.ModelProto, directory: Path, *, verify: bool,
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(parsing, "_MEASURED_BYTES", 0)
         holds = []
-        real_hold_range = HeldTensors.hold_range
-        patch.setattr(HeldTensors, "hold_range", lambda self, tensor, offset, length:
+        real_hold_range = TensorStore.hold_range
+        patch.setattr(TensorStore, "hold_range", lambda self, tensor, offset, length:
                       holds.append(tensor.name) or real_hold_range(self, tensor, offset, length))
         fold_file(source, directory / "held.onnx", verify=verify, check=check)
     assert holds
@@ -257,3 +257,96 @@ def test_random_scoped_models_fold_the_same_held(case):
     with tempfile.TemporaryDirectory() as directory:
         # Their untyped outputs fail onnx.checker, which bnfold.fold does not run.
         _held_fold_matches(case[0], Path(directory), verify=False, check=False)
+
+
+# --- the store's boundary ---------------------------------------------------------------------------------------
+
+PACKAGE = ROOT / "bnfold"
+# What any module may use: a tensor's value, a new value for it, and questions that need no store.
+FOR_EVERYONE = {"value", "replace", "same_value", "is_external", "in_proto"}
+# The layers that put tensors in a store, write them from it, and hand them to ONNX Runtime.
+STORE_LAYERS = {"tensor_store", "parsing", "reading", "loading", "serializing", "atomic_write", "external_placement",
+                "saving", "runtime"}
+
+
+def _store_uses(path: Path):
+    """(names taken from bnfold.tensor_store, whether numpy_helper.to_array is called, whether the held marker is
+    spelled, whether a tensor's raw_data is read) for one module."""
+    import ast
+
+    tree = ast.parse(path.read_text(), str(path))
+    names, to_array, marker, raw = set(), False, False, False
+    module_alias = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if (node.module or "").endswith("tensor_store"):
+                names.update(alias.name for alias in node.names)
+            for alias in node.names:
+                if alias.name == "tensor_store":
+                    module_alias.add(alias.asname or alias.name)
+                if alias.name == "to_array":
+                    to_array = True
+        elif isinstance(node, ast.Attribute):
+            if node.attr == "to_array":
+                to_array = True
+            if node.attr == "raw_data":
+                raw = True
+            if isinstance(node.value, ast.Name) and node.value.id in module_alias:
+                names.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "bnfold-held" in node.value:
+            marker = True
+    return names, to_array, marker, raw
+
+
+def test_tensor_bytes_are_read_in_one_module_and_the_store_known_only_to_its_layers():
+    """Code that folds or checks reads a tensor with tensor_store.value and rewrites it with replace, whoever holds
+    it: a new module calling numpy_helper.to_array, or asking a store for more, fails here (a held weight would be
+    misread)."""
+    modules = sorted(PACKAGE.rglob("*.py"))
+    assert len(modules) > 50
+    problems = []
+    for path in modules:
+        name = path.stem
+        names, to_array, marker, raw = _store_uses(path)
+        if to_array and name != "tensor_store":
+            problems.append(f"{path.relative_to(ROOT)} calls numpy_helper.to_array (use tensor_store.value)")
+        if marker and name != "tensor_store":
+            problems.append(f"{path.relative_to(ROOT)} spells the held marker")
+        if raw and name not in STORE_LAYERS:
+            problems.append(f"{path.relative_to(ROOT)} reads raw_data (use tensor_store.value)")
+        beyond = sorted(names - FOR_EVERYONE)
+        if beyond and (name not in STORE_LAYERS or path.parent != PACKAGE):
+            problems.append(f"{path.relative_to(ROOT)} uses the store itself: {beyond}")
+    assert problems == []
+
+
+def test_the_boundary_check_sees_each_kind_of_use(tmp_path):
+    (tmp_path / "a.py").write_text("from onnx import numpy_helper\nx = numpy_helper.to_array(t)\n")
+    (tmp_path / "b.py").write_text("from .. import tensor_store\ns = tensor_store.store_of(t)\n")
+    (tmp_path / "c.py").write_text("from ..tensor_store import value, TensorStore\nl = '#bnfold-held'\nr = t.raw_data\n")
+    assert _store_uses(tmp_path / "a.py") == (set(), True, False, False)
+    assert _store_uses(tmp_path / "b.py") == ({"store_of"}, False, False, False)
+    assert _store_uses(tmp_path / "c.py") == ({"value", "TensorStore"}, False, True, True)
+
+
+def test_value_and_replace_work_on_any_tensor(tmp_path):
+    """The same two calls read and rewrite a tensor in its proto and a held one, keeping its other fields."""
+    source = save(conv_bn_gemm(), tmp_path / "m.onnx")
+    plain = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "p")
+    plain.doc_string = "kept"
+    with TensorStore(source) as store:
+        model = loading.load_model(source, held=store)
+        held_tensor = next(tensor for tensor in model.graph.initializer if is_held(tensor))
+        for tensor in (plain, held_tensor):
+            new = np.full((4, 1), 3.5, np.float32)
+            tensor_store.replace(tensor, new)
+            np.testing.assert_array_equal(tensor_store.value(tensor), new)
+            assert tuple(tensor.dims) == (4, 1)
+            whole = tensor_store.in_proto(tensor)
+            assert not is_held(whole) and whole.name == tensor.name
+            np.testing.assert_array_equal(numpy_helper.to_array(whole), new)
+        assert plain.doc_string == "kept" and held_tensor.doc_string == "kept through the fold"
+        assert is_held(held_tensor) and not is_held(plain)
+        assert tensor_store.same_value(plain, held_tensor)
+        tensor_store.replace(held_tensor, np.array(["a"], dtype=object))  # not holdable: back into the proto
+        assert not is_held(held_tensor) and tensor_store.value(held_tensor).tolist() == ["a"]
