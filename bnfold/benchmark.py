@@ -33,9 +33,6 @@ DEFAULT_OPT_LEVELS = ("disable", "all")
 CUDNN_CONV_ALGO_SEARCH_CHOICES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 # Providers whose tensors live in CUDA memory: timed through IOBinding so host<->device copies stay out of the figure.
 CUDA_MEMORY_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-# bnfold.fold's keywords that bench(fold=True) passes on, as `bnfold` takes them.
-FOLD_KEYWORDS = frozenset({"fold_input_initializers", "keep_input_initializers", "skip", "inline_functions",
-                           "standalone", "local_check"})
 
 ModelLike = Union[str, "os.PathLike[str]", onnx.ModelProto]
 Progress = Callable[[int, int, str], None]
@@ -209,7 +206,8 @@ def bench(
     (see BenchResult.failures) unless allow_fallback, which runs them on what ORT has and sets `warning`.
     progress(done, total, description) is called before each row and once at the end.
     fold: `models` is one model, timed against its fold in memory, folded as `bnfold.fold(model, **fold_options)`
-    (e.g. {"keep_input_initializers": True}) folds it; result.fold_report says what was folded.
+    (e.g. {"keep_input_initializers": True}, or a bnfold.FoldOptions) folds it; result.fold_report says what was
+    folded.
     """
     if warmup < 0 or iterations < 1:
         raise UsageError(f"need warmup >= 0 and iterations >= 1 (got warmup={warmup}, iterations={iterations})")
@@ -276,17 +274,13 @@ def bench(
 
 def _with_fold(labelled: List[Tuple[str, onnx.ModelProto]], fold_options) -> Tuple[list, object]:
     """The one model and its in-memory fold, labelled "folded", with the fold's report."""
-    from .folding import fold
-    from .options import as_mapping
+    from .folding import fold_model
+    from .options import FoldOptions
 
     if len(labelled) != 1:
         raise UsageError(f"fold=True (--fold) takes exactly one model (got {len(labelled)}); it compares it with "
                          "its folded form")
-    options = as_mapping(fold_options, "fold_options")
-    unknown = sorted(set(options) - FOLD_KEYWORDS)
-    if unknown:
-        raise UsageError(f"fold_options: unknown option(s) {unknown}; options are: {', '.join(sorted(FOLD_KEYWORDS))}")
-    folded, report = fold(labelled[0][1], **options)
+    folded, report = fold_model(labelled[0][1], FoldOptions.of(fold_options, "fold_options"))
     return [*labelled, ("folded", folded)], report
 
 
