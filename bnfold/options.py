@@ -62,7 +62,7 @@ def as_mapping(value: Any, parameter: str) -> Dict[Any, Any]:
 
 def as_flag(value: Any, parameter: str) -> bool:
     """A bool (numpy's too); anything else, such as the string 'false', is an ArgumentTypeError."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
         return bool(value)
     raise ArgumentTypeError(parameter, f"expected True or False, got {type(value).__name__} ({value!r})")
 
