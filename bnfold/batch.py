@@ -161,10 +161,11 @@ def fold_files(
 
     jobs: worker processes (default: the cores this process may use; 1 folds in this process). `fold_options` are
     bnfold.fold_file's keyword arguments (verify, force, overwrite, check, external_data, verify_options, skip,
-    ..., or options=bnfold.options.FoldFileOptions), checked once before any model is read. `progress(result, done, total)` is called as each model finishes. One model's failure does not stop the
-    others: each ModelResult carries its exit code and error; BatchResult.exit_code is the worst of them. A model
-    whose worker is killed (the OOM killer) or runs past `timeout` seconds fails with exit code 3 and says so; a
-    fresh worker takes the next model. Safe to call from a script without an `if __name__ == "__main__":` guard.
+    ..., or options=bnfold.options.FoldFileOptions), checked once before any model is read. `progress(result,
+    done, total)` is called as each model finishes. One model's failure does not stop the others: each
+    ModelResult carries its exit code and error; BatchResult.exit_code is the worst of them. A model whose worker
+    is killed (the OOM killer) or runs past `timeout` seconds fails with exit code 3 and says so; a fresh worker
+    takes the next model. Safe to call from a script without an `if __name__ == "__main__":` guard.
     also_writes: (path, what) of files the caller will write after the run (a report), checked with the outputs.
     No output may replace a model or external data file of the run, or another output (OutputError, nothing
     written), except a model's own file with overwrite=True.
@@ -246,8 +247,8 @@ def _run_in_workers(tasks, jobs: int, timeout: Optional[float], finished) -> Non
 
     def failed(index: int, code: int, message: str, elapsed_s: float) -> None:
         source, destination, options = tasks[index]
-        result = ModelResult(source=source, destination=None if options.file.dry_run else destination, exit_code=code,
-                             error=message, elapsed_s=elapsed_s)
+        result = ModelResult(source=source, destination=None if options.file.dry_run else destination,
+                             exit_code=code, error=message, elapsed_s=elapsed_s)
         finished(index, result)
 
     def cleanup(index: int, pid: int) -> None:
