@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "fold": ".folding",
     "fold_file": ".folding",
-    "FoldOptions": ".folding",
+    "FoldOptions": ".options",
     "FoldReport": ".report",
     "BnDecision": ".report",
     "verify": ".checking.end_to_end",

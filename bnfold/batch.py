@@ -17,7 +17,7 @@ from pathlib import Path, PurePath
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, BnfoldError, OutputError, UsageError
-from .options import VerifyOptions, as_count, as_paths
+from .options import FoldFileOptions, as_count, as_paths
 from .tables import format_table
 
 EXIT_INTERRUPTED = 130
@@ -161,10 +161,11 @@ def fold_files(
 
     jobs: worker processes (default: the cores this process may use; 1 folds in this process). `fold_options` are
     bnfold.fold_file's keyword arguments (verify, force, overwrite, check, external_data, verify_options, skip,
-    ...). `progress(result, done, total)` is called as each model finishes. One model's failure does not stop the
-    others: each ModelResult carries its exit code and error; BatchResult.exit_code is the worst of them. A model
-    whose worker is killed (the OOM killer) or runs past `timeout` seconds fails with exit code 3 and says so; a
-    fresh worker takes the next model. Safe to call from a script without an `if __name__ == "__main__":` guard.
+    ..., or options=bnfold.options.FoldFileOptions), checked once before any model is read. `progress(result,
+    done, total)` is called as each model finishes. One model's failure does not stop the others: each
+    ModelResult carries its exit code and error; BatchResult.exit_code is the worst of them. A model whose worker
+    is killed (the OOM killer) or runs past `timeout` seconds fails with exit code 3 and says so; a fresh worker
+    takes the next model. Safe to call from a script without an `if __name__ == "__main__":` guard.
     also_writes: (path, what) of files the caller will write after the run (a report), checked with the outputs.
     No output may replace a model or external data file of the run, or another output (OutputError, nothing
     written), except a model's own file with overwrite=True.
@@ -177,7 +178,8 @@ def fold_files(
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not timeout > 0):
         raise UsageError(f"timeout: expected a positive number of seconds, got {timeout!r}")
-    fold_options["verify_options"] = VerifyOptions.of(fold_options.get("verify_options"))
+    options = FoldFileOptions.of(fold_options.pop("options", None), {**fold_options, "dry_run": dry_run})
+    dry_run = options.file.dry_run
     if out_dir is None and not dry_run:
         raise UsageError("no output directory: pass out_dir (-o DIR), or dry_run=True (--dry-run) to only report")
     out = None if out_dir is None else Path(as_paths(out_dir, "out_dir")[0])
@@ -187,9 +189,8 @@ def fold_files(
         except OSError as error:
             raise OutputError(f"{out}: cannot create the output directory ({error.strerror or error})") from None
     models = collect_models(paths, exclude=out)
-    tasks = [(str(source), None if out is None else str(out / relative), dry_run, fold_options)
-             for source, relative in models]
-    _refuse_overlaps(tasks, fold_options, also_writes)
+    tasks = [(str(source), None if out is None else str(out / relative), options) for source, relative in models]
+    _refuse_overlaps(tasks, options, also_writes)
     results: List[Optional[ModelResult]] = [None] * len(tasks)
     jobs = min(jobs, len(tasks))
 
@@ -210,15 +211,15 @@ def fold_files(
 _MAY_EXTERNALIZE_BYTES = 1 << 30
 
 
-def _refuse_overlaps(tasks, fold_options: dict, also_writes) -> None:
+def _refuse_overlaps(tasks, options: FoldFileOptions, also_writes) -> None:
     """The run's outputs (models, data files, the caller's report) against each other and its inputs."""
     from .file_identity import identity, model_files, refuse_overlaps_with_models
     from .saving import data_file_path
 
-    external_data = fold_options.get("external_data")
+    external_data = options.file.external_data
     writes = []
-    for source, destination, dry_run, _ in tasks:
-        if destination is None or dry_run:
+    for source, destination, _ in tasks:
+        if destination is None or options.file.dry_run:
             continue
         writes.append((destination, f"the output of {source}"))
         if external_data or (external_data is None and _size(source) >= _MAY_EXTERNALIZE_BYTES):
@@ -226,8 +227,8 @@ def _refuse_overlaps(tasks, fold_options: dict, also_writes) -> None:
     writes += list(also_writes)
     sources = [source for source, *_ in tasks]
     own = []  # --overwrite: a model's output may replace the model itself, and its data file that model's data
-    for source, destination, dry_run, _ in tasks:
-        if fold_options.get("overwrite") and destination is not None and identity(destination) == identity(source):
+    for source, destination, _ in tasks:
+        if options.file.overwrite and destination is not None and identity(destination) == identity(source):
             own.append((destination, source))
             own += [(data_file_path(destination), data) for data, _ in model_files(source)[1:]]
     refuse_overlaps_with_models(sources, writes, replaceable=own)
@@ -245,9 +246,9 @@ def _run_in_workers(tasks, jobs: int, timeout: Optional[float], finished) -> Non
     from .workers import run_tasks
 
     def failed(index: int, code: int, message: str, elapsed_s: float) -> None:
-        source, destination, dry_run, _ = tasks[index]
-        result = ModelResult(source=source, destination=None if dry_run else destination, exit_code=code,
-                             error=message, elapsed_s=elapsed_s)
+        source, destination, options = tasks[index]
+        result = ModelResult(source=source, destination=None if options.file.dry_run else destination,
+                             exit_code=code, error=message, elapsed_s=elapsed_s)
         finished(index, result)
 
     def cleanup(index: int, pid: int) -> None:
@@ -258,17 +259,18 @@ def _run_in_workers(tasks, jobs: int, timeout: Optional[float], finished) -> Non
     run_tasks(fold_one, tasks, jobs, timeout, finished, failed, cleanup)
 
 
-def fold_one(source: str, destination: Optional[str], dry_run: bool, fold_options: dict) -> ModelResult:
+def fold_one(source: str, destination: Optional[str], options: FoldFileOptions) -> ModelResult:
     """Fold one model as bnfold.fold_file does, turning every failure into the result's exit code and message."""
     from .errors import VerificationFailed
     from .folding import fold_file
 
+    dry_run = options.file.dry_run
     started = time.perf_counter()
     result = ModelResult(source=source, destination=None if dry_run else destination)
     try:
         if destination is not None and not dry_run:
             Path(destination).parent.mkdir(parents=True, exist_ok=True)
-        result.report = fold_file(source, destination, dry_run=dry_run, **fold_options)
+        result.report = fold_file(source, destination, options=options)
         verification = result.report.verification
         if verification is not None and not verification.passed:
             result.exit_code, result.error = EXIT_VERIFY_FAILED, "verification FAILED; written because of force"

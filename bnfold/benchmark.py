@@ -27,15 +27,13 @@ from .bench_result import (JSON_SCHEMA, RATIO_STATISTIC, BenchResult, BenchRow, 
 from .errors import ProviderError, UsageError
 from .inputs import graph_inputs, parse_shape_specs
 from .loading import load_model
+from .options import FoldOptions
 from .runtime import OPT_LEVELS, import_onnxruntime, make_session, provider_name
 
 DEFAULT_OPT_LEVELS = ("disable", "all")
 CUDNN_CONV_ALGO_SEARCH_CHOICES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 # Providers whose tensors live in CUDA memory: timed through IOBinding so host<->device copies stay out of the figure.
 CUDA_MEMORY_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-# bnfold.fold's keywords that bench(fold=True) passes on, as `bnfold` takes them.
-FOLD_KEYWORDS = frozenset({"fold_input_initializers", "keep_input_initializers", "skip", "inline_functions",
-                           "standalone", "local_check"})
 
 ModelLike = Union[str, "os.PathLike[str]", onnx.ModelProto]
 Progress = Callable[[int, int, str], None]
@@ -188,7 +186,7 @@ def bench(
     models,
     *,
     fold: bool = False,
-    fold_options: Optional[Mapping[str, object]] = None,
+    fold_options: Union[None, Mapping[str, object], FoldOptions] = None,
     providers: Sequence[str] = ("cpu",),
     opt_levels: Sequence[str] = DEFAULT_OPT_LEVELS,
     warmup: int = 10,
@@ -209,7 +207,8 @@ def bench(
     (see BenchResult.failures) unless allow_fallback, which runs them on what ORT has and sets `warning`.
     progress(done, total, description) is called before each row and once at the end.
     fold: `models` is one model, timed against its fold in memory, folded as `bnfold.fold(model, **fold_options)`
-    (e.g. {"keep_input_initializers": True}) folds it; result.fold_report says what was folded.
+    (e.g. {"keep_input_initializers": True}, or a bnfold.FoldOptions) folds it; result.fold_report says what was
+    folded.
     """
     if warmup < 0 or iterations < 1:
         raise UsageError(f"need warmup >= 0 and iterations >= 1 (got warmup={warmup}, iterations={iterations})")
@@ -226,13 +225,15 @@ def bench(
         providers = [part.strip() for part in providers.split(",") if part.strip()]
     if not providers:
         raise UsageError("bench needs at least one execution provider, such as cpu")
+    if fold:
+        fold_options = FoldOptions.of(fold_options, "fold_options")  # checked before any model is read
+    elif fold_options:
+        raise UsageError("fold_options apply to the fold bench makes itself: pass fold=True (--fold) with them")
     ort = import_onnxruntime()
     labelled = _labelled_models(models)
     fold_report = None
     if fold:
         labelled, fold_report = _with_fold(labelled, fold_options)
-    elif fold_options:
-        raise UsageError("fold_options apply to the fold bench makes itself: pass fold=True (--fold) with them")
     _check_same_inputs(labelled)
     shapes = input_shapes if isinstance(input_shapes, Mapping) else parse_shape_specs(input_shapes or ())
     feeds, shape_notes = plan_feeds(labelled[0][1], shapes, inputs, seed, labelled[0][0])
@@ -274,19 +275,14 @@ def bench(
     )
 
 
-def _with_fold(labelled: List[Tuple[str, onnx.ModelProto]], fold_options) -> Tuple[list, object]:
+def _with_fold(labelled: List[Tuple[str, onnx.ModelProto]], fold_options: FoldOptions) -> Tuple[list, object]:
     """The one model and its in-memory fold, labelled "folded", with the fold's report."""
-    from .folding import fold
-    from .options import as_mapping
+    from .folding import fold_model
 
     if len(labelled) != 1:
         raise UsageError(f"fold=True (--fold) takes exactly one model (got {len(labelled)}); it compares it with "
                          "its folded form")
-    options = as_mapping(fold_options, "fold_options")
-    unknown = sorted(set(options) - FOLD_KEYWORDS)
-    if unknown:
-        raise UsageError(f"fold_options: unknown option(s) {unknown}; options are: {', '.join(sorted(FOLD_KEYWORDS))}")
-    folded, report = fold(labelled[0][1], **options)
+    folded, report = fold_model(labelled[0][1], fold_options)
     return [*labelled, ("folded", folded)], report
 
 

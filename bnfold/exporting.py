@@ -24,7 +24,7 @@ import onnx
 from .loading import check_model
 from .saving import save_model
 from .errors import ExportError, InvalidModelError, MissingDependencyError, UsageError, VerificationFailed
-from .folding import count_ops, fold as fold_model
+from .folding import count_ops, fold as fold_onnx
 from .report import FoldReport
 from .checking.compare import compare_outputs
 from .checking.tolerance import Tolerance
@@ -311,7 +311,7 @@ def export(
         bn_randomized_seed=randomize_seed if randomize_bn else None,
     )
     if fold:
-        result.model, result.fold_report = fold_model(exported)
+        result.model, result.fold_report = fold_onnx(exported)
         result.fold_report.source = f"{module_name} ({exporter} export)"
         result.fold_report.destination = result.path
         outputs[FOLDED_LABEL] = run_model(result.model, feeds)

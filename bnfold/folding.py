@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
 
@@ -23,39 +23,11 @@ from .graph import DEFAULT_DOMAINS, subgraphs
 from .graph.order import sort_nodes
 from .graphsurgeon import fold_graphsurgeon, is_graphsurgeon_graph
 from .initializer_inputs import as_constants, kept_for_them, removed_inputs, survey
-from .options import VerifyOptions, as_flag, as_names
+from .options import FileOptions, FoldFileOptions, FoldOptions, VerifyOptions, as_flag
 from .report import FoldReport
-from .rules import RULE_NAMES
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon
-
-@dataclass(frozen=True)
-class FoldOptions:
-    """fold_input_initializers: treat initializers that are also graph inputs (IR >= 4) as constants; the default
-    when at least 90% of the initializers are inputs (bnfold.initializer_inputs), unless keep_input_initializers.
-    skip: rules (forward, backward, decomposed, standalone) or producers (conv, conv_transpose, gemm, matmul) not to
-    use; see bnfold.rules.RULE_NAMES.
-    inline_functions: inline model-local functions first, so BNs fed by function inputs fold per call site.
-    local_check: check every fold on its own in ONNX Runtime and undo those that fail.
-    standalone: replace a BN with nothing to fold into by Mul + Add (off by default: ONNX Runtime runs Mul + Add
-    1.1-1.5x slower than the BatchNormalization it replaces, measured by benchmarks/runtime_latency.py)."""
-
-    fold_input_initializers: bool = False
-    keep_input_initializers: bool = False
-    skip: Tuple[str, ...] = ()
-    inline_functions: bool = False
-    local_check: bool = True
-    standalone: bool = False
-
-    def __post_init__(self):
-        unknown = sorted(set(self.skip) - set(RULE_NAMES))
-        if unknown:
-            raise UsageError(f"unknown rule(s) {unknown}; rules are: {', '.join(RULE_NAMES)}")
-        if self.fold_input_initializers and self.keep_input_initializers:
-            raise UsageError("--fold-input-initializers and --keep-input-initializers contradict each other; "
-                             "pass one of them")
-
 
 def count_ops(model: onnx.ModelProto) -> Dict[str, int]:
     """Op types over the main graph, its subgraphs and model-local functions."""
@@ -78,7 +50,6 @@ def fold(
     inplace: bool = False,
     local_check: bool = True,
     standalone: bool = False,
-    _reload: Optional[Callable[[], onnx.ModelProto]] = None,
 ) -> Tuple[onnx.ModelProto, FoldReport]:
     """Fold every foldable eval-mode BatchNormalization; return the folded model and a report of each BN.
 
@@ -95,16 +66,25 @@ def fold(
     bnfold.checking.local); a fold that fails is not applied and its BN stays, with the reason. With inplace=True
     the model is serialized once first, to fold again without the failing BNs should one fail.
     """
-    options = FoldOptions(fold_input_initializers=as_flag(fold_input_initializers, "fold_input_initializers"),
-                          keep_input_initializers=as_flag(keep_input_initializers, "keep_input_initializers"),
-                          skip=as_names(skip, "skip"), inline_functions=as_flag(inline_functions, "inline_functions"),
-                          local_check=as_flag(local_check, "local_check"), standalone=as_flag(standalone, "standalone"))
+    options = FoldOptions(fold_input_initializers=fold_input_initializers,
+                          keep_input_initializers=keep_input_initializers, skip=skip,
+                          inline_functions=inline_functions, local_check=local_check, standalone=standalone)
+    return fold_model(model, options, inplace=as_flag(inplace, "inplace"))
+
+
+def fold_model(
+    model: Union[onnx.ModelProto, str, "os.PathLike[str]", "onnx_graphsurgeon.Graph"],
+    options: FoldOptions,
+    *,
+    inplace: bool = False,
+    reload: Optional[Callable[[], onnx.ModelProto]] = None,
+) -> Tuple[onnx.ModelProto, FoldReport]:
+    """bnfold.fold with its options made: what fold_file, bnfold check and bnfold bench --fold call.
+
+    reload: a way back to the model as it was, for an inplace fold (fold_file reads the file again); else the
+    model is serialized first when the local check may need it."""
     if is_graphsurgeon_graph(model):
-        return fold_graphsurgeon(model, fold, skip=options.skip,
-                                 fold_input_initializers=options.fold_input_initializers,
-                                 keep_input_initializers=options.keep_input_initializers,
-                                 inline_functions=options.inline_functions, local_check=options.local_check,
-                                 standalone=options.standalone)
+        return fold_graphsurgeon(model, lambda exported: fold_model(exported, options, inplace=True))
     if isinstance(model, (str, os.PathLike)):
         path = model
         model, reload = load_model(path), (lambda: load_model(path))
@@ -120,7 +100,7 @@ def fold(
             copy.CopyFrom(original)
             return copy
     else:
-        reload = _reload or _snapshot(model, options)
+        reload = reload or _snapshot(model, options)
     started = time.perf_counter()
     sorted_graphs = sort_nodes(model)
     report = FoldReport(ops_before=count_ops(model), initializer_bytes_before=tensor_bytes(model),
@@ -185,26 +165,31 @@ def fold_file(
     require_end_to_end: bool = False,
     standalone: bool = False,
     also_writes: Sequence[Tuple[Union[str, "os.PathLike[str]"], str]] = (),
+    options: Optional[FoldFileOptions] = None,
 ) -> FoldReport:
     """Load, fold, verify (unless verify=False) and atomically write a model; return the report.
 
     Verification compares outputs and shared intermediates (verify_options: a bnfold.options.VerifyOptions, or a
-    mapping of its fields). When no
+    mapping of its fields). The options may instead come made, as one bnfold.options.FoldFileOptions (`options`;
+    then no keyword may set one too). When no
     size of a dynamic input dim lets the original run, the check is skipped and the report says why
     (report.verification_skipped), unless require_end_to_end, which raises UnresolvedShapeError instead.
 
     fold_input_initializers, keep_input_initializers, skip, inline_functions and standalone fold as bnfold.fold does.
     No file it reads (the model, its external data files) is replaced, unless `destination` names the model itself
     and overwrite=True (then its data file may be replaced too); files are compared by identity
-    (bnfold.file_identity), and a refusal (OutputError) comes before anything is written. also_writes: (path, what) of files the caller
-    will write after the call (a report), checked the same way. A model read from a pipe (`/dev/stdin`) is read
+    (bnfold.file_identity), and a refusal (OutputError) comes before anything is written. also_writes: (path, what)
+    of files the caller will write after the call (a report), checked the same way. A model read from a pipe (`/dev/stdin`) is read
     whole into memory. When verification fails the output is not written (unless force=True) and
     VerificationFailed is raised, carrying `.result` and `.report`.
     """
     if not isinstance(source, (str, os.PathLike)):
         raise ArgumentTypeError("source", f"expected a path (str or os.PathLike), got {type(source).__name__}")
     source = Path(source)
-    verify_options = VerifyOptions.of(verify_options)
+    # Every keyword that sets an option is a field of one layer's options object: made (and checked) here, once.
+    arguments = dict(locals())
+    options = FoldFileOptions.of(options, {name: arguments[name] for name in FoldFileOptions.keyword_names()})
+    dry_run, overwrite = options.file.dry_run, options.file.overwrite
     if destination is not None and not isinstance(destination, (str, os.PathLike)):
         raise ArgumentTypeError("destination", "expected a path (str or os.PathLike) or None")
     if destination is None and not dry_run:
@@ -220,12 +205,7 @@ def fold_file(
     started = time.perf_counter()
     data = read_stream(source) if is_stream(source) else None
     with holding(source) as held:
-        return _fold_file(source, destination, held, data, started, verify=verify, force=force, dry_run=dry_run,
-                          check=check, external_data=external_data, verify_options=verify_options,
-                          fold_input_initializers=fold_input_initializers,
-                          keep_input_initializers=keep_input_initializers, skip=skip,
-                          inline_functions=inline_functions, require_end_to_end=require_end_to_end,
-                          standalone=standalone, overwrite=overwrite, also_writes=also_writes)
+        return _fold_file(source, destination, held, data, started, options, also_writes=also_writes)
 
 
 def _planned_writes(destination, dry_run: bool, *, data_file: bool, also_writes) -> list:
@@ -236,28 +216,26 @@ def _planned_writes(destination, dry_run: bool, *, data_file: bool, also_writes)
     return writes + [(path, what) for path, what in also_writes]
 
 
-def _fold_file(source: Path, destination, held, data: Optional[bytes], started: float, *,
-               verify, force, dry_run, check, external_data, verify_options: VerifyOptions, fold_input_initializers,
-               keep_input_initializers, skip, inline_functions, require_end_to_end, standalone, overwrite,
-               also_writes) -> FoldReport:
+def _fold_file(source: Path, destination, held, data: Optional[bytes], started: float, options: FoldFileOptions,
+               *, also_writes) -> FoldReport:
     """fold_file's work, with large initializers held in the file (`held`: see bnfold.tensor_store) from load to
     save."""
+    file: FileOptions = options.file
+    verify, dry_run, external_data = file.verify, file.dry_run, file.external_data
     data_files: list = []
-    model = load_checked_model(source, check=check, held=held, data=data, data_files=data_files)
+    model = load_checked_model(source, check=file.check, held=held, data=data, data_files=data_files)
     writes_data = external_data or (external_data is None and exceeds_protobuf_limit(model))
     reads = [(source, "the input model"), *((path, f"external data of {source}") for path in data_files)]
     writes = _planned_writes(destination, dry_run, data_file=bool(writes_data), also_writes=also_writes)
-    same = overwrite and destination is not None and identity(destination) == identity(source)
+    same = file.overwrite and destination is not None and identity(destination) == identity(source)
     replaceable = []
     if same:  # --overwrite of the model itself: its data file may be replaced by the output's
         replaceable = [(destination, source)]
         if writes_data:
             replaceable += [(data_file_path(destination), data) for data in data_files]
     refuse_overlaps(reads, writes, replaceable=replaceable)
-    folded, report = fold(model, fold_input_initializers=fold_input_initializers,
-                          keep_input_initializers=keep_input_initializers, skip=skip,
-                          inline_functions=inline_functions, inplace=True, local_check=verify, standalone=standalone,
-                          _reload=lambda: load_model(source, held=held, data=data))
+    folded, report = fold_model(model, options.fold, inplace=True,
+                                reload=lambda: load_model(source, held=held, data=data))
     report.source = str(source)
     report.destination = None if destination is None else str(destination)
     checked = verify and report.changed
@@ -271,8 +249,7 @@ def _fold_file(source: Path, destination, held, data: Optional[bytes], started: 
             checking = time.perf_counter()
             try:
                 reference = source if data is None else load_model(source, data=data)
-                _check_end_to_end(reference, folded, report, started, verify_options=verify_options, force=force,
-                                  require_end_to_end=require_end_to_end)
+                _check_end_to_end(reference, folded, report, started, options.verification, file)
             finally:
                 report.verify_s = time.perf_counter() - checking
         if pending is not None:
@@ -289,8 +266,8 @@ def _fold_file(source: Path, destination, held, data: Optional[bytes], started: 
     return report
 
 
-def _check_end_to_end(source: Union[Path, onnx.ModelProto], folded: onnx.ModelProto, report: FoldReport, started: float, *,
-                      verify_options: VerifyOptions, force: bool, require_end_to_end: bool) -> None:
+def _check_end_to_end(source: Union[Path, onnx.ModelProto], folded: onnx.ModelProto, report: FoldReport, started: float,
+                      verify_options: VerifyOptions, file: FileOptions) -> None:
     """Compare the folded model with the file it came from (report.verification); raise VerificationFailed when
     they differ, unless force."""
     from .checking.end_to_end import verify as verify_models
@@ -305,12 +282,12 @@ def _check_end_to_end(source: Union[Path, onnx.ModelProto], folded: onnx.ModelPr
         report.verification = verify_models(reference, folded, candidate_label="folded model (in memory)",
                                             **options)
     except UnresolvedShapeError as error:
-        if require_end_to_end:
+        if file.require_end_to_end:
             raise UnresolvedShapeError(f"cannot verify the fold end to end: {error}") from None
         report.verification_skipped = f"end-to-end check skipped: {error}"
     except (UsageError, InvalidModelError) as error:
         raise type(error)(f"cannot verify the fold: {error} (or skip the check with --no-verify)") from None
-    if report.verification is not None and not report.verification.passed and not force:
+    if report.verification is not None and not report.verification.passed and not file.force:
         report.elapsed_s = time.perf_counter() - started
         error = VerificationFailed("folded model differs from the original beyond tolerance; nothing written "
                                    "(--force writes it anyway)", report.verification)

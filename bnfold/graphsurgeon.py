@@ -18,11 +18,12 @@ def is_graphsurgeon_graph(value) -> bool:
     return cls.__name__ == "Graph" and cls.__module__.startswith("onnx_graphsurgeon.")
 
 
-def fold_graphsurgeon(graph, fold, **options):
-    """Export `graph` to ONNX, fold it with `fold` (bnfold.fold), import the result: (new gs.Graph, FoldReport)."""
+def fold_graphsurgeon(graph, fold):
+    """Export `graph` to ONNX, fold it with `fold` (a ModelProto it may change -> (folded, FoldReport)), import the
+    result: (new gs.Graph, FoldReport)."""
     try:
         import onnx_graphsurgeon as gs
     except ImportError:  # pragma: no cover - a gs.Graph exists, so the package does too
         raise MissingDependencyError("onnx-graphsurgeon is not installed: pip install 'bnfold[graphsurgeon]'") from None
-    folded, report = fold(gs.export_onnx(graph), inplace=True, **options)
+    folded, report = fold(gs.export_onnx(graph))
     return gs.import_onnx(folded), report

@@ -7,11 +7,11 @@ too, with why no fold applies to them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator, List, Optional
 
 from .errors import EXIT_OK, EXIT_VERIFY_FAILED, ArgumentTypeError
-from .options import as_count, as_paths
+from .options import FoldOptions, as_count, as_paths
 from .report import kept_lines
 
 
@@ -94,27 +94,29 @@ class ModelCheck:
 def check(path, *, check_model: bool = True, fold_input_initializers: bool = False,
           keep_input_initializers: bool = False, skip=(), inline_functions: bool = False,
           max_foldable: Optional[int] = 0, max_standalone: Optional[int] = None,
-          max_kept: Optional[int] = None) -> ModelCheck:
+          max_kept: Optional[int] = None, options: Optional[FoldOptions] = None) -> ModelCheck:
     """Fold the model at `path` in memory (nothing written, ONNX Runtime not imported) and sort its BNs.
 
     Raises bnfold's typed errors for a model that cannot be read. The limits (None: unlimited) set
     `violations` and `exit_code` (1 when a count is above its limit). The BNs are sorted as `bnfold` with the
     same options folds them: those reading initializers listed as graph inputs of an old PyTorch export count as
-    foldable unless keep_input_initializers.
+    foldable unless keep_input_initializers. The fold options may instead come made, as a FoldOptions (`options`;
+    its local_check is not used).
     """
-    from .folding import fold
+    from .folding import fold_model
     from .loading import holding, load_checked_model
 
     source = as_paths(path, "path")
     if len(source) != 1:
         raise ArgumentTypeError("path", "expected one model path; call check once per model")
+    fold_options = replace(FoldOptions.given_or_made(options, {
+        "fold_input_initializers": fold_input_initializers, "keep_input_initializers": keep_input_initializers,
+        "skip": skip, "inline_functions": inline_functions}), local_check=False)
     # Weights stay in the file (bnfold.tensor_store): read only where a fold needs them, never all in memory at once.
     with holding(source[0]) as held:
         model = load_checked_model(source[0], check=check_model, held=held)
         others = list(_other_normalizations(model))
-        _, report = fold(model, inplace=True, fold_input_initializers=fold_input_initializers,
-                         keep_input_initializers=keep_input_initializers, skip=skip,
-                         inline_functions=inline_functions, local_check=False)
+        _, report = fold_model(model, fold_options, inplace=True)
     result = ModelCheck(source=source[0], other_normalizations=others, notes=report.model_lines())
     for decision in report.decisions:
         if decision.folded:

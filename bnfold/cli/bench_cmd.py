@@ -12,7 +12,7 @@ from ..runtime import OPT_LEVELS
 from .common import (exit_codes_epilog, input_shape_option, inputs_option, json_target_option, quiet_option,
                      refuse_report_overlaps, seed_option, write_json)
 from .fold_options import (fold_input_initializers_option, inline_functions_option, keep_input_initializers_option,
-                           refuse_bad_fold_options, skip_option, standalone_option)
+                           skip_option, standalone_option)
 
 DEFAULT_OPT_LEVELS = "disable,all"  # mirrors bnfold.benchmark.DEFAULT_OPT_LEVELS; kept here so --help stays import-light
 
@@ -74,14 +74,15 @@ def bench(models, fold_in_memory, fold_input_initializers, keep_input_initialize
     """
     from ..benchmark import bench as run_bench, import_matplotlib_figure
     from ..inputs import graph_inputs, load_input_files, parse_shape_specs
+    from ..options import FoldOptions
 
-    fold_options = {"fold_input_initializers": fold_input_initializers,
-                    "keep_input_initializers": keep_input_initializers, "inline_functions": inline_functions,
-                    "standalone": standalone, "skip": skip_rules}
-    if not fold_in_memory and any(fold_options.values()):
+    fold_flags = {"fold_input_initializers": fold_input_initializers,
+                  "keep_input_initializers": keep_input_initializers, "inline_functions": inline_functions,
+                  "standalone": standalone, "skip": skip_rules}
+    if not fold_in_memory and any(fold_flags.values()):
         raise UsageError("fold options (--fold-input-initializers, --keep-input-initializers, --inline-functions, "
                          "--standalone, --skip) apply to --fold only")
-    refuse_bad_fold_options(**fold_options)
+    fold_options = FoldOptions(**fold_flags)  # before any model is read: contradicting flags are one usage error
     refuse_report_overlaps(models, [(json_target, "the JSON results"), (plot_path, "the plot")])
     if plot_path:
         import_matplotlib_figure()  # fail before minutes of timing, not after

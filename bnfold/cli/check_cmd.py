@@ -8,7 +8,7 @@ import click
 
 from .common import exit_codes_epilog, json_option, quiet_option, refuse_report_overlaps, write_json
 from .fold_options import (fold_input_initializers_option, inline_functions_option, keep_input_initializers_option,
-                           refuse_bad_fold_options, skip_option)
+                           skip_option)
 
 
 @click.command("check", epilog=exit_codes_epilog(
@@ -41,9 +41,11 @@ def check(models, max_foldable, max_standalone, max_kept, no_check, fold_input_i
     from ..batch import collect_models, worst_exit_code
     from ..errors import BnfoldError
     from ..lint import ModelCheck, check as check_model
+    from ..options import FoldOptions
 
-    refuse_bad_fold_options(fold_input_initializers=fold_input_initializers,
-                            keep_input_initializers=keep_input_initializers, skip=skip_rules)
+    fold_options = FoldOptions(fold_input_initializers=fold_input_initializers,
+                               keep_input_initializers=keep_input_initializers, skip=skip_rules,
+                               inline_functions=inline_functions, local_check=False)
     fold_flags = [*(["--fold-input-initializers"] if fold_input_initializers else []),
                   *(["--keep-input-initializers"] if keep_input_initializers else []),
                   *(["--inline-functions"] if inline_functions else []),
@@ -54,9 +56,7 @@ def check(models, max_foldable, max_standalone, max_kept, no_check, fold_input_i
     checks = []
     for path in collected:
         try:
-            result = check_model(path, check_model=not no_check, fold_input_initializers=fold_input_initializers,
-                                 keep_input_initializers=keep_input_initializers, skip=skip_rules,
-                                 inline_functions=inline_functions, max_foldable=max_foldable,
+            result = check_model(path, check_model=not no_check, options=fold_options, max_foldable=max_foldable,
                                  max_standalone=max_standalone, max_kept=max_kept)
         except BnfoldError as error:
             result = ModelCheck(source=str(path), error=str(error), error_code=error.exit_code)

@@ -12,7 +12,7 @@ from .common import (ToleranceCommand, atol_option, exit_codes_epilog, input_sha
                      json_target_option, parse_tolerances, quiet_option, rtol_option, runs_option, seed_option,
                      write_json)
 from .fold_options import (fold_input_initializers_option, inline_functions_option, keep_input_initializers_option,
-                           refuse_bad_fold_options, skip_option, standalone_option)
+                           skip_option, standalone_option)
 
 
 @click.command(cls=ToleranceCommand, epilog=exit_codes_epilog(
@@ -71,19 +71,18 @@ def fold(models, output, jobs, timeout, overwrite, dry_run, no_verify, require_e
     table. A model that fails does not stop the others.
     """
     from ..errors import UsageError
-    from ..options import VerifyOptions
+    from ..options import FoldFileOptions, VerifyOptions
 
-    refuse_bad_fold_options(fold_input_initializers=fold_input_initializers,
-                            keep_input_initializers=keep_input_initializers, skip=skip_rules)
-    fold_options = {
-        "verify": not no_verify, "force": force, "overwrite": overwrite, "check": not no_check,
+    # Made once, before any model is read (contradicting flags are one usage error), and passed through.
+    fold_options = FoldFileOptions.from_keywords({
+        "verify": not no_verify, "force": force, "dry_run": dry_run, "overwrite": overwrite, "check": not no_check,
         "external_data": external_data, "fold_input_initializers": fold_input_initializers,
         "keep_input_initializers": keep_input_initializers, "skip": skip_rules,
         "inline_functions": inline_functions, "require_end_to_end": require_end_to_end, "standalone": standalone,
         "verify_options": VerifyOptions(input_shapes=list(input_shapes) or None, input_files=input_files, seed=seed,
                                         runs=runs, atol=parse_tolerances(atol, "--atol"),
                                         rtol=parse_tolerances(rtol, "--rtol")),
-    }
+    })
     if len(models) == 1 and not os.path.isdir(models[0]):
         if timeout is not None:
             raise UsageError("--timeout bounds each model's worker when folding several models or a directory; "
@@ -127,7 +126,7 @@ def _fold_one(model, output, dry_run, fold_options, json_target, verbose, quiet)
     data_before = _data_identity(output) if output is not None else None
     also_writes = [] if json_target in (None, "-") else [(json_target, "the JSON report")]
     try:
-        report = fold_file(model, output, dry_run=dry_run, also_writes=also_writes, **fold_options)
+        report = fold_file(model, output, also_writes=also_writes, options=fold_options)
     except VerificationFailed as failure:
         report = getattr(failure, "report", None)
         if report is not None:
@@ -211,8 +210,8 @@ def _fold_many(models, output, jobs, timeout, dry_run, fold_options, json_target
 
     try:
         also_writes = [] if json_target in (None, "-") else [(json_target, "the JSON report")]
-        result = fold_files(models, output, jobs=jobs, dry_run=dry_run, progress=progress, timeout=timeout,
-                            also_writes=also_writes, **fold_options)
+        result = fold_files(models, output, jobs=jobs, progress=progress, timeout=timeout, also_writes=also_writes,
+                            options=fold_options)
     finally:
         if bar is not None:
             bar.render_finish()

@@ -1,5 +1,6 @@
 """The options that shape a fold, shared by `bnfold`, `bnfold check` and `bnfold bench --fold`, so each command folds
-a model the same way for the same flags."""
+a model the same way for the same flags. Each command makes one bnfold.FoldOptions of them before it reads any
+model: contradicting flags or an unknown --skip rule are one usage error, not one per model."""
 
 from __future__ import annotations
 
@@ -24,10 +25,3 @@ standalone_option = click.option(
 skip_option = click.option("--skip", "skip_rules", multiple=True, metavar="RULE",
                            help="Do not apply this rule (repeatable).")
 
-
-def refuse_bad_fold_options(**options) -> None:
-    """Contradicting flags or an unknown --skip rule: one usage error before any model is read, not one per model
-    (bnfold.FoldOptions says which)."""
-    from ..folding import FoldOptions
-
-    FoldOptions(**options)

@@ -62,19 +62,12 @@ def verify(reference, candidate, input_shapes, input_files, seed, runs, atol, rt
     not, 2 for bad usage or a model that cannot be read.
     """
     from ..checking.end_to_end import verify as verify_models
+    from ..options import VerifyOptions
 
-    result = verify_models(
-        reference,
-        candidate,
-        input_shapes=list(input_shapes),
-        input_files=input_files,
-        atol=parse_tolerances(atol, "--atol"),
-        rtol=parse_tolerances(rtol, "--rtol"),
-        runs=runs,
-        seed=seed,
-        ort_opt_level=ort_opt_level,
-        intermediates=intermediates,
-    )
+    options = VerifyOptions(input_shapes=list(input_shapes), input_files=input_files, seed=seed, runs=runs,
+                            atol=parse_tolerances(atol, "--atol"), rtol=parse_tolerances(rtol, "--rtol"),
+                            intermediates=intermediates, ort_opt_level=ort_opt_level)
+    result = verify_models(reference, candidate, **options.keywords())
     if json_target is not None:
         write_json(result.to_dict(), json_target)
     if json_target != "-" and not (quiet and result.passed):

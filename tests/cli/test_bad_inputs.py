@@ -243,7 +243,7 @@ def test_internal_error_is_one_line_with_exit_code_3(good_model, out_dir, monkey
     def bug(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr("bnfold.folding.fold", bug)
+    monkeypatch.setattr("bnfold.folding.fold_model", bug)
     result = invoke(good_model[0], "-o", out_dir / "f.onnx")
     assert result.exit_code == 3
     assert result.stderr.splitlines() == ["bnfold: internal error: RuntimeError: simulated bug "
