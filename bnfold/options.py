@@ -92,8 +92,6 @@ def _iterable(value: Any) -> bool:
     return True
 
 
-
-
 def _names(cls) -> Tuple[str, ...]:
     return tuple(item.name for item in fields(cls))
 
