@@ -6,9 +6,10 @@ Models (built with random weights, cached in --cache so reruns start at once): R
 VGG-11-BN-sized (507 MiB, 8 BN). Peers (each skipped with a note when not installed): ONNX Runtime's offline
 basic optimization (C++: a session with ORT_ENABLE_BASIC and optimized_model_filepath writes the fused model),
 onnxoptimizer's fuse_bn_into_conv pass, onnxsim, onnxslim, and `onnx.load` + `onnx.save` alone (the Python floor).
-Prints per model and tool the median wall time and peak RSS of the whole process (interpreter and imports
-included), ratios against bnfold, bnfold's peak memory above the interpreter against the model size, and the
-median of `bnfold --help`. Machines are noisy: read the ratios, not the absolute figures. bnfold's bytecode is
+Prints the environment (versions, cores), then per model and tool the median wall time of the whole process
+(interpreter and imports included) with the range of all runs, the peak RSS, ratios against bnfold, bnfold's
+peak memory above the interpreter against the model size, bnfold's phases (start-up and imports, load and write,
+fold, check; from its JSON report) and the median of `bnfold --help`. Machines are noisy: read the ratios, not the absolute figures. bnfold's bytecode is
 compiled first, as `pip install` does, so that no run pays for compiling it; each run starts after os.sync(), so
 that none pays for the writeback of the one before.
 """
@@ -18,7 +19,9 @@ from __future__ import annotations
 import argparse
 import compileall
 import importlib.util
+import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -182,13 +185,43 @@ def cached_model(name: str, cache: Path, script: str = __file__) -> Path:
 def tools_for(source: Path, workdir: Path, peers: dict) -> dict:
     out = workdir / source.stem
     tools = {
-        REFERENCE: [sys.executable, "-m", "bnfold", str(source), "-o", f"{out}.bnfold.onnx", "--no-verify", "-q"],
-        "bnfold (verified)": [sys.executable, "-m", "bnfold", str(source), "-o", f"{out}.bnfold_v.onnx", "-q"],
+        REFERENCE: [sys.executable, "-m", "bnfold", str(source), "-o", f"{out}.bnfold.onnx", "--no-verify", "-q",
+                    "--json", f"{out}.bnfold.json"],
+        "bnfold (verified)": [sys.executable, "-m", "bnfold", str(source), "-o", f"{out}.bnfold_v.onnx", "-q",
+                              "--json", f"{out}.bnfold_v.json"],
     }
     for name, (_, code) in peers.items():
         tools[name] = [sys.executable, "-c", code, str(source), f"{out}.{name.split()[0]}.onnx"]
     tools[FLOOR[0]] = [sys.executable, "-c", FLOOR[1], str(source), f"{out}.floor.onnx"]
     return tools
+
+
+def environment() -> str:
+    """What the figures depend on, printed with them so they can be compared across machines."""
+    versions = []
+    for module in ("onnx", "onnxruntime", "numpy", "ml_dtypes"):
+        spec = subprocess.run([sys.executable, "-c", f"import {module}; print({module}.__version__)"],
+                              capture_output=True, text=True)
+        versions.append(f"{module} {spec.stdout.strip() or 'missing'}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # `import onnx` imports ml_dtypes, whose own import cost varies by version by two orders of magnitude (0.6 s
+    # with ml_dtypes 0.7.0 and numpy 2.4, 4 ms with 0.6.0): every figure here includes it.
+    code = "import numpy, time; t = time.perf_counter(); import ml_dtypes; print(time.perf_counter() - t)"
+    costs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+             for _ in range(3)]
+    cost = statistics.median(float(value) for value in costs) if all(costs) else None
+    return (f"environment: Python {platform.python_version()}, {', '.join(versions)}, {platform.machine()} "
+            f"{platform.system()}, {cores} usable cores"
+            + (f"; import ml_dtypes (inside import onnx) {cost:.3f} s" if cost is not None else ""))
+
+
+def phases(command) -> dict:
+    """bnfold's own timings of the run that just ended (its --json report): load + write, fold, end-to-end check."""
+    report = json.loads(Path(command[command.index("--json") + 1]).read_text())
+    fold = report["fold_s"]
+    verify = report.get("verify_s") or 0.0
+    return {"load + write": report["elapsed_s"] - fold - verify, "fold": fold, "check": verify,
+            "call": report["elapsed_s"]}
 
 
 def main() -> None:
@@ -212,6 +245,7 @@ def main() -> None:
     # Bytecode first, as `pip install` compiles it: with PYTHONDONTWRITEBYTECODE set, or an edited checkout, every
     # bnfold run would otherwise compile its modules again (about 50 ms), and no peer does.
     compileall.compile_dir(os.path.dirname(importlib.util.find_spec("bnfold").origin), quiet=1)
+    print(environment())
     workdir = Path(tempfile.mkdtemp(prefix="bnfold-bench-"))
     baseline = [sys.executable, "-c", "import onnx"]
     help_times = [measure([sys.executable, "-m", "bnfold", "--help"])[0] for _ in range(5)]
@@ -225,20 +259,31 @@ def main() -> None:
             del tools["bnfold (verified)"]
         commands = {"python -c 'import onnx'": baseline, **tools}
         runs = {name: [] for name in commands}
+        timings = {name: [] for name in commands if "--json" in commands[name]}
         for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every tool alike
             for name, command in commands.items():
                 runs[name].append(measure(command))
+                if name in timings:
+                    timings[name].append(dict(phases(command), process=runs[name][-1][0]))
         for path in workdir.glob(f"{source.stem}.*"):
             path.unlink()
         results = {name: (statistics.median(r[0] for r in values), max(r[1] for r in values))
                    for name, values in runs.items()}
         reference_time, reference_memory = results[REFERENCE]
         _, interpreter_memory = results["python -c 'import onnx'"]
-        print(f"{'tool':28} {'median s':>9} {'peak MiB':>9} {'time / bnfold':>14} {'mem / bnfold':>13} "
-              f"{'(mem-interp)/model':>19}")
+        print(f"{'tool':28} {'median s':>9} {'range s':>11} {'peak MiB':>9} {'time / bnfold':>14} "
+              f"{'mem / bnfold':>13} {'(mem-interp)/model':>19}")
         for name, (elapsed, memory) in results.items():
-            print(f"{name:28} {elapsed:9.2f} {memory / 2**20:9.0f} {elapsed / reference_time:14.2f} "
-                  f"{memory / reference_memory:13.2f} {(memory - interpreter_memory) / model_bytes:19.2f}")
+            times = [r[0] for r in runs[name]]
+            print(f"{name:28} {elapsed:9.2f} {min(times):5.2f}-{max(times):<5.2f} {memory / 2**20:9.0f} "
+                  f"{elapsed / reference_time:14.2f} {memory / reference_memory:13.2f} "
+                  f"{(memory - interpreter_memory) / model_bytes:19.2f}")
+        for name, values in timings.items():
+            median = {key: statistics.median(value[key] for value in values) for key in values[0]}
+            startup = statistics.median(value["process"] - value["call"] for value in values)
+            parts = [f"start-up and imports {startup:.2f}", f"load + write {median['load + write']:.2f}",
+                     f"fold {median['fold']:.2f}"] + ([f"check {median['check']:.2f}"] if median["check"] else [])
+            print(f"{name} phases (median s): {', '.join(parts)}")
         print(f"bnfold peak memory above the interpreter with onnx imported: "
               f"{(reference_memory - interpreter_memory) / model_bytes:.2f}x the model size (target <= 2x)")
         ort = "ORT basic (C++)"
