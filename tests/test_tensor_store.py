@@ -350,3 +350,37 @@ def test_value_and_replace_work_on_any_tensor(tmp_path):
         assert tensor_store.same_value(plain, held_tensor)
         tensor_store.replace(held_tensor, np.array(["a"], dtype=object))  # not holdable: back into the proto
         assert not is_held(held_tensor) and tensor_store.value(held_tensor).tolist() == ["a"]
+
+
+def test_same_value_of_the_same_file_range_reads_nothing(tmp_path, monkeypatch):
+    """The end-to-end check asks whether each weight of the original is the folded model's: the same bytes of the
+    same file (two stores, opened by two paths) are the same value without reading either."""
+    source = save(conv_bn_gemm(), tmp_path / "m.onnx")
+    (tmp_path / "link.onnx").symlink_to(source)
+    with TensorStore(source) as first, TensorStore(tmp_path / "link.onnx") as second:
+        a = loading.load_model(source, held=first)
+        b = loading.load_model(tmp_path / "link.onnx", held=second)
+        pairs = [(x, y) for x, y in zip(a.graph.initializer, b.graph.initializer) if is_held(x)]
+        assert len(pairs) == 2 and all(is_held(y) for _, y in pairs)
+        monkeypatch.setattr(TensorStore, "read", lambda *args: pytest.fail("read a file range to compare it"))
+        assert all(tensor_store.same_value(x, y) for x, y in pairs)
+        assert not tensor_store.same_value(pairs[0][0], pairs[1][1])  # another range (and shape)
+        monkeypatch.undo()
+        second.replace(pairs[0][1], tensor_array(pairs[0][1]) + 1)  # a fold rewrote it: compared by value
+        assert not tensor_store.same_value(*pairs[0])
+        second.replace(pairs[0][1], tensor_array(pairs[0][0]).copy())
+        assert tensor_store.same_value(*pairs[0])
+
+
+@pytest.mark.parametrize("first, second, same", [
+    ([1.0, np.nan, 2.0], [1.0, np.nan, 2.0], True),
+    ([0.0, 1.0], [-0.0, 1.0], True),  # different bits, equal values
+    ([1.0, 2.0], [1.0, 2.5], False),
+    ([[1.0, 2.0]], [[1.0], [2.0]], False),
+])
+def test_same_value_compares_values_not_bits(first, second, same):
+    a = numpy_helper.from_array(np.array(first, np.float32), "a")
+    b = numpy_helper.from_array(np.array(second, np.float32), "b")
+    b.ClearField("raw_data")
+    b.float_data.extend(np.array(second, np.float32).reshape(-1).tolist())  # typed fields: compared as values
+    assert tensor_store.same_value(a, b) is same
