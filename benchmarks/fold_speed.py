@@ -3,15 +3,15 @@
     python benchmarks/fold_speed.py [--repeats 5] [--models resnet50,vgg11_bn] [--cache DIR]
 
 Models (built with random weights, cached in --cache so reruns start at once): ResNet-50-sized (98 MB, 53 BN) and
-VGG-11-BN-sized (507 MiB, 8 BN). Peers (each skipped with a note when not installed): ONNX Runtime's offline
-basic optimization (C++: a session with ORT_ENABLE_BASIC and optimized_model_filepath writes the fused model),
-onnxoptimizer's fuse_bn_into_conv pass, onnxsim, onnxslim, and `onnx.load` + `onnx.save` alone (the Python floor).
-Prints the environment (versions, cores), then per model and tool the median wall time of the whole process
-(interpreter and imports included) with the range of all runs, the peak RSS, ratios against bnfold, bnfold's
-peak memory above the interpreter against the model size, bnfold's phases (start-up and imports, load and write,
-fold, check; from its JSON report) and the median of `bnfold --help`. Machines are noisy: read the ratios, not the absolute figures. bnfold's bytecode is
-compiled first, as `pip install` does, so that no run pays for compiling it; each run starts after os.sync(), so
-that none pays for the writeback of the one before.
+VGG-11-BN-sized (507 MiB, 8 BN). Peers (each skipped with a note when not installed): ONNX Runtime's offline basic
+optimization (C++: a session with ORT_ENABLE_BASIC and optimized_model_filepath writes the fused model), onnxoptimizer's
+fuse_bn_into_conv pass, onnxsim, onnxslim, and `onnx.load` + `onnx.save` alone (the Python floor). Prints the
+environment (versions, cores), then per model and tool the median wall time of the whole process (interpreter and
+imports included) with the range of all runs, the peak RSS, ratios against bnfold, bnfold's peak memory above the
+interpreter against the model size, bnfold's phases (start-up and imports, load and write, fold, check; from its JSON
+report) and the median of `bnfold --help`. Machines are noisy: read the ratios, not the absolute figures. bnfold's
+bytecode is compiled first, as `pip install` does, so that no run pays for compiling it; each run starts after
+os.sync(), so that none pays for the writeback of the one before.
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ class TensorData:
 
 
 class HeldBytes:
-    """A chunk that is the array a held tensor holds (see bnfold.tensor_store); a writer asked to can say where it landed.
+    """A chunk that is the array a held tensor holds (see bnfold.tensor_store); a writer asked to can say where it
+    landed.
     `key` is the held entry's (store, number), taken when the chunk is made: the tensor itself may be rewritten
     afterwards (a copy moved to the external data file no longer says it is held)."""
 

@@ -169,19 +169,18 @@ def fold_file(
 ) -> FoldReport:
     """Load, fold, verify (unless verify=False) and atomically write a model; return the report.
 
-    Verification compares outputs and shared intermediates (verify_options: a bnfold.options.VerifyOptions, or a
-    mapping of its fields). The options may instead come made, as one bnfold.options.FoldFileOptions (`options`;
-    then no keyword may set one too). When no
-    size of a dynamic input dim lets the original run, the check is skipped and the report says why
-    (report.verification_skipped), unless require_end_to_end, which raises UnresolvedShapeError instead.
+    Verification compares outputs and shared intermediates (verify_options: a bnfold.options.VerifyOptions, or a mapping
+    of its fields). The options may instead come made, as one bnfold.options.FoldFileOptions (`options`; then no keyword
+    may set one too). When no size of a dynamic input dim lets the original run, the check is skipped and the report
+    says why (report.verification_skipped), unless require_end_to_end, which raises UnresolvedShapeError instead.
 
-    fold_input_initializers, keep_input_initializers, skip, inline_functions and standalone fold as bnfold.fold does.
-    No file it reads (the model, its external data files) is replaced, unless `destination` names the model itself
-    and overwrite=True (then its data file may be replaced too); files are compared by identity
-    (bnfold.file_identity), and a refusal (OutputError) comes before anything is written. also_writes: (path, what)
-    of files the caller will write after the call (a report), checked the same way. A model read from a pipe (`/dev/stdin`) is read
-    whole into memory. When verification fails the output is not written (unless force=True) and
-    VerificationFailed is raised, carrying `.result` and `.report`.
+    fold_input_initializers, keep_input_initializers, skip, inline_functions and standalone fold as bnfold.fold does. No
+    file it reads (the model, its external data files) is replaced, unless `destination` names the model itself and
+    overwrite=True (then its data file may be replaced too); files are compared by identity (bnfold.file_identity), and
+    a refusal (OutputError) comes before anything is written. also_writes: (path, what) of files the caller will write
+    after the call (a report), checked the same way. A model read from a pipe (`/dev/stdin`) is read whole into memory.
+    When verification fails the output is not written (unless force=True) and VerificationFailed is raised, carrying
+    `.result` and `.report`.
     """
     if not isinstance(source, (str, os.PathLike)):
         raise ArgumentTypeError("source", f"expected a path (str or os.PathLike), got {type(source).__name__}")

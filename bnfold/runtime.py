@@ -113,9 +113,12 @@ def _in_files(tensors, ort) -> Tuple[str, dict]:
         return "", {}
     if version < _EXTERNAL_FOLDER_VERSION:
         return "", {}
-    stores = {id(tensor): (store_of(tensor), tensor) for tensor in tensors}
-    ranges = {key: store.file_range(tensor) for key, (store, tensor) in stores.items() if store is not None}
-    ranges = {key: where for key, where in ranges.items() if where is not None}
+    ranges = {}
+    for tensor in tensors:
+        store = store_of(tensor)
+        where = None if store is None else store.file_range(tensor)
+        if where is not None:
+            ranges[id(tensor)] = where
     if not ranges:
         return "", {}
     sizes: Dict[str, int] = {}

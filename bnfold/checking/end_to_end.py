@@ -148,24 +148,22 @@ def verify(
 ) -> VerifyResult:
     """Run both models in ONNX Runtime CPU on the same inputs and compare every output by name.
 
-    Inputs not given (as arrays in `inputs` or files in `input_files`: .npz by input name, NAME:file.npy) are
-    seeded random data; run i uses seed + i. Dynamic dims: `input_shapes` ({name: shape}, "name:1x3x224x224"
-    or a list of such strings), else chosen as checking.feeds describes (larger sizes where an output carries no
-    signal: checking.evidence); the shapes used and each output's range are in the result.
-    A bool input deciding an If runs both ways. When every input is given, one run is made.
-    intermediates: True also compares every tensor both models share by name and meaning
-    (checking.intermediates); "boundaries" compares the fold boundaries among them that fit in one chunk (spread
-    over the graph, the last always), and sweeps the rest only when something fails, to localize it. The first tensor outside tolerance is named, and, through `fold_labels`
-    ({tensor: BN label}) or the reference's BatchNormalization nodes, the BN fold behind it. `rewritten` names
-    tensors to leave out: ones a fold kept by name but gave new values (the fold command passes them from its
-    report). Intermediates are exposed at most pair.CHUNK_BYTES at a time, so memory stays bounded.
-    Default tolerances follow the data and the dtype flowing into each tensor; a tensor outside them is judged
-    again, allowing for the reference's own rounding noise (its distance from a float64 evaluation: checking.noise)
-    before it fails.
-    ORT graph optimizations are off by default: ORT would otherwise fuse Conv+BN in the reference itself.
-    Returns the result for mismatches; raises a BnfoldError for bad usage or a model that cannot be loaded or run
-    (UnresolvedShapeError when no size of a dynamic dim lets the reference run).
-    Models are labelled by their path, or "reference"/"candidate" (candidate_label overrides the latter).
+    Inputs not given (as arrays in `inputs` or files in `input_files`: .npz by input name, NAME:file.npy) are seeded
+    random data; run i uses seed + i. Dynamic dims: `input_shapes` ({name: shape}, "name:1x3x224x224" or a list of such
+    strings), else chosen as checking.feeds describes (larger sizes where an output carries no signal:
+    checking.evidence); the shapes used and each output's range are in the result. A bool input deciding an If runs both
+    ways. When every input is given, one run is made. intermediates: True also compares every tensor both models share
+    by name and meaning (checking.intermediates); "boundaries" compares the fold boundaries among them that fit in one
+    chunk (spread over the graph, the last always), and sweeps the rest only when something fails, to localize it. The
+    first tensor outside tolerance is named, and, through `fold_labels` ({tensor: BN label}) or the reference's
+    BatchNormalization nodes, the BN fold behind it. `rewritten` names tensors to leave out: ones a fold kept by name
+    but gave new values (the fold command passes them from its report). Intermediates are exposed at most
+    pair.CHUNK_BYTES at a time, so memory stays bounded. Default tolerances follow the data and the dtype flowing into
+    each tensor; a tensor outside them is judged again, allowing for the reference's own rounding noise (its distance
+    from a float64 evaluation: checking.noise) before it fails. ORT graph optimizations are off by default: ORT would
+    otherwise fuse Conv+BN in the reference itself. Returns the result for mismatches; raises a BnfoldError for bad
+    usage or a model that cannot be loaded or run (UnresolvedShapeError when no size of a dynamic dim lets the reference
+    run). Models are labelled by their path, or "reference"/"candidate" (candidate_label overrides the latter).
     """
     from ..inputs import graph_inputs, load_input_files
     from . import pair
