@@ -171,3 +171,30 @@ def test_dynamic_fixtures_fold_and_verify_with_no_flags(tmp_path, name):
     assert result.exit_code == 0, result.output
     assert "input shapes: x 1x3x" in result.output and "dynamic dims chosen" in result.output
     assert "PASSED" in result.output
+
+
+@pytest.mark.parametrize("over_limit", [False, True])
+def test_models_read_from_paths_reach_ort_weightless_unless_past_protobufs_limit(tmp_path, monkeypatch, over_limit):
+    """A path's model goes to ONNX Runtime as the held model (its weights read by ORT from the file: five times
+    faster than ORT parsing the file); a model past protobuf's 2 GiB limit (lowered here) goes by its path. Either
+    way a correct fold passes and a wrong one fails."""
+    from bnfold import runtime, tensors
+
+    model = fixtures.conv_bn(c_in=16, c_out=32, seed=3)
+    source = tmp_path / "m.onnx"
+    onnx.save(model, source)
+    folded, _ = bnfold.fold(model)
+    onnx.save(folded, tmp_path / "folded.onnx")
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(folded)
+    bias = next(t for t in wrong.graph.initializer if t.dims == [32])
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 0.5, bias.name))
+    onnx.save(wrong, tmp_path / "wrong.onnx")
+    if over_limit:
+        monkeypatch.setattr(tensors, "PROTOBUF_LIMIT", 4096)
+    given = []
+    real = runtime.make_session
+    monkeypatch.setattr(runtime, "make_session", lambda model, **kw: given.append(model) or real(model, **kw))
+    assert bnfold.verify(source, tmp_path / "folded.onnx").passed
+    assert not bnfold.verify(source, tmp_path / "wrong.onnx").passed
+    assert given and all(isinstance(item, str) == over_limit for item in given)
