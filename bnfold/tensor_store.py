@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import mmap
 import os
 import stat
 from typing import Dict, Iterator, Optional, Tuple, Union
@@ -169,6 +170,22 @@ class TensorStore:
             return None
         status = os.fstat(entry[0])
         return status.st_dev, status.st_ino, entry[1], entry[2]
+
+    def mapped(self, tensor: onnx.TensorProto) -> Optional[np.ndarray]:
+        """A read-only view of a tensor held as a file range, mapped from the file (its pages read only where
+        touched, and shared with every other mapping of them); None for one held as an array, or whose offset is
+        not a multiple of its element size (a misaligned array some kernels cannot read)."""
+        entry = self._entry(tensor)
+        if isinstance(entry, np.ndarray):
+            return None
+        fd, offset, length = entry
+        dtype = HOLDABLE_TYPES[tensor.data_type]
+        if offset % dtype.itemsize or not length:
+            return None
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapping = mmap.mmap(fd, offset + length - start, offset=start, access=mmap.ACCESS_READ)
+        array = np.frombuffer(mapping, dtype, count=length // dtype.itemsize, offset=offset - start)
+        return array.astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
 
     def nbytes(self, tensor: onnx.TensorProto) -> int:
         entry = self._entry(tensor)

@@ -97,3 +97,27 @@ def test_held_weights_reach_onnx_runtime_from_their_file(tmp_path, monkeypatch, 
         serialized, arrays = runtime._weightless(held, ort.SessionOptions(), ort)
         assert [array.shape for array in arrays] == [doubled.shape]
         assert not np.array_equal(run(make_session(held), {"x": x})["y"], expected)
+
+
+def test_the_sessions_of_one_check_share_the_weights_of_one_file(tmp_path):
+    """Two models whose weights are the same bytes of one file get one OrtValue per weight (mapped from the file, or
+    one copy where misaligned), used by ORT in place; both sessions compute what the fully loaded model does."""
+    import onnxruntime as ort
+
+    from bnfold import loading, runtime
+    from bnfold.tensor_store import TensorStore, is_held
+
+    model = fixtures.conv_bn(c_in=16, c_out=32, seed=3)
+    source = tmp_path / "m.onnx"
+    source.write_bytes(model.SerializeToString())
+    x = np.random.default_rng(0).normal(size=(1, 16, 9, 9)).astype(np.float32)
+    expected = run(make_session(str(source)), {"x": x})["y"]
+    shared = runtime.SharedWeights()
+    with TensorStore(source) as first, TensorStore(source) as second:
+        models = [loading.load_model(source, held=first), loading.load_model(source, held=second)]
+        weights = [next(tensor for tensor in m.graph.initializer if is_held(tensor)) for m in models]
+        assert shared.value_for(weights[0], ort) is shared.value_for(weights[1], ort)
+        for held in models:
+            np.testing.assert_array_equal(run(make_session(held, arena=False, shared=shared), {"x": x})["y"],
+                                          expected)
+    assert shared.value_for(fixtures.conv_bn().graph.initializer[0], ort) is None  # not held: not shared

@@ -384,3 +384,36 @@ def test_same_value_compares_values_not_bits(first, second, same):
     b.ClearField("raw_data")
     b.float_data.extend(np.array(second, np.float32).reshape(-1).tolist())  # typed fields: compared as values
     assert tensor_store.same_value(a, b) is same
+
+
+def test_a_file_range_maps_as_a_read_only_view_when_aligned(tmp_path):
+    source = save(conv_bn_gemm(), tmp_path / "m.onnx")
+    with TensorStore(source) as store:
+        model = loading.load_model(source, held=store)
+        held_tensors = [tensor for tensor in model.graph.initializer if is_held(tensor)]
+        for tensor in held_tensors:
+            view = store.mapped(tensor)
+            offset = store.file_range(tensor)[1]
+            if offset % 4:
+                assert view is None  # misaligned for float32: the caller reads a copy instead
+                continue
+            np.testing.assert_array_equal(view, tensor_array(tensor))
+            assert not view.flags.writeable and view.shape == tuple(tensor.dims)
+        store.replace(held_tensors[0], np.ones((2, 2), np.float32))
+        assert store.mapped(held_tensors[0]) is None  # held as an array
+
+
+def test_a_misaligned_range_is_not_mapped(tmp_path):
+    """A weight whose bytes start at an odd offset of the file (protobuf does not align raw data)."""
+    seen = set()
+    for pad in range(4):
+        model = conv_bn_gemm()
+        model.doc_string = "x" * pad  # moves every later byte of the file
+        source = save(model, tmp_path / f"m{pad}.onnx")
+        with TensorStore(source) as store:
+            loaded = loading.load_model(source, held=store)
+            for tensor in (t for t in loaded.graph.initializer if is_held(t)):
+                misaligned = bool(store.file_range(tensor)[1] % 4)
+                seen.add(misaligned)
+                assert (store.mapped(tensor) is None) == misaligned
+    assert seen == {False, True}

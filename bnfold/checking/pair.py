@@ -33,15 +33,19 @@ class ModelPair:
         self.feed_sets: List[Dict[str, np.ndarray]] = []
         self.shapes: Dict[str, Tuple[int, ...]] = {}
         self.first_outputs: Dict[str, object] = {}  # the reference's outputs on the first feed set
+        self.shared = None  # the weights every session of the check shares, made with the first
 
     def runner(self, which: str, extra: Sequence[str] = (), opt_level: Optional[str] = None):
+        from ..runtime import SharedWeights
         from .run import Runner
 
+        if self.shared is None:
+            self.shared = SharedWeights()
         model, source, label = self.models[which]
         if opt_level is not None and opt_level != self.opt_level:
             label = f"{label} (ORT level {opt_level})"
         return Runner(model, source, label, opt_level=opt_level or self.opt_level,
-                      extra={name: self.elem_types[name] for name in extra})
+                      extra={name: self.elem_types[name] for name in extra}, shared=self.shared)
 
     def compare(self, names: Sequence[str], with_outputs: bool = False) -> VerifyResult:
         """Compare `names` (and the outputs) over every feed set; failures under default tolerances are judged

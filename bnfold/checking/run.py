@@ -23,10 +23,10 @@ class Runner:
     models over 2 GiB loadable); with `extra` (name -> ONNX element type) the ModelProto gets those tensors as
     outputs for the time it takes to build the session, and is restored after. Graph inputs and outputs declared
     with a dim of 0 or below (exporters' "any size") are made open for that time too: ONNX Runtime would demand
-    exactly that size."""
+    exactly that size. `shared`: the weights the sessions of one check share (runtime.SharedWeights)."""
 
     def __init__(self, model, source, label: str, *, opt_level: str = "disable",
-                 extra: Optional[Mapping[str, int]] = None):
+                 extra: Optional[Mapping[str, int]] = None, shared=None):
         from ..runtime import make_session
 
         self.label = label
@@ -35,13 +35,13 @@ class Runner:
                 added = with_outputs(model, extra or {})
                 restore = _open_unsized(model)
                 try:
-                    self.session = make_session(model, opt_level=opt_level, arena=False)
+                    self.session = make_session(model, opt_level=opt_level, arena=False, shared=shared)
                 finally:
                     restore()
                     remove_outputs(model, added)
             else:
                 self.session = make_session(source if isinstance(source, (str, os.PathLike)) else model,
-                                            opt_level=opt_level, arena=False)
+                                            opt_level=opt_level, arena=False, shared=shared)
         except InvalidModelError as error:
             raise InvalidModelError(f"{label}: {error}") from None
 
