@@ -30,6 +30,7 @@ class Runner:
         from ..runtime import make_session
 
         self.label = label
+        self.shared = shared  # its session uses these weights in place: they live as long as it does
         try:
             if extra or _declares_unsized(model):
                 added = with_outputs(model, extra or {})
