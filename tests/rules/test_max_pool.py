@@ -132,6 +132,55 @@ def test_a_read_indices_output_stops_the_walk():
     assert folded.SerializeToString() == model.SerializeToString()
 
 
+def test_a_read_indices_output_stops_the_walk_down_too():
+    model = bn_pool_conv(**POOLS["k3s2p1"])
+    model.graph.node[1].output.append("idx")
+    model.graph.output.append(_value("idx", None, TensorProto.INT64))
+    folded, report = bnfold.fold(model)
+    assert report.folded_count == 0 and folded.SerializeToString() == model.SerializeToString()
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_a_decomposed_bn_after_max_pool_folds_when_its_scale_is_not_negative(sign):
+    """Conv -> MaxPool -> Mul -> Add (a FrozenBatchNorm2d): the decomposed rule moves the Mul's scale across the
+    MaxPool on the same terms."""
+    rng = np.random.default_rng(3)
+    scale = rng.uniform(0.5, 2, (1, C, 1, 1)).astype(np.float32)
+    scale[0, 2] *= sign
+    initializers = [numpy_helper.from_array(rng.normal(0, 0.5, (C, 4, 3, 3)).astype(np.float32), "W"),
+                    numpy_helper.from_array(scale, "m"),
+                    numpy_helper.from_array(rng.normal(0, 1, (1, C, 1, 1)).astype(np.float32), "a")]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv", pads=[1] * 4),
+             _pool("c", "p", **POOLS["k3s2p1"]), helper.make_node("Mul", ["p", "m"], ["q"], name="mul"),
+             helper.make_node("Add", ["q", "a"], ["y"], name="add")]
+    model = make_model(nodes, [_value("x", ["N", 4, 9, 9])], [_value("y", ["N", C, 5, 5])], initializers)
+    folded, report = fold_and_compare(model, expect_folded=int(sign > 0))
+    if sign > 0:
+        assert op_types(folded) == ["Conv", "MaxPool"]
+    else:
+        assert report.decomposed[0].reason.startswith(NEGATIVE.format(1))
+        assert folded.SerializeToString() == model.SerializeToString()
+
+
+@pytest.mark.parametrize("signs", ["+", "-"])
+def test_a_summed_branch_through_max_pool_takes_the_bn_on_the_same_terms(signs):
+    """BN(MaxPool(Conv a(x)) + Conv b(x)), rule sum_forward: the BN's scale crosses the MaxPool of branch a."""
+    rng = np.random.default_rng(4)
+    initializers = [numpy_helper.from_array(rng.normal(0, 0.5, (C, 4, 3, 3)).astype(np.float32), "Wa"),
+                    numpy_helper.from_array(rng.normal(0, 0.5, (C, 4, 1, 1)).astype(np.float32), "Wb"),
+                    numpy_helper.from_array(rng.normal(0, 0.5, C).astype(np.float32), "Bb")] + _gammas(rng, signs)
+    nodes = [helper.make_node("Conv", ["x", "Wa"], ["ca"], name="conv_a", pads=[1] * 4),
+             _pool("ca", "p", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "Wb", "Bb"], ["cb"], name="conv_b"),
+             helper.make_node("Add", ["p", "cb"], ["s"], name="add"), bn_node("s", "y", "bn")]
+    model = make_model(nodes, [_value("x", ["N", 4, 9, 9])], [_value("y", ["N", C, 9, 9])], initializers)
+    folded, report = fold_and_compare(model, expect_folded=int(signs == "+"))
+    if signs == "+":
+        assert op_types(folded) == ["Conv", "MaxPool", "Conv", "Add"] and report.decisions[0].rule == "sum_forward"
+    else:
+        assert report.decisions[0].reason.startswith(NEGATIVE.format(1))
+
+
 def test_an_unread_indices_output_is_no_reader():
     folded, _ = fold_and_compare(conv_pool_bn(indices="idx", **POOLS["k3s2p1"]), expect_folded=1)
     assert op_types(folded) == ["Conv", "MaxPool"]
