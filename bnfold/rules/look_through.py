@@ -7,7 +7,7 @@ entry that says
   negative scale does too (a max turns into a min under one);
 - channels: where the channels are after it, and its output dims (Refuse when an element may leave its channel);
 - step: for a per-channel affine step (Add / Sub / Mul / Div by a constant), its own map, which the fold absorbs
-  and removes (`removed`); views and averages stay in the graph.
+  and removes (`removed`); views and pools stay in the graph.
 
 Adding a look-through op is one entry here and its tests. An op with no entry stops the walk: it is a boundary,
 never a default branch.
