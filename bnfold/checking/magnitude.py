@@ -34,7 +34,8 @@ _VIEWS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
           "DepthToSpace", "SpaceToDepth", "Cast", "Dropout"}
 _REDUCTIONS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # terms of distinct inputs: their data must be probes
 _ELEMENTWISE = {"Add", "Sum", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "Expand", "Tile", "Gather"}
-_MEANS = {"AveragePool", "GlobalAveragePool", "ReduceMean", "MaxPool", "GlobalMaxPool"}  # RMS >= mean
+# RMS >= mean; a max's error is one element's, at most the largest bound of its window
+_MEANS = {"AveragePool", "GlobalAveragePool", "ReduceMean", "MaxPool", "GlobalMaxPool", "ReduceMax"}
 _BOUND_OPS = _VIEWS | _REDUCTIONS | _ELEMENTWISE | _MEANS
 # Ops whose meaning a float64 copy would change, or onnx.reference does not have: ONNX Runtime judges them.
 _NOT_HERE = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",

@@ -3,7 +3,8 @@ through any sequence of look-through ops (rules.look_through: one entry per op),
 reads. One walk serves every rule: forward, backward, decomposed BNs and branch merging.
 
 track() follows the channels through the chain, composes its affine steps in float64, and checks that every map
-moved across a node is one that node commutes with exactly (a Pad with a zero border takes a scale, not a shift).
+moved across a node is one that node commutes with exactly (a Pad with a zero border takes a scale, not a shift;
+a MaxPool any shift, but a scale only where it is >= 0).
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ def _check_crossing(entry: LookThrough, node: onnx.NodeProto, index: GraphIndex,
     if not commutes.scale and np.any(scale != 1):
         raise Refuse(f"{node.op_type} {node_label(node)!r} does not commute with a per-channel scale "
                      f"({commutes.why}), and the scale moved across it is not 1")
+    negative = int(np.count_nonzero(~(scale >= 0)))
+    if not commutes.negative_scale and negative:
+        raise Refuse(f"{node.op_type} {node_label(node)!r} commutes with a per-channel scale only where it is >= 0 "
+                     f"({commutes.why}), and the scale moved across it is negative in {negative} of {scale.size} "
+                     "channels")
     if not commutes.shift and np.any(shift):
         raise Refuse(f"{node.op_type} {node_label(node)!r} commutes with a per-channel scale but not a shift "
                      f"({commutes.why}), and the shift moved across it is not 0")

@@ -3,10 +3,11 @@ entry that says
 
 - data_input: which input carries the run-time data it passes on (None: this node cannot be crossed);
 - boundary: why this node cannot be crossed at all, when it cannot (a Cast that rounds);
-- commutes: which per-channel maps cross it exactly: a scale (x * s), a shift (x + t), or both;
+- commutes: which per-channel maps cross it exactly: a scale (x * s), a shift (x + t), or both, and whether a
+  negative scale does too (a max turns into a min under one);
 - channels: where the channels are after it, and its output dims (Refuse when an element may leave its channel);
 - step: for a per-channel affine step (Add / Sub / Mul / Div by a constant), its own map, which the fold absorbs
-  and removes (`removed`); views and averages stay in the graph.
+  and removes (`removed`); views and pools stay in the graph.
 
 Adding a look-through op is one entry here and its tests. An op with no entry stops the walk: it is a boundary,
 never a default branch.
@@ -24,17 +25,20 @@ from onnx import helper
 from ..graph import NUMPY_ELEMENT_TYPES, GraphIndex, NotConstant, node_label
 from .affine import compose_affine
 from .base import Refuse, rank_unknown, read_attribute
-from .views import (Channels, Size, axes_of, flatten_dims, relocate, reshape_dims, sizes_of, squeeze_dims,
-                    unsqueeze_dims)
+from .views import (Channels, Size, axes_of, flatten_dims, per_channel, relocate, reshape_dims, sizes_of,
+                    squeeze_dims, unsqueeze_dims)
 
 
 @dataclass(frozen=True)
 class Commutes:
-    """Which per-channel maps cross an op exactly; `why` says what breaks for the one that does not."""
+    """Which per-channel maps cross an op exactly; `why` says what breaks for the one that does not.
+    `negative_scale` False: a scale crosses only where every channel's is >= 0 (order-taking ops: max of s * x is
+    s times the max of x for s >= 0, but the min for s < 0)."""
 
     scale: bool = True
     shift: bool = True
     why: str = ""
+    negative_scale: bool = True
 
 
 BOTH = Commutes()
@@ -239,20 +243,6 @@ class Pad(LookThrough):
 
 # --- per-channel affine steps ---------------------------------------------------------------------------------
 
-def per_channel(value: np.ndarray, channels: Channels) -> Optional[np.ndarray]:
-    """`value` as a float64 [count] vector when, broadcast against the tensor, it applies one number per channel of
-    its channel axis and changes no shape; None otherwise (and for any non-scalar when the rank is unknown)."""
-    if value.size == 1 and (value.ndim <= 1 or (channels.dims is not None and value.ndim <= len(channels.dims))):
-        return np.full(channels.count, value.astype(np.float64).reshape(-1)[0])
-    if channels.dims is None or value.ndim > len(channels.dims):
-        return None
-    rank = len(channels.dims)
-    shape = (1,) * (rank - value.ndim) + value.shape
-    if shape[channels.axis] == channels.count and all(d == 1 for i, d in enumerate(shape) if i != channels.axis):
-        return value.astype(np.float64).reshape(-1)
-    return None
-
-
 class Affine(LookThrough):
     """op(x, c) or op(c, x) with a constant c that is one value per channel: x * s + t, composed in float64."""
 
@@ -311,34 +301,38 @@ class Neg(LookThrough):
         return Step("Mul", np.full(channels.count, -1.0), True)
 
 
-# --- spatial averages: the average of x * s + t is the average of x, times s, plus t ---------------------------
+# --- pools and reductions of each channel's own plane: averages (the average of x * s + t is the average of x,
+# times s, plus t) and maxima (the max of x * s + t is the max of x, times s, plus t for any shift and a scale >= 0,
+# exactly in floats too, rounding being monotone; a negative scale turns the max into a min) ---------------------
 
-class GlobalAveragePool(LookThrough):
-    op_type = "GlobalAveragePool"
+MAX = Commutes(negative_scale=False, why="a negative scale turns its max into a min")
+
+
+class Pool(LookThrough):
+    """Pools windows of each channel's plane (axes 2 on): output spatial dims as declared, or 1 (`whole_plane`)."""
+
+    whole_plane = False
 
     def channels(self, node, index, channels):
-        _known_rank(node, channels, "average the channel axis")
+        _known_rank(node, channels, "pool the channel axis")
         if channels.axis != 1:
-            raise Refuse(f"GlobalAveragePool {node_label(node)!r} averages axis {channels.axis}'s neighbours; "
-                         "channels are not on axis 1")
+            raise Refuse(f"{node.op_type} {node_label(node)!r} pools axis {channels.axis}'s neighbours; channels "
+                         "are not on axis 1")
         rank = len(channels.dims)
-        return Channels(channels.count, channels.dims[:2] + [Size(1)] * (rank - 2), 1)
+        pooled = [Size(1)] * rank if self.whole_plane else sizes_of(index.dims(node.output[0]), rank)
+        return Channels(channels.count, channels.dims[:2] + pooled[2:], 1)
 
 
-class AveragePool(LookThrough):
-    """Averages windows of each channel's own plane (axes 2 on): a scale crosses it always; a shift only when every
-    window's divisor counts real elements alone: no padding (explicit pads 0, VALID, or SAME with a 1-sized
-    kernel) and ceil_mode=0, or count_include_pad=0. A zero it pads in and counts would not receive the shift."""
+class GlobalAveragePool(Pool):
+    op_type, whole_plane = "GlobalAveragePool", True
+
+
+class AveragePool(Pool):
+    """A scale crosses it always; a shift only when every window's divisor counts real elements alone: no padding
+    (explicit pads 0, VALID, or SAME with a 1-sized kernel) and ceil_mode=0, or count_include_pad=0. A zero it
+    pads in and counts would not receive the shift."""
 
     op_type = "AveragePool"
-
-    def channels(self, node, index, channels):
-        _known_rank(node, channels, "average the channel axis")
-        if channels.axis != 1:
-            raise Refuse(f"AveragePool {node_label(node)!r} averages axis {channels.axis}'s neighbours; channels "
-                         "are not on axis 1")
-        declared = sizes_of(index.dims(node.output[0]), len(channels.dims))
-        return Channels(channels.count, channels.dims[:2] + declared[2:], 1)
 
     def commutes(self, node, index):
         if not read_attribute(node, "count_include_pad", 0):
@@ -357,18 +351,45 @@ class AveragePool(LookThrough):
         return BOTH
 
 
+class MaxPool(Pool):
+    """Pads with -inf: its padding, strides, dilations and ceil_mode do not matter. Its second output, Indices
+    (where each max is), is a boundary when read: a moved map rounds values differently, and a scale of 0 makes a
+    window's elements ties, so which one is the max may change."""
+
+    op_type = "MaxPool"
+
+    def boundary(self, node, index):
+        indices = node.output[1] if len(node.output) > 1 else ""
+        if indices and (index.users(indices) or index.is_graph_output(indices)):
+            return f"its Indices output {indices!r} is read, and a map moved across it may change which element is " \
+                   "a window's max"
+        return None
+
+    def commutes(self, node, index):
+        return MAX
+
+
+class GlobalMaxPool(Pool):
+    op_type, whole_plane = "GlobalMaxPool", True
+
+    def commutes(self, node, index):
+        return MAX
+
+
 class ReduceMean(LookThrough):
+    """Reduces non-channel axes (the attribute, or the constant `axes` input from opset 18 on)."""
+
     op_type = "ReduceMean"
 
     def channels(self, node, index, channels):
-        _known_rank(node, channels, "average the channel axis")
+        _known_rank(node, channels, "reduce the channel axis")
         rank = len(channels.dims)
         axes = axes_of(node, index)
         if not axes:
-            raise Refuse(f"ReduceMean {node_label(node)!r} reduces every axis, the channel axis included")
+            raise Refuse(f"{node.op_type} {node_label(node)!r} reduces every axis, the channel axis included")
         axes = sorted({a + rank if a < 0 else a for a in axes})
         if channels.axis in axes:
-            raise Refuse(f"ReduceMean {node_label(node)!r} averages over the channel axis")
+            raise Refuse(f"{node.op_type} {node_label(node)!r} reduces over the channel axis")
         if read_attribute(node, "keepdims", 1):
             dims = [Size(1) if position in axes else size for position, size in enumerate(channels.dims)]
             return Channels(channels.count, dims, channels.axis)
@@ -376,6 +397,13 @@ class ReduceMean(LookThrough):
         return Channels(channels.count, dims, channels.axis - sum(1 for a in axes if a < channels.axis))
 
 
+class ReduceMax(ReduceMean):
+    op_type = "ReduceMax"
+
+    def commutes(self, node, index):
+        return MAX
+
+
 TABLE: Dict[str, LookThrough] = {entry.op_type: entry for entry in (
     Identity(), Cast(), Reshape(), Flatten(), Squeeze(), Unsqueeze(), Transpose(), Pad(), Add(), Sub(), Mul(), Div(),
-    Neg(), AveragePool(), GlobalAveragePool(), ReduceMean())}
+    Neg(), AveragePool(), GlobalAveragePool(), ReduceMean(), MaxPool(), GlobalMaxPool(), ReduceMax())}

@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+import numpy as np
 import onnx
 
 from ..graph import GraphIndex, NotConstant, node_label
@@ -83,6 +84,20 @@ class Channels:
 
     def inner(self) -> Optional[Size]:
         return None if self.dims is None else product(self.dims[self.axis + 1:])
+
+
+def per_channel(value: np.ndarray, channels: Channels) -> Optional[np.ndarray]:
+    """`value` as a float64 [count] vector when, broadcast against the tensor, it applies one number per channel of
+    its channel axis and changes no shape; None otherwise (and for any non-scalar when the rank is unknown)."""
+    if value.size == 1 and (value.ndim <= 1 or (channels.dims is not None and value.ndim <= len(channels.dims))):
+        return np.full(channels.count, value.astype(np.float64).reshape(-1)[0])
+    if channels.dims is None or value.ndim > len(channels.dims):
+        return None
+    rank = len(channels.dims)
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if shape[channels.axis] == channels.count and all(d == 1 for i, d in enumerate(shape) if i != channels.axis):
+        return value.astype(np.float64).reshape(-1)
+    return None
 
 
 def axes_of(node: onnx.NodeProto, index: GraphIndex) -> Optional[List[int]]:

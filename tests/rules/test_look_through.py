@@ -1,7 +1,8 @@
 """The look-through table states, per op, which per-channel maps cross it exactly (scale, shift) and where the
 channels go. Checked here against the op itself, evaluated by ONNX Runtime: for each entry (in a configuration
 its channels() accepts), op(x * s + t) is compared with op(x) * s + t on the channel axis the entry says, for a
-random scale alone and a random shift alone; the entry's claim must match what the values show, both ways."""
+random scale alone, a random shift alone and a scale with a negative channel; the entry's claim must match what the
+values show, both ways."""
 
 import numpy as np
 import pytest
@@ -34,6 +35,9 @@ CASES = {
     "AveragePool/padded-counted": ((2, C, 5, 5), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
                                                   "count_include_pad": 1}, []),
     "ReduceMean": ((2, C, 4, 5), {"keepdims": 0}, [("axes", np.array([2, 3], np.int64))]),
+    "MaxPool": ((2, C, 7, 7), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1}, []),
+    "GlobalMaxPool": ((2, C, 4, 4), {}, []),
+    "ReduceMax": ((2, C, 4, 5), {"keepdims": 1}, [("axes", np.array([2, 3], np.int64))]),
 }
 
 
@@ -69,8 +73,11 @@ def test_the_entry_says_which_maps_cross_the_op_as_the_values_do(case):
     y = np.asarray(run_model(model, {"x": x})["y"], np.float64)
     assert len(after.dims) == y.ndim and y.shape[after.axis] == C  # the channels are where the entry says
     scale, shift = rng.uniform(0.5, 2, C).astype(np.float32), rng.normal(0, 1, C).astype(np.float32)
+    negative = scale * np.array([1, -1, 1], np.float32)
     for name, (s, t), claimed in (("scale", (scale, np.zeros(C, np.float32)), claim.scale),
-                                  ("shift", (np.ones(C, np.float32), shift), claim.shift)):
+                                  ("shift", (np.ones(C, np.float32), shift), claim.shift),
+                                  ("negative scale", (negative, np.zeros(C, np.float32)),
+                                   claim.scale and claim.negative_scale)):
         moved = np.asarray(run_model(model, {"x": x * _per_channel(s, 1, x.ndim) + _per_channel(t, 1, x.ndim)})["y"],
                            np.float64)
         expected = y * _per_channel(s, after.axis, y.ndim) + _per_channel(t, after.axis, y.ndim)
