@@ -2,9 +2,8 @@
 
 The entry point imports the command line inside its own try: Ctrl-C at any moment, during the imports too, ends
 with one line `bnfold: interrupted` and exit code 130, never a traceback. In a process of its own (argv None) the
-first Ctrl-C raises _Interrupted, which no `except KeyboardInterrupt` on the way (click's "Aborted!") takes: it
-unwinds to here through every cleanup (temporary files removed, batch workers killed), and further Ctrl-Cs are
-ignored so that no cleanup is cut short.
+first Ctrl-C raises bnfold.interrupts.Interrupted, which unwinds to here through every cleanup (temporary files
+removed, batch workers killed).
 
 A finished command leaves the process without the interpreter's teardown: standard streams are flushed and atexit
 handlers run (multiprocessing, tempfile, logging), then os._exit. The teardown only frees memory the operating
@@ -17,23 +16,7 @@ import os
 import signal
 import sys
 
-
-class _Interrupted(BaseException):
-    """Ctrl-C, in a process of its own (see the module docstring)."""
-
-
-def _on_interrupt(signum, frame) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the cleanup that follows is not interrupted again
-    raise _Interrupted()
-
-
-def _catch_interrupts() -> None:
-    """Turn Ctrl-C into _Interrupted, unless SIGINT is ignored (a background job started by a shell)."""
-    try:
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, _on_interrupt)
-    except ValueError:  # not the main thread
-        pass
+from bnfold import interrupts
 
 
 def main(argv=None) -> None:
@@ -41,9 +24,9 @@ def main(argv=None) -> None:
     try:
         try:
             if argv is None:
-                _catch_interrupts()
+                interrupts.catch()
             _run(argv)
-        except (KeyboardInterrupt, _Interrupted):
+        except (KeyboardInterrupt, interrupts.Interrupted):
             sys.stderr.write("bnfold: interrupted\n")
             raise SystemExit(130) from None
     except SystemExit as exit_:

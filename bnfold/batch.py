@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from . import interrupts
 from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, BnfoldError, OutputError, UsageError
 from .options import FoldFileOptions, as_count, as_paths
 from .tables import format_table
@@ -274,15 +275,20 @@ def fold_one(source: str, destination: Optional[str], options: FoldFileOptions) 
         verification = result.report.verification
         if verification is not None and not verification.passed:
             result.exit_code, result.error = EXIT_VERIFY_FAILED, "verification FAILED; written because of force"
-    except VerificationFailed as failure:
-        result.exit_code, result.error = failure.exit_code, str(failure)
-        result.report = getattr(failure, "report", None)
-    except BnfoldError as error:
-        result.exit_code, result.error = error.exit_code, str(error)
-    except OSError as error:  # creating the output's directory
-        result.exit_code, result.error = EXIT_USAGE, f"{destination}: cannot create its directory ({error.strerror})"
-    except Exception as error:  # a bug in bnfold: reported for this model, the others go on
-        result.exit_code = EXIT_INTERNAL
-        result.error = f"internal error: {type(error).__name__}: {error} (please report it)"
+    except Exception as error:  # this model's result; the others go on
+        if interrupts.received():  # an error a library made of the Ctrl-C on its way up: the run stops
+            raise interrupts.Interrupted() from None
+        result.exit_code, result.error = _failure(error, destination)
+        if isinstance(error, VerificationFailed):
+            result.report = getattr(error, "report", None)
     result.elapsed_s = time.perf_counter() - started
     return result
+
+
+def _failure(error: Exception, destination: Optional[str]) -> Tuple[int, str]:
+    """(exit code, message) of a model that failed."""
+    if isinstance(error, BnfoldError):
+        return error.exit_code, str(error)
+    if isinstance(error, OSError):  # creating the output's directory
+        return EXIT_USAGE, f"{destination}: cannot create its directory ({error.strerror})"
+    return EXIT_INTERNAL, f"internal error: {type(error).__name__}: {error} (please report it)"  # a bug in bnfold

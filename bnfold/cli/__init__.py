@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from .. import interrupts
 from ..errors import EXIT_INTERNAL, BnfoldError
 from . import bench_cmd, check_cmd, export_cmd, fold_cmd, verify_cmd
 from .common import exit_codes_epilog
@@ -31,16 +32,18 @@ class DefaultGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except BnfoldError as error:
-            click.echo(f"bnfold: error: {error}", err=True)
-            ctx.exit(error.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
             click.echo("bnfold: interrupted", err=True)
             ctx.exit(130)
-        except Exception as error:  # a bug in bnfold: one line for the user, the traceback on request
-            if os.environ.get("BNFOLD_DEBUG"):
+        except Exception as error:
+            if interrupts.received():  # an error a library made of the Ctrl-C on its way up
+                raise interrupts.Interrupted() from None
+            if isinstance(error, BnfoldError):
+                click.echo(f"bnfold: error: {error}", err=True)
+                ctx.exit(error.exit_code)
+            if os.environ.get("BNFOLD_DEBUG"):  # a bug in bnfold: one line for the user, the traceback on request
                 raise
             click.echo(
                 f"bnfold: internal error: {type(error).__name__}: {error} "

@@ -97,3 +97,35 @@ def test_ctrl_c_during_a_fold_is_one_line_and_leaves_no_temporary_file(tmp_path,
     if child.returncode == 0:  # finished first
         return
     assert child.returncode == 130 and stderr == "bnfold: interrupted\n"
+
+
+# A real SIGINT while ONNX Runtime's extension initializes, which pybind11 turns into an ImportError: bnfold would
+# report "onnxruntime is not installed" (exit 2) for what was a Ctrl-C. `argv` is the command line after `bnfold`.
+INTERRUPT_INSIDE_A_LIBRARY = textwrap.dedent("""
+    import os, signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from bnfold import runtime
+    def import_onnxruntime():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler raises here, inside the "extension"
+        except BaseException as error:
+            raise ImportError("initialization failed") from error
+    runtime.import_onnxruntime = import_onnxruntime
+    sys.argv = ["bnfold", *sys.argv[1:]]
+    from bnfold.__main__ import main
+    main()
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("several", [False, True])
+def test_an_error_a_library_makes_of_ctrl_c_is_reported_as_the_interruption(tmp_path, several):
+    """One model, and a batch folding in this process (-j 1): the run stops at once, exit 130, one line."""
+    model = str(ROOT / "models" / "zoo" / "resnet_style.onnx")
+    argv = [model, model, "-o", str(tmp_path / "out"), "-j", "1"] if several else [model, "-o",
+                                                                                  str(tmp_path / "out.onnx")]
+    child = subprocess.run([sys.executable, "-c", INTERRUPT_INSIDE_A_LIBRARY, *argv], capture_output=True,
+                           text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert child.returncode == 130, child.stderr
+    assert child.stderr.endswith("bnfold: interrupted\n") and "not installed" not in child.stderr + child.stdout
+    assert not any(path.is_file() for path in tmp_path.rglob("*"))  # nothing written, no temporary file
