@@ -268,8 +268,7 @@ def test_a_torch_conv_max_pool_bn_block_folds_and_matches_torch(tmp_path):
         bn.running_var.copy_(torch.rand(8) + 0.5)
     block.eval()
     x = torch.randn(2, 3, 17, 17)
-    torch.onnx.export(block, (x,), str(tmp_path / "block.onnx"), dynamo=False, input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "N"}})
+    bnfold.export(block, (x,), tmp_path / "block.onnx", input_names=["x"], output_names=["y"], dynamic_batch=True)
     report = bnfold.fold_file(tmp_path / "block.onnx", tmp_path / "folded.onnx")
     assert report.folded_count == 1 and report.kept == [] and report.verification.passed
     assert report.decisions[0].through == ["MaxPool"]
