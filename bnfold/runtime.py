@@ -115,9 +115,11 @@ def _weightless(model, options, ort, shared: Optional[SharedWeights] = None):
         if where is None:
             names.append(tensor.name)
             arrays.append(tensor_value(tensor))
-        elif shared is not None and shared.value_for(tensor, ort) is not None:
-            options.add_initializer(tensor.name, shared.value_for(tensor, ort))
-            in_place = True
+        elif shared is not None:
+            in_file_value = shared.value_for(tensor, ort)
+            if in_file_value is not None:
+                options.add_initializer(tensor.name, in_file_value)
+                in_place = True
     if in_file:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     if in_place:  # prepacking would make each session its own packed copy of the weights it shares
