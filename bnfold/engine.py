@@ -54,7 +54,9 @@ class _Outcome:
         hints = "; ".join(self.hints)
         if self.refusals:
             return self.refusals[0] + (f"; {hints}" if hints else "")
-        reason = f"input {candidate.walk.stop}; nothing to fold it into" + (f" ({hints})" if hints else "")
+        below = candidate.boundary_below
+        reason = f"input {candidate.walk.stop}" + (f"; its output goes to {below}" if below else "") + \
+            "; nothing to fold it into" + (f" ({hints})" if hints else "")
         return reason + "".join(f", and rule {name!r} is skipped" for name in self.skipped_opt_in)
 
 

@@ -48,7 +48,8 @@ class Walk:
 
 class Candidate:
     """One node offered to the rules, with what they share about it, each read once when first asked for: the BN
-    it is (`bn`; Refuse when it is none that folds) and the walk up from its input (`walk`)."""
+    it is (`bn`; Refuse when it is none that folds), the walk up from its input (`walk`) and what stops the walk down
+    from its output (`boundary_below`)."""
 
     def __init__(self, node: onnx.NodeProto, index: GraphIndex, allowed: Tuple[str, ...]):
         self.node, self.index, self.allowed = node, index, allowed  # allowed: producer ops not skipped
@@ -66,6 +67,16 @@ class Candidate:
         if self._walk is None:
             self._walk = walk(self.bn.input, self.index)
         return self._walk
+
+    @property
+    def boundary_below(self) -> Optional[str]:
+        """The look-through node the walk down from the BN's output may not cross, and why (a narrowing Cast, a
+        MaxPool whose Indices are read); None when it stops anywhere else."""
+        nodes, readers = walk_down(self.bn.output, self.index)
+        if len(readers) != 1:
+            return None
+        _, why = _crossing(readers[0], self.index)
+        return f"{readers[0].op_type} node {node_label(readers[0])!r} ({why})" if why else None
 
 
 def data_input(node: onnx.NodeProto, index: GraphIndex) -> Optional[str]:

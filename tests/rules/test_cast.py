@@ -152,4 +152,5 @@ def test_a_narrowing_cast_stops_the_backward_walk_too():
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 6, 5, 5])], initializers)
     folded, report = bnfold.fold(model)
     assert report.folded_count == 0 and "nothing to fold it into" in report.decisions[0].reason
+    assert "its output goes to Cast node 'half' (it narrows float32 to float16" in report.decisions[0].reason
     assert_same_outputs(model, folded, rtol=0)

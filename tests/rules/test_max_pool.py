@@ -138,6 +138,7 @@ def test_a_read_indices_output_stops_the_walk_down_too():
     model.graph.output.append(_value("idx", None, TensorProto.INT64))
     folded, report = bnfold.fold(model)
     assert report.folded_count == 0 and folded.SerializeToString() == model.SerializeToString()
+    assert "its output goes to MaxPool node 'pool' (its Indices output 'idx' is read" in report.decisions[0].reason
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
