@@ -198,3 +198,19 @@ def test_models_read_from_paths_reach_ort_weightless_unless_past_protobufs_limit
     assert bnfold.verify(source, tmp_path / "folded.onnx").passed
     assert not bnfold.verify(source, tmp_path / "wrong.onnx").passed
     assert given and all(isinstance(item, str) == over_limit for item in given)
+
+
+def test_a_model_with_external_data_files_reaches_ort_by_its_path(tmp_path, monkeypatch):
+    """ORT reads a model's data files itself (bnfold would hand it a second, in-memory copy of every weight)."""
+    from bnfold import runtime, saving
+
+    model = fixtures.conv_bn(c_in=16, c_out=32, seed=3)
+    folded, _ = bnfold.fold(model)
+    saving.save_model(model, tmp_path / "m.onnx", external_data=True)
+    onnx.save(folded, tmp_path / "folded.onnx")
+    assert (tmp_path / "m.onnx.data").exists()
+    given = []
+    real = runtime.make_session
+    monkeypatch.setattr(runtime, "make_session", lambda model, **kw: given.append(model) or real(model, **kw))
+    assert bnfold.verify(tmp_path / "m.onnx", tmp_path / "folded.onnx").passed
+    assert [isinstance(item, str) for item in given] == [True, False]
