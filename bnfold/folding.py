@@ -240,10 +240,10 @@ def _fold_file(source: Path, destination, held, data: Optional[bytes], started: 
     checked = verify and report.changed
     # While the end-to-end check runs, the output is written (and fsynced) to its temporary file beside it; it is
     # renamed into place only once the check has passed.
-    pending = None
-    if checked and not dry_run:
-        pending = PendingSave(folded, destination, external_data=external_data)
+    pending = PendingSave(folded, destination, external_data=external_data) if checked and not dry_run else None
     try:
+        if pending is not None:
+            pending.start()
         if checked:
             checking = time.perf_counter()
             try:

@@ -80,8 +80,9 @@ class _SavePlan:
 
 class PendingSave:
     """A save_model running in a background thread while the caller does other work (the end-to-end check):
-    commit() waits for it and renames the files into place as save_model does; discard() stops it and removes its
-    temporary files. The model's messages are serialized before the thread starts, so the caller may change the
+    start() starts it, commit() waits for it and renames the files into place as save_model does; discard() stops it
+    and removes its temporary files. The caller holds the object before the thread starts, so a Ctrl-C at any
+    moment finds a PendingSave to discard, never a thread writing a file nobody will remove. The model's messages are serialized before the thread starts, so the caller may change the
     model meanwhile, but not the tensors' data (held arrays are read-only). `placed`, once written: (store key,
     file, offset) of each held array."""
 
@@ -93,6 +94,8 @@ class PendingSave:
         self._written: Optional[List[Tuple[str, Path]]] = None
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._write, name="bnfold-save", daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
     def _write(self) -> None:
@@ -117,7 +120,8 @@ class PendingSave:
 
     def discard(self) -> None:
         self._cancelled = True
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
         if self._written:
             remove_all(self._written)
 
