@@ -24,4 +24,3 @@ standalone_option = click.option(
          "by default: ONNX Runtime runs Mul + Add 1.1-1.5x slower than BatchNormalization.")
 skip_option = click.option("--skip", "skip_rules", multiple=True, metavar="RULE",
                            help="Do not apply this rule (repeatable).")
-
